@@ -1,0 +1,3 @@
+//! ringkeeper: a ZooKeeper-compatible coordination server.
+pub mod proto;
+pub mod tree;

@@ -1,0 +1,273 @@
+use super::*;
+use crate::proto::CreateKind;
+use proptest::prelude::*;
+
+fn who(auth: &[Id]) -> Requester<'_> {
+    Requester {
+        session_id: 0x42,
+        auth,
+        extended_types: true,
+    }
+}
+
+fn create(path: &str, flags: i32) -> WriteOp {
+    WriteOp::Create(CreateRequest {
+        kind: CreateKind::Create2,
+        path: path.into(),
+        data: Bytes::from_static(b"d"),
+        acl: acl::open_acl_unsafe(),
+        flags,
+        ttl_ms: -1,
+    })
+}
+
+/// Prepares and applies one op at the next zxid.
+fn run(t: &mut DataTree, op: &WriteOp) -> Result<Applied, ErrorCode> {
+    let txn = t.prepare(op, &who(&[]))?;
+    let zxid = t.last_zxid() + 1;
+    Ok(t.apply(&txn, zxid, 1000, &mut Vec::new()))
+}
+
+#[test]
+fn fresh_tree_has_zookeeper_system_nodes() {
+    let t = DataTree::new();
+    let root = t.node("/").unwrap();
+    assert_eq!(
+        root.children
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["zookeeper"]
+    );
+    assert!(t.node(CONFIG_PATH).is_some());
+    assert!(t.node(QUOTA_PATH).is_some());
+    assert_eq!(t.node_count(), 4);
+}
+
+#[test]
+fn sequential_names_use_parent_cversion() {
+    let mut t = DataTree::new();
+    run(&mut t, &create("/p", 0)).unwrap();
+    run(&mut t, &create("/p/x", 0)).unwrap();
+    run(
+        &mut t,
+        &WriteOp::Delete {
+            path: "/p/x".into(),
+            version: -1,
+        },
+    )
+    .unwrap();
+    // two child changes so far: the next sequence number is 2
+    match run(&mut t, &create("/p/s-", 2)).unwrap() {
+        Applied::Created { path, .. } => assert_eq!(path, "/p/s-0000000002"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn create_updates_parent_cversion_and_pzxid() {
+    let mut t = DataTree::new();
+    run(&mut t, &create("/a", 0)).unwrap();
+    let root = t.node("/").unwrap().stat();
+    assert_eq!(root.cversion, 1);
+    assert_eq!(root.pzxid, 1);
+    assert_eq!(root.num_children, 2);
+    let a = t.node("/a").unwrap().stat();
+    assert_eq!(
+        (a.czxid, a.mzxid, a.pzxid, a.version, a.data_length),
+        (1, 1, 1, 0, 1)
+    );
+}
+
+#[test]
+fn errors_follow_zookeeper_codes() {
+    let mut t = DataTree::new();
+    assert_eq!(run(&mut t, &create("/a/b", 0)), Err(ErrorCode::NoNode));
+    run(&mut t, &create("/a", 0)).unwrap();
+    assert_eq!(run(&mut t, &create("/a", 0)), Err(ErrorCode::NodeExists));
+    assert_eq!(run(&mut t, &create("/a/", 0)), Err(ErrorCode::BadArguments));
+    assert_eq!(run(&mut t, &create("/e", 1)).map(|_| ()), Ok(()));
+    assert_eq!(
+        run(&mut t, &create("/e/c", 0)),
+        Err(ErrorCode::NoChildrenForEphemerals)
+    );
+    run(&mut t, &create("/a/b", 0)).unwrap();
+    assert_eq!(
+        run(
+            &mut t,
+            &WriteOp::Delete {
+                path: "/a".into(),
+                version: -1
+            }
+        ),
+        Err(ErrorCode::NotEmpty)
+    );
+    assert_eq!(
+        run(
+            &mut t,
+            &WriteOp::SetData {
+                path: "/a".into(),
+                data: Bytes::new(),
+                version: 3
+            }
+        ),
+        Err(ErrorCode::BadVersion)
+    );
+    assert_eq!(
+        run(
+            &mut t,
+            &WriteOp::Delete {
+                path: "/zookeeper".into(),
+                version: -1
+            }
+        ),
+        Err(ErrorCode::BadArguments)
+    );
+    assert_eq!(run(&mut t, &create("/x", 9)), Err(ErrorCode::BadArguments));
+}
+
+#[test]
+fn acl_denies_without_auth_and_super_bypasses() {
+    let mut t = DataTree::new();
+    let digest_id = Id::new("digest", &acl::digest("u:p"));
+    let op = WriteOp::Create(CreateRequest {
+        kind: CreateKind::Create,
+        path: "/locked".into(),
+        data: Bytes::new(),
+        acl: vec![Acl {
+            perms: perms::ALL,
+            id: digest_id.clone(),
+        }],
+        flags: 0,
+        ttl_ms: -1,
+    });
+    run(&mut t, &op).unwrap();
+    let set = WriteOp::SetData {
+        path: "/locked".into(),
+        data: Bytes::new(),
+        version: -1,
+    };
+    assert_eq!(t.prepare(&set, &who(&[])), Err(ErrorCode::NoAuth));
+    assert!(t.prepare(&set, &who(&[digest_id])).is_ok());
+    assert!(t.prepare(&set, &who(&[Id::new("super", "")])).is_ok());
+}
+
+#[test]
+fn multi_is_all_or_nothing() {
+    let mut t = DataTree::new();
+    let before = t.node_count();
+    let ops = vec![
+        create("/m1", 0),
+        create("/m2", 0),
+        WriteOp::Check {
+            path: "/nope".into(),
+            version: -1,
+        },
+        create("/m3", 0),
+    ];
+    let err = t
+        .prepare_apply_multi(&ops, &who(&[]), 1, 0, &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(err, vec![0, 0, -101, -2]);
+    assert_eq!(t.node_count(), before);
+    let ok = t.prepare_apply_multi(&ops[..2], &who(&[]), 2, 0, &mut Vec::new());
+    assert!(ok.is_ok());
+    assert_eq!(t.node_count(), before + 2);
+}
+
+#[test]
+fn close_session_removes_its_ephemerals() {
+    let mut t = DataTree::new();
+    run(&mut t, &create("/e1", 1)).unwrap();
+    run(&mut t, &create("/e2", 3)).unwrap();
+    assert_eq!(t.ephemerals_of(0x42).len(), 2);
+    let mut trig = Vec::new();
+    t.apply(&Txn::CloseSession { session_id: 0x42 }, 10, 0, &mut trig);
+    assert!(t.ephemerals_of(0x42).is_empty());
+    assert!(t.node("/e1").is_none());
+    assert!(trig
+        .iter()
+        .any(|x| x.event == EventType::NodeDeleted && &*x.path == "/e1"));
+}
+
+#[test]
+fn containers_become_candidates_once_emptied() {
+    let mut t = DataTree::new();
+    let c = WriteOp::Create(CreateRequest {
+        kind: CreateKind::Container,
+        path: "/c".into(),
+        data: Bytes::new(),
+        acl: acl::open_acl_unsafe(),
+        flags: 4,
+        ttl_ms: -1,
+    });
+    run(&mut t, &c).unwrap();
+    assert!(
+        t.cleanup_candidates(0).is_empty(),
+        "never-used containers stay"
+    );
+    run(&mut t, &create("/c/x", 0)).unwrap();
+    run(
+        &mut t,
+        &WriteOp::Delete {
+            path: "/c/x".into(),
+            version: -1,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.cleanup_candidates(0), vec!["/c".to_string()]);
+}
+
+#[test]
+fn ttl_nodes_expire_after_ttl_without_children() {
+    let mut t = DataTree::new();
+    let c = WriteOp::Create(CreateRequest {
+        kind: CreateKind::Ttl,
+        path: "/t".into(),
+        data: Bytes::new(),
+        acl: acl::open_acl_unsafe(),
+        flags: 5,
+        ttl_ms: 500,
+    });
+    run(&mut t, &c).unwrap(); // mtime 1000
+    assert!(t.cleanup_candidates(1400).is_empty());
+    assert_eq!(t.cleanup_candidates(1600), vec!["/t".to_string()]);
+    let no_ext = Requester {
+        session_id: 1,
+        auth: &[],
+        extended_types: false,
+    };
+    assert_eq!(t.prepare(&c, &no_ext), Err(ErrorCode::Unimplemented));
+}
+
+proptest! {
+    /// Replaying the txns of a random op sequence on a fresh tree gives the same tree.
+    #[test]
+    fn replay_is_deterministic(ops in prop::collection::vec((0..4u8, 0..6u8, 0..4u8), 1..60)) {
+        let mut t = DataTree::new();
+        let mut log = Vec::new();
+        for (kind, a, b) in ops {
+            let p = if b == 0 { format!("/n{a}") } else { format!("/n{a}/c{b}") };
+            let op = match kind {
+                0 => create(&p, (b % 4) as i32),
+                1 => WriteOp::Delete { path: p, version: -1 },
+                2 => WriteOp::SetData { path: p, data: Bytes::from(vec![a; b as usize]), version: -1 },
+                _ => WriteOp::Check { path: p, version: 0 },
+            };
+            let zxid = t.last_zxid() + 1;
+            let txn = t.prepare(&op, &who(&[])).unwrap_or_else(|e| Txn::Error(e.code()));
+            t.apply(&txn, zxid, zxid * 10, &mut Vec::new());
+            log.push((zxid, txn));
+        }
+        let mut r = DataTree::new();
+        for (zxid, txn) in &log {
+            r.apply(txn, *zxid, zxid * 10, &mut Vec::new());
+        }
+        prop_assert_eq!(r.node_count(), t.node_count());
+        for (p, n) in t.nodes.iter() {
+            let m = r.node(p).expect("node missing after replay");
+            prop_assert_eq!(m.stat(), n.stat());
+            prop_assert_eq!(&m.data, &n.data);
+        }
+    }
+}
