@@ -1,3 +1,15 @@
-//! ringkeeper: a ZooKeeper-compatible coordination server.
+//! ringkeeper: a ZooKeeper-compatible coordination server on a thread-per-core
+//! io_uring runtime.
+//!
+//! Where things happen: a request is decoded in [`proto`], read or queued on its
+//! [`shard`], ordered and applied by the [`broadcast`] core against the [`tree`], and
+//! answered back on the shard; [`session`] holds the session table and watches.
+
+pub mod broadcast;
+pub mod config;
 pub mod proto;
+pub mod server;
+pub mod session;
+pub mod shard;
 pub mod tree;
+pub mod util;

@@ -1,8 +1,107 @@
-fn main() {
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
-        .spawn(|| async {
-            println!("hello from glommio");
-        })
-        .unwrap();
-    ex.join().unwrap();
+//! The ringkeeper server binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ringkeeper::config::Config;
+
+const USAGE: &str = "\
+usage: ringkeeper [--config zoo.cfg] [--client-port N] [--client-port-address IP]
+                  [--data-dir DIR] [--shards N] [--set key=value ...]
+
+With no arguments: standalone on 127.0.0.1:2181, data under ./data.
+--config reads a ZooKeeper zoo.cfg; flags override the file; --set takes any
+zoo.cfg key or ZooKeeper system property (with or without the zookeeper. prefix).";
+
+fn parse_args() -> Result<Config, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut config_path: Option<PathBuf> = None;
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        let mut value = || -> Result<String, String> {
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag {
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "-V" | "--version" => {
+                println!("ringkeeper {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--config" => config_path = Some(PathBuf::from(value()?)),
+            "--client-port" => overrides.push(("clientPort".into(), value()?)),
+            "--client-port-address" => overrides.push(("clientPortAddress".into(), value()?)),
+            "--data-dir" => overrides.push(("dataDir".into(), value()?)),
+            "--shards" => overrides.push(("shards".into(), value()?)),
+            "--set" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set expects key=value, got {kv:?}"))?;
+                overrides.push((k.trim().into(), v.trim().into()));
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+        i += 1;
+    }
+    let mut cfg = match &config_path {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    for (n, (k, v)) in overrides.iter().enumerate() {
+        cfg.set(k, v, "command line", n + 1)
+            .map_err(|e| e.to_string())?;
+    }
+    cfg.check().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match parse_args() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("ringkeeper: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    for k in &cfg.unknown_keys {
+        tracing::warn!("unknown configuration key {k:?} ignored");
+    }
+    if !cfg.servers.is_empty() {
+        tracing::warn!(
+            "{} server.N lines configured, but ensembles are not supported yet: running standalone",
+            cfg.servers.len()
+        );
+    }
+    let memlock = ringkeeper::server::raise_memlock_limit();
+    tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
+    let shards = cfg.shards;
+    let source = cfg.source.clone();
+    let result = ringkeeper::server::run(cfg, move |addr| {
+        tracing::info!(
+            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {shards} shard(s) + 1 broadcast core, config: {source})",
+            env!("CARGO_PKG_VERSION")
+        );
+        tracing::warn!(
+            "data is kept in memory only: durable storage is not implemented yet, so nothing survives a restart"
+        );
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringkeeper: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,93 @@
+//! What shards and the broadcast core say to each other over cross-core channels.
+
+use std::sync::Arc;
+
+use crate::proto::{Acl, Id, Response, WriteOp};
+use crate::session::table::PASSWD_BYTES;
+use crate::tree::{DataTree, Trigger};
+
+/// A write, or a request that must be ordered with writes.
+#[derive(Debug, Clone)]
+pub enum CoreOp {
+    Write(WriteOp),
+    SetAcl {
+        path: String,
+        acl: Vec<Acl>,
+        version: i32,
+    },
+    Multi(Vec<WriteOp>),
+    Sync {
+        path: String,
+    },
+    CloseSession,
+}
+
+#[derive(Debug)]
+pub enum ToCore {
+    /// A handshake: `session_id == 0` asks for a new session.
+    Connect {
+        shard: usize,
+        conn_id: u64,
+        session_id: i64,
+        passwd: Vec<u8>,
+        timeout_ms: i32,
+    },
+    Request {
+        session_id: i64,
+        xid: i32,
+        op: CoreOp,
+        auth: Arc<Vec<Id>>,
+    },
+    /// Sessions that showed activity since the last report.
+    Touch(Vec<i64>),
+}
+
+/// A granted session, as sent back in the ConnectResponse.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub session_id: i64,
+    pub timeout_ms: i32,
+    pub passwd: [u8; PASSWD_BYTES],
+}
+
+#[derive(Debug, Clone)]
+pub enum Effect {
+    None,
+    /// The reply to a session's request.
+    Reply {
+        session_id: i64,
+        xid: i32,
+        zxid: i64,
+        err: i32,
+        body: Response,
+    },
+    /// The outcome of a handshake (None: session expired or password wrong).
+    Connected {
+        shard: usize,
+        conn_id: u64,
+        granted: Option<Granted>,
+    },
+    /// A session is now attached to this connection; any other connection of it closes.
+    Attached {
+        session_id: i64,
+        conn_id: u64,
+    },
+    /// The session is gone (closed or expired): its connection closes.
+    SessionClosed {
+        session_id: i64,
+    },
+}
+
+/// One ordered step: the tree right after it, the watch events it fires, and its effect.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub tree: Arc<DataTree>,
+    pub triggers: Vec<Trigger>,
+    pub effect: Effect,
+}
+
+/// A committed batch, sent to every shard in the same order.
+#[derive(Debug)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+}

@@ -1,0 +1,441 @@
+//! Server configuration: ZooKeeper's `zoo.cfg` read as it is, plus the settings
+//! ZooKeeper takes as Java system properties (accepted with or without their
+//! `zookeeper.` prefix). No file at all gives the embedded default: standalone on
+//! 127.0.0.1:2181 with data under ./data.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{file}:{line}: invalid value {value:?} for {key}: {reason}")]
+    BadValue {
+        file: String,
+        line: usize,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{file}:{line}: expected key=value, found {text:?}")]
+    BadLine {
+        file: String,
+        line: usize,
+        text: String,
+    },
+    #[error("cannot read config file {file}: {reason}")]
+    Unreadable { file: String, reason: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// A `server.N=host:peerPort:electionPort[:role][;clientAddr]` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLine {
+    pub id: u64,
+    pub spec: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub tick_time_ms: u32,
+    pub init_limit: u32,
+    pub sync_limit: u32,
+    pub data_dir: PathBuf,
+    pub data_log_dir: Option<PathBuf>,
+    pub client_port: u16,
+    pub client_port_address: IpAddr,
+    /// Connections one client IP may hold; 0 = unlimited.
+    pub max_client_cnxns: u32,
+    min_session_timeout_ms: Option<u32>,
+    max_session_timeout_ms: Option<u32>,
+    /// Enabled four-letter words; "*" in the file enables all.
+    pub four_letter_words: BTreeSet<String>,
+    pub servers: Vec<ServerLine>,
+    pub snap_count: u64,
+    pub force_sync: bool,
+    pub pre_alloc_size_kb: u64,
+    pub autopurge_snap_retain_count: u32,
+    pub autopurge_purge_interval_hours: u32,
+    pub extended_types_enabled: bool,
+    pub container_check_interval_ms: u64,
+    pub container_max_per_minute: u32,
+    pub super_digest: Option<String>,
+    pub jute_maxbuffer: usize,
+    pub global_outstanding_limit: u32,
+    pub admin_enable_server: bool,
+    pub admin_server_port: u16,
+    /// Client shards (one executor each); the broadcast core has its own.
+    pub shards: usize,
+    /// Where the config came from, for `conf` and messages.
+    pub source: String,
+    /// Keys that were not recognised (each warned about once at start-up).
+    pub unknown_keys: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Config {
+            tick_time_ms: 2000,
+            init_limit: 10,
+            sync_limit: 5,
+            data_dir: PathBuf::from("./data"),
+            data_log_dir: None,
+            client_port: 2181,
+            client_port_address: IpAddr::from([127, 0, 0, 1]),
+            max_client_cnxns: 60,
+            min_session_timeout_ms: None,
+            max_session_timeout_ms: None,
+            four_letter_words: ["srvr".to_string()].into_iter().collect(),
+            servers: Vec::new(),
+            snap_count: 100_000,
+            force_sync: true,
+            pre_alloc_size_kb: 65536,
+            autopurge_snap_retain_count: 3,
+            autopurge_purge_interval_hours: 0,
+            extended_types_enabled: false,
+            container_check_interval_ms: 60_000,
+            container_max_per_minute: 10_000,
+            super_digest: None,
+            jute_maxbuffer: crate::proto::JUTE_MAXBUFFER_DEFAULT,
+            global_outstanding_limit: 1000,
+            admin_enable_server: true,
+            admin_server_port: 8080,
+            shards: cores.saturating_sub(1).max(1),
+            source: "embedded default".into(),
+            unknown_keys: Vec::new(),
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.trim()
+        .parse::<T>()
+        .map_err(|_| "not a valid number in range".to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" => Ok(true),
+        "false" | "no" => Ok(false),
+        _ => Err("expected true/false or yes/no".into()),
+    }
+}
+
+impl Config {
+    pub fn min_session_timeout_ms(&self) -> u32 {
+        self.min_session_timeout_ms.unwrap_or(self.tick_time_ms * 2)
+    }
+
+    pub fn max_session_timeout_ms(&self) -> u32 {
+        self.max_session_timeout_ms
+            .unwrap_or(self.tick_time_ms * 20)
+    }
+
+    /// The session timeout the server grants for a requested one.
+    pub fn negotiate_timeout_ms(&self, requested: i32) -> i32 {
+        let min = self.min_session_timeout_ms() as i32;
+        let max = self.max_session_timeout_ms() as i32;
+        requested.clamp(min, max.max(min))
+    }
+
+    /// Largest accepted frame: jute.maxbuffer plus room for headers.
+    pub fn frame_bytes_limit(&self) -> usize {
+        self.jute_maxbuffer + crate::proto::FRAME_EXTRA_BYTES
+    }
+
+    pub fn four_letter_word_enabled(&self, word: &str) -> bool {
+        self.four_letter_words.contains("*") || self.four_letter_words.contains(word)
+    }
+
+    /// Reads a zoo.cfg file on top of the defaults. A file that does not set
+    /// clientPortAddress listens on every interface, as ZooKeeper does.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut cfg = Config {
+            client_port_address: IpAddr::from([0, 0, 0, 0]),
+            source: path.display().to_string(),
+            ..Config::default()
+        };
+        cfg.apply_text(&text, &path.display().to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Applies `key=value` lines (zoo.cfg syntax: `#` comments, blank lines).
+    pub fn apply_text(&mut self, text: &str, file: &str) -> Result<(), ConfigError> {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(ConfigError::BadLine {
+                    file: file.into(),
+                    line: i + 1,
+                    text: line.into(),
+                });
+            };
+            self.set(k.trim(), v.trim(), file, i + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key. Unknown keys are recorded (and warned about), not rejected.
+    pub fn set(
+        &mut self,
+        key: &str,
+        value: &str,
+        file: &str,
+        line: usize,
+    ) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadValue {
+            file: file.into(),
+            line,
+            key: key.into(),
+            value: value.into(),
+            reason,
+        };
+        let k = key.strip_prefix("zookeeper.").unwrap_or(key);
+        match k {
+            "tickTime" => self.tick_time_ms = parse_num(value).map_err(bad)?,
+            "initLimit" => self.init_limit = parse_num(value).map_err(bad)?,
+            "syncLimit" => self.sync_limit = parse_num(value).map_err(bad)?,
+            "dataDir" => self.data_dir = PathBuf::from(value),
+            "dataLogDir" => self.data_log_dir = Some(PathBuf::from(value)),
+            "clientPort" => self.client_port = parse_num(value).map_err(bad)?,
+            "clientPortAddress" => {
+                self.client_port_address =
+                    value.parse().map_err(|_| bad("not an IP address".into()))?
+            }
+            "maxClientCnxns" => self.max_client_cnxns = parse_num(value).map_err(bad)?,
+            "minSessionTimeout" => {
+                let v: i64 = parse_num(value).map_err(bad)?;
+                self.min_session_timeout_ms = u32::try_from(v).ok();
+            }
+            "maxSessionTimeout" => {
+                let v: i64 = parse_num(value).map_err(bad)?;
+                self.max_session_timeout_ms = u32::try_from(v).ok();
+            }
+            "4lw.commands.whitelist" => {
+                let words: BTreeSet<String> = value
+                    .split(',')
+                    .map(|w| w.trim().to_string())
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                for w in &words {
+                    if w != "*" && !crate::proto::FOUR_LETTER_WORDS.contains(&w.as_str()) {
+                        return Err(bad(format!("unknown four-letter word {w:?}")));
+                    }
+                }
+                self.four_letter_words = words;
+            }
+            "snapCount" => self.snap_count = parse_num(value).map_err(bad)?,
+            "forceSync" => self.force_sync = parse_bool(value).map_err(bad)?,
+            "preAllocSize" => self.pre_alloc_size_kb = parse_num(value).map_err(bad)?,
+            "autopurge.snapRetainCount" => {
+                let n: u32 = parse_num(value).map_err(bad)?;
+                // ZooKeeper silently raises values below 3 to 3.
+                self.autopurge_snap_retain_count = n.max(3);
+            }
+            "autopurge.purgeInterval" => {
+                self.autopurge_purge_interval_hours = parse_num(value).map_err(bad)?
+            }
+            "extendedTypesEnabled" => {
+                self.extended_types_enabled = parse_bool(value).map_err(bad)?
+            }
+            "znode.container.checkIntervalMs" => {
+                self.container_check_interval_ms = parse_num(value).map_err(bad)?
+            }
+            "znode.container.maxPerMinute" => {
+                self.container_max_per_minute = parse_num(value).map_err(bad)?
+            }
+            "DigestAuthenticationProvider.superDigest" => {
+                if !value.contains(':') {
+                    return Err(bad("expected user:base64digest".into()));
+                }
+                self.super_digest = Some(value.to_string());
+            }
+            "jute.maxbuffer" => {
+                let v = value.trim();
+                let n = if let Some(hex) = v.strip_prefix("0x") {
+                    usize::from_str_radix(hex, 16).map_err(|_| bad("not a number".into()))?
+                } else {
+                    parse_num(v).map_err(bad)?
+                };
+                if n == 0 {
+                    return Err(bad("must be positive".into()));
+                }
+                self.jute_maxbuffer = n;
+            }
+            "globalOutstandingLimit" => {
+                self.global_outstanding_limit = parse_num(value).map_err(bad)?
+            }
+            "admin.enableServer" => self.admin_enable_server = parse_bool(value).map_err(bad)?,
+            "admin.serverPort" => self.admin_server_port = parse_num(value).map_err(bad)?,
+            "shards" | "ringkeeper.shards" => {
+                let n: usize = parse_num(value).map_err(bad)?;
+                if n == 0 || n > 256 {
+                    return Err(bad("must be between 1 and 256".into()));
+                }
+                self.shards = n;
+            }
+            _ if k.starts_with("server.") => {
+                let id: u64 = k["server.".len()..]
+                    .parse()
+                    .map_err(|_| bad("server id must be a number".into()))?;
+                self.servers.retain(|s| s.id != id);
+                self.servers.push(ServerLine {
+                    id,
+                    spec: value.into(),
+                });
+            }
+            // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper.
+            "admin.serverAddress"
+            | "admin.commandURL"
+            | "admin.idleTimeout"
+            | "standaloneEnabled"
+            | "reconfigEnabled"
+            | "dynamicConfigFile"
+            | "electionAlg"
+            | "peerType"
+            | "quorumListenOnAllIPs"
+            | "cnxTimeout"
+            | "skipACL"
+            | "audit.enable"
+            | "metricsProvider.className"
+            | "metricsProvider.httpPort"
+            | "metricsProvider.exportJvmInfo"
+            | "syncEnabled"
+            | "localSessionsEnabled"
+            | "localSessionsUpgradingEnabled"
+            | "leaderServes"
+            | "maxCnxns"
+            | "clientPortListenBacklog" => {}
+            _ => self.unknown_keys.push(key.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Cross-key checks once everything is read.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.tick_time_ms == 0 {
+            return Err(ConfigError::Inconsistent(
+                "tickTime must be positive".into(),
+            ));
+        }
+        if self.min_session_timeout_ms() > self.max_session_timeout_ms() {
+            return Err(ConfigError::Inconsistent(format!(
+                "minSessionTimeout {} must not be larger than maxSessionTimeout {}",
+                self.min_session_timeout_ms(),
+                self.max_session_timeout_ms()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The lines `conf` prints, in ZooKeeper's shape.
+    pub fn conf_lines(&self) -> Vec<String> {
+        vec![
+            format!("clientPort={}", self.client_port),
+            format!("secureClientPort=-1"),
+            format!("dataDir={}", self.data_dir.display()),
+            format!("dataDirSize={}", dir_size(&self.data_dir)),
+            format!(
+                "dataLogDir={}",
+                self.data_log_dir
+                    .as_ref()
+                    .unwrap_or(&self.data_dir)
+                    .display()
+            ),
+            format!(
+                "dataLogSize={}",
+                dir_size(self.data_log_dir.as_ref().unwrap_or(&self.data_dir))
+            ),
+            format!("tickTime={}", self.tick_time_ms),
+            format!("maxClientCnxns={}", self.max_client_cnxns),
+            format!("minSessionTimeout={}", self.min_session_timeout_ms()),
+            format!("maxSessionTimeout={}", self.max_session_timeout_ms()),
+            format!("clientPortListenBacklog=-1"),
+            format!("serverId=0"),
+        ]
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_zookeeper_zoo_cfg() {
+        let mut c = Config::default();
+        c.apply_text(
+            "# comment\ntickTime=1000\ndataDir=/tmp/zk\nclientPort=2191\n\
+             4lw.commands.whitelist=ruok, srvr,mntr\nzookeeper.extendedTypesEnabled=true\n\
+             znode.container.checkIntervalMs=100\njute.maxbuffer=0x200000\nserver.1=a:2888:3888\n",
+            "zoo.cfg",
+        )
+        .unwrap();
+        assert_eq!(c.tick_time_ms, 1000);
+        assert_eq!(c.client_port, 2191);
+        assert_eq!(c.min_session_timeout_ms(), 2000);
+        assert_eq!(c.max_session_timeout_ms(), 20000);
+        assert!(c.four_letter_word_enabled("mntr"));
+        assert!(!c.four_letter_word_enabled("dump"));
+        assert!(c.extended_types_enabled);
+        assert_eq!(c.container_check_interval_ms, 100);
+        assert_eq!(c.jute_maxbuffer, 0x200000);
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(c.negotiate_timeout_ms(100), 2000);
+        assert_eq!(c.negotiate_timeout_ms(999_999), 20000);
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let mut c = Config::default();
+        let e = c
+            .apply_text("tickTime=2000\nclientPort=abc\n", "zoo.cfg")
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("zoo.cfg:2") && msg.contains("clientPort"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_for_a_warning() {
+        let mut c = Config::default();
+        c.apply_text("frobnicate=1\n", "zoo.cfg").unwrap();
+        assert_eq!(c.unknown_keys, vec!["frobnicate".to_string()]);
+    }
+
+    #[test]
+    fn inconsistent_timeouts_are_rejected() {
+        let mut c = Config::default();
+        c.apply_text(
+            "minSessionTimeout=50000\nmaxSessionTimeout=1000\n",
+            "zoo.cfg",
+        )
+        .unwrap();
+        assert!(c.check().is_err());
+    }
+}

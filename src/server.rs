@@ -1,0 +1,313 @@
+//! Server start-up and the state every executor can see: configuration, counters,
+//! the connection registry (for `cons`), watch tables (for `wch*`) and the session
+//! list (for `dump`). Everything here is either immutable or behind atomics/mutexes
+//! touched off the request path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::broadcast;
+use crate::config::Config;
+use crate::session::watches::WatchTable;
+use crate::shard;
+
+/// Capacity of each cross-core channel (messages), shard -> core and core -> shard.
+pub const CHANNEL_CAPACITY: usize = 4096;
+/// io_uring registered buffer memory per executor; kept small since no DMA file I/O
+/// runs here yet.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Request counters of one shard (written by that shard only).
+#[derive(Default)]
+pub struct ShardStats {
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub latency_sum_us: AtomicU64,
+    pub latency_count: AtomicU64,
+    pub latency_min_us: AtomicU64,
+    pub latency_max_us: AtomicU64,
+    pub outstanding: AtomicI64,
+}
+
+impl ShardStats {
+    pub fn record_latency(&self, us: u64) {
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        let n = self.latency_count.fetch_add(1, Relaxed);
+        if n == 0 || us < self.latency_min_us.load(Relaxed) {
+            self.latency_min_us.store(us, Relaxed);
+        }
+        if us > self.latency_max_us.load(Relaxed) {
+            self.latency_max_us.store(us, Relaxed);
+        }
+    }
+
+    pub fn reset(&self) {
+        for a in [
+            &self.packets_received,
+            &self.packets_sent,
+            &self.latency_sum_us,
+            &self.latency_count,
+            &self.latency_min_us,
+            &self.latency_max_us,
+        ] {
+            a.store(0, Relaxed);
+        }
+    }
+}
+
+/// What `cons` shows about one connection.
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub established: SystemTime,
+    pub session_id: AtomicI64,
+    pub timeout_ms: AtomicI32,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub last_cxid: AtomicI32,
+    pub last_zxid: AtomicI64,
+    pub last_op: AtomicI32,
+    pub queued: AtomicI64,
+    pub lat_sum_us: AtomicU64,
+    pub lat_count: AtomicU64,
+    pub lat_max_us: AtomicU64,
+}
+
+impl ConnInfo {
+    pub fn new(id: u64, peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            id,
+            peer,
+            established: SystemTime::now(),
+            session_id: AtomicI64::new(0),
+            timeout_ms: AtomicI32::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            last_cxid: AtomicI32::new(-1),
+            last_zxid: AtomicI64::new(-1),
+            last_op: AtomicI32::new(-1),
+            queued: AtomicI64::new(0),
+            lat_sum_us: AtomicU64::new(0),
+            lat_count: AtomicU64::new(0),
+            lat_max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct ServerShared {
+    pub cfg: Arc<Config>,
+    pub started: Instant,
+    pub shard_stats: Vec<ShardStats>,
+    pub watch_tables: Vec<Arc<Mutex<WatchTable>>>,
+    pub conns: Mutex<BTreeMap<u64, Arc<ConnInfo>>>,
+    conns_per_ip: Mutex<HashMap<IpAddr, u32>>,
+    sessions: Mutex<Vec<(i64, i32)>>,
+    last_zxid: AtomicI64,
+}
+
+impl ServerShared {
+    pub fn new(cfg: Arc<Config>) -> ServerShared {
+        ServerShared {
+            shard_stats: (0..cfg.shards).map(|_| ShardStats::default()).collect(),
+            watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
+            cfg,
+            started: Instant::now(),
+            conns: Mutex::default(),
+            conns_per_ip: Mutex::default(),
+            sessions: Mutex::default(),
+            last_zxid: AtomicI64::new(0),
+        }
+    }
+
+    /// Registers a new connection unless its IP already holds maxClientCnxns.
+    pub fn admit(&self, info: Arc<ConnInfo>) -> bool {
+        let ip = info.peer.ip();
+        let mut per_ip = self.conns_per_ip.lock().expect("conns_per_ip poisoned");
+        let n = per_ip.entry(ip).or_default();
+        let limit = self.cfg.max_client_cnxns;
+        if limit != 0 && *n >= limit {
+            tracing::warn!("Too many connections from /{ip} - max is {limit}");
+            return false;
+        }
+        *n += 1;
+        drop(per_ip);
+        self.conns
+            .lock()
+            .expect("conns poisoned")
+            .insert(info.id, info);
+        true
+    }
+
+    pub fn release(&self, info: &ConnInfo) {
+        self.conns.lock().expect("conns poisoned").remove(&info.id);
+        let mut per_ip = self.conns_per_ip.lock().expect("conns_per_ip poisoned");
+        if let Some(n) = per_ip.get_mut(&info.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&info.peer.ip());
+            }
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.lock().expect("conns poisoned").len()
+    }
+
+    pub fn publish_sessions(&self, s: Vec<(i64, i32)>) {
+        *self.sessions.lock().expect("sessions poisoned") = s;
+    }
+
+    pub fn sessions(&self) -> Vec<(i64, i32)> {
+        self.sessions.lock().expect("sessions poisoned").clone()
+    }
+
+    pub fn set_last_zxid(&self, z: i64) {
+        self.last_zxid.store(z, Relaxed);
+    }
+
+    pub fn last_zxid(&self) -> i64 {
+        self.last_zxid.load(Relaxed)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(
+        "cannot start executor {name}: {source}. io_uring needs locked memory: raise the \
+         memlock limit (ulimit -l unlimited, or LimitMEMLOCK=infinity under systemd)"
+    )]
+    Executor {
+        name: String,
+        source: glommio::GlommioError<()>,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("executor {0} stopped unexpectedly")]
+    Died(String),
+}
+
+/// Raises RLIMIT_MEMLOCK as far as allowed; io_uring rings and registered buffers
+/// count against it. Returns the limit in force afterwards, in bytes.
+pub fn raise_memlock_limit() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return 0;
+        }
+        let want = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) == 0 {
+            return u64::MAX;
+        }
+        let up = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &up) == 0 {
+            return up.rlim_cur;
+        }
+        lim.rlim_cur
+    }
+}
+
+/// Starts the broadcast core and the shards, binds the client port, and blocks until
+/// the server stops. `ready` is called with the bound address once clients can connect.
+pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
+    let cfg = Arc::new(cfg);
+    let shared = Arc::new(ServerShared::new(cfg.clone()));
+    let addr = SocketAddr::new(cfg.client_port_address, cfg.client_port);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = cfg.shards < cores;
+    let placement = |cpu: usize| {
+        if pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        }
+    };
+
+    // Bind once here so a port in use is reported before anything starts; each shard
+    // binds its own SO_REUSEPORT listener on the same address.
+    let probe =
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let bound = probe
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    drop(probe);
+
+    let mut to_core_rx = Vec::new();
+    let mut to_core_tx = Vec::new();
+    let mut to_shard_rx = Vec::new();
+    let mut to_shard_tx = Vec::new();
+    for _ in 0..cfg.shards {
+        let (tx, rx) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        to_core_tx.push(tx);
+        to_core_rx.push(rx);
+        let (tx, rx) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        to_shard_tx.push(tx);
+        to_shard_rx.push(rx);
+    }
+
+    let core_cfg = cfg.clone();
+    let core_shared = shared.clone();
+    let core = LocalExecutorBuilder::new(placement(cores - 1))
+        .name("rk-broadcast")
+        .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        .spawn(move || broadcast::run(core_cfg, to_core_rx, to_shard_tx, core_shared))
+        .map_err(|source| StartError::Executor {
+            name: "rk-broadcast".into(),
+            source,
+        })?;
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
+    let mut shards = Vec::new();
+    for (i, (tx, rx)) in to_core_tx.into_iter().zip(to_shard_rx).enumerate() {
+        let shared = shared.clone();
+        let ready_tx = ready_tx.clone();
+        let name = format!("rk-shard-{i}");
+        let h = LocalExecutorBuilder::new(placement(i % cores))
+            .name(&name)
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || shard::run(i, bound, shared, tx, rx, ready_tx))
+            .map_err(|source| StartError::Executor { name, source })?;
+        shards.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(StartError::Listen {
+                    addr: bound,
+                    source,
+                })
+            }
+            Err(_) => return Err(StartError::Died("shard".into())),
+        }
+    }
+    ready(bound);
+    for (i, h) in shards.into_iter().enumerate() {
+        if h.join().is_err() {
+            return Err(StartError::Died(format!("rk-shard-{i}")));
+        }
+    }
+    core.join()
+        .map_err(|_| StartError::Died("rk-broadcast".into()))?;
+    Ok(())
+}

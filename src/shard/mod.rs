@@ -1,0 +1,748 @@
+//! A shard: one executor pinned to a core, with its own SO_REUSEPORT listener, owning
+//! the connections it accepts and the sessions attached to them. It decodes frames,
+//! answers reads from its current tree version, forwards writes to the broadcast core
+//! and, when the committed batch comes back, fires watch events, sends replies and
+//! releases the reads queued behind them — always in each session's request order.
+
+pub mod conn;
+pub mod fourlw;
+pub mod reads;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::broadcast::messages::{Batch, CoreOp, Effect, Granted, ToCore};
+use crate::proto::codes::{keeper_state, xid};
+use crate::proto::{
+    four_letter_word, put_event_frame, put_reply_frame, ConnectRequest, ConnectResponse,
+    DecodeError, ErrorCode, OpCode, ReplyHeader, Request, Response, WatcherEvent,
+};
+use crate::server::{ConnInfo, ServerShared, ShardStats};
+use crate::session::watches::WatchTable;
+use crate::tree::DataTree;
+use conn::{Conn, Pending};
+
+/// Requests one connection may have queued before the shard stops reading from it.
+pub const SESSION_OUTSTANDING_MAX: usize = 1000;
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+pub struct Shard {
+    index: usize,
+    shared: Arc<ServerShared>,
+    tree: RefCell<Arc<DataTree>>,
+    watches: Arc<Mutex<WatchTable>>,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    sessions: RefCell<HashMap<i64, Rc<Conn>>>,
+    handshakes: RefCell<HashMap<u64, oneshot::Sender<Option<Granted>>>>,
+    to_core: ConnectedSender<ToCore>,
+    next_conn: Cell<u64>,
+}
+
+impl Shard {
+    fn stats(&self) -> &ShardStats {
+        &self.shared.shard_stats[self.index]
+    }
+
+    fn tree(&self) -> Arc<DataTree> {
+        self.tree.borrow().clone()
+    }
+}
+
+/// Runs shard `index` until the process ends.
+pub async fn run(
+    index: usize,
+    addr: SocketAddr,
+    shared: Arc<ServerShared>,
+    to_core: SharedSender<ToCore>,
+    from_core: SharedReceiver<Arc<Batch>>,
+    ready: std::sync::mpsc::Sender<Result<(), std::io::Error>>,
+) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(std::io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard {
+        index,
+        watches: shared.watch_tables[index].clone(),
+        shared,
+        tree: RefCell::new(Arc::new(DataTree::new())),
+        conns: RefCell::default(),
+        sessions: RefCell::default(),
+        handshakes: RefCell::default(),
+        to_core: to_core.connect().await,
+        next_conn: Cell::new(0),
+    });
+    let from_core = from_core.connect().await;
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = from_core.recv().await {
+                apply_batch(&shard, &batch);
+            }
+        })
+        .detach();
+    }
+    {
+        let shard = shard.clone();
+        let period =
+            Duration::from_millis((shard.shared.cfg.tick_time_ms as u64 / 4).clamp(10, 500));
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(period).await;
+                let touched: Vec<i64> = shard
+                    .sessions
+                    .borrow()
+                    .iter()
+                    .filter(|(_, c)| c.touched.replace(false))
+                    .map(|(s, _)| *s)
+                    .collect();
+                if !touched.is_empty() && shard.to_core.send(ToCore::Touch(touched)).await.is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+    let _ = ready.send(Ok(()));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Applies a committed batch on this shard, entry by entry: switch to the tree version
+/// after the entry, fire its watch events, then deliver its effect.
+fn apply_batch(shard: &Shard, batch: &Batch) {
+    let mut fired = Vec::new();
+    let mut touched_conns: Vec<Rc<Conn>> = Vec::new();
+    for entry in &batch.entries {
+        *shard.tree.borrow_mut() = entry.tree.clone();
+        if !entry.triggers.is_empty() {
+            let mut watches = shard.watches.lock().expect("watch table poisoned");
+            let sessions = shard.sessions.borrow();
+            for t in &entry.triggers {
+                watches.fire(&t.path, t.event, &mut fired);
+                for s in &fired {
+                    if let Some(c) = sessions.get(s) {
+                        put_event_frame(
+                            &mut c.out.borrow_mut(),
+                            -1,
+                            &WatcherEvent {
+                                event_type: t.event as i32,
+                                state: keeper_state::SYNC_CONNECTED,
+                                path: t.path.to_string(),
+                            },
+                        );
+                        touched_conns.push(c.clone());
+                    }
+                }
+            }
+        }
+        match &entry.effect {
+            Effect::None => {}
+            Effect::Reply {
+                session_id,
+                xid: reply_xid,
+                zxid,
+                err,
+                body,
+            } => {
+                let c = shard.sessions.borrow().get(session_id).cloned();
+                if let Some(c) = c {
+                    deliver_write_reply(shard, &c, *reply_xid, *zxid, *err, body);
+                    touched_conns.push(c);
+                }
+            }
+            Effect::Connected {
+                shard: s,
+                conn_id,
+                granted,
+            } => {
+                if *s == shard.index {
+                    if let Some(tx) = shard.handshakes.borrow_mut().remove(conn_id) {
+                        let _ = tx.send(granted.clone());
+                    }
+                }
+            }
+            Effect::Attached {
+                session_id,
+                conn_id,
+            } => {
+                let old = shard.sessions.borrow().get(session_id).cloned();
+                if let Some(old) = old {
+                    if old.id != *conn_id {
+                        tracing::info!(
+                            "closing connection {} of session 0x{session_id:x}: the client reconnected",
+                            old.id
+                        );
+                        shard.sessions.borrow_mut().remove(session_id);
+                        old.close();
+                    }
+                }
+            }
+            Effect::SessionClosed { session_id } => {
+                let c = shard.sessions.borrow_mut().remove(session_id);
+                if let Some(c) = c {
+                    c.close();
+                }
+                shard
+                    .watches
+                    .lock()
+                    .expect("watch table poisoned")
+                    .remove_session(*session_id);
+            }
+        }
+    }
+    for c in touched_conns {
+        c.flush_soon();
+    }
+}
+
+/// Sends a write's reply, then answers the reads that were queued behind it.
+fn deliver_write_reply(
+    shard: &Shard,
+    c: &Conn,
+    reply_xid: i32,
+    zxid: i64,
+    err: i32,
+    body: &Response,
+) {
+    let front = c.queue.borrow_mut().pop_front();
+    match front {
+        Some(Pending::Write { xid: x, received }) => {
+            debug_assert_eq!(x, reply_xid, "replies must come back in request order");
+            record_latency(shard, c, received);
+        }
+        _ => tracing::error!(
+            "session 0x{:x}: reply for xid {reply_xid} does not match the head of its queue",
+            c.session_id.get()
+        ),
+    }
+    shard.stats().outstanding.fetch_sub(1, Relaxed);
+    c.info.last_zxid.store(zxid, Relaxed);
+    put_reply_frame(
+        &mut c.out.borrow_mut(),
+        ReplyHeader {
+            xid: reply_xid,
+            zxid,
+            err,
+        },
+        body,
+    );
+    count_sent(shard, c);
+    drain_ready(shard, c);
+}
+
+fn record_latency(shard: &Shard, c: &Conn, received: Instant) {
+    let us = received.elapsed().as_micros() as u64;
+    shard.stats().record_latency(us);
+    c.info.lat_sum_us.fetch_add(us, Relaxed);
+    c.info.lat_count.fetch_add(1, Relaxed);
+    c.info.lat_max_us.fetch_max(us, Relaxed);
+}
+
+fn count_sent(shard: &Shard, c: &Conn) {
+    shard.stats().packets_sent.fetch_add(1, Relaxed);
+    c.info.sent.fetch_add(1, Relaxed);
+}
+
+/// Answers queued reads (and ready replies) up to the next pending write.
+fn drain_ready(shard: &Shard, c: &Conn) {
+    loop {
+        let next = {
+            let mut q = c.queue.borrow_mut();
+            match q.front() {
+                Some(Pending::Write { .. }) | None => None,
+                Some(_) => q.pop_front(),
+            }
+        };
+        match next {
+            None => break,
+            Some(Pending::Read {
+                xid: x,
+                req,
+                received,
+            }) => {
+                answer_read(shard, c, x, &req);
+                record_latency(shard, c, received);
+            }
+            Some(Pending::Ready { frame, close_after }) => {
+                c.out.borrow_mut().extend_from_slice(&frame);
+                count_sent(shard, c);
+                if close_after {
+                    c.close();
+                }
+            }
+            Some(Pending::Write { .. }) => unreachable!("stopped above"),
+        }
+    }
+    c.info.queued.store(c.queue.borrow().len() as i64, Relaxed);
+    c.queue_shrunk.notify();
+}
+
+fn answer_read(shard: &Shard, c: &Conn, req_xid: i32, req: &Request) {
+    let tree = shard.tree();
+    let auth = c.auth.borrow().clone();
+    let mut watches = shard.watches.lock().expect("watch table poisoned");
+    let mut ctx = reads::ReadContext {
+        tree: &tree,
+        session_id: c.session_id.get(),
+        auth: &auth,
+        watches: &mut watches,
+    };
+    reads::execute(&mut ctx, req_xid, req, &mut c.out.borrow_mut());
+    c.info.last_zxid.store(tree.last_zxid(), Relaxed);
+    count_sent(shard, c);
+}
+
+/// Reads whole frames from a socket, keeping any partial frame for the next call.
+struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: usize,
+}
+
+enum Frame {
+    Data(Vec<u8>),
+    Eof,
+    TooLarge(i64),
+}
+
+impl FrameReader {
+    fn new(limit: usize) -> FrameReader {
+        FrameReader {
+            buf: vec![0; READ_CHUNK_BYTES],
+            start: 0,
+            end: 0,
+            limit,
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes at least `n` bytes available; false on EOF.
+    async fn fill(
+        &mut self,
+        rd: &mut (impl AsyncReadExt + Unpin),
+        n: usize,
+    ) -> std::io::Result<bool> {
+        while self.end - self.start < n {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() < n {
+                self.buf.resize(n.max(READ_CHUNK_BYTES), 0);
+            } else if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let got = rd.read(&mut self.buf[self.end..]).await?;
+            if got == 0 {
+                return Ok(false);
+            }
+            self.end += got;
+        }
+        Ok(true)
+    }
+
+    async fn next(&mut self, rd: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Frame> {
+        if !self.fill(rd, 4).await? {
+            return Ok(Frame::Eof);
+        }
+        let b = self.buffered();
+        let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        if len < 0 || len as usize > self.limit {
+            return Ok(Frame::TooLarge(len as i64));
+        }
+        let len = len as usize;
+        if !self.fill(rd, 4 + len).await? {
+            return Ok(Frame::Eof);
+        }
+        let frame = self.buf[self.start + 4..self.start + 4 + len].to_vec();
+        self.start += 4 + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Frame::Data(frame))
+    }
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = match stream.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let id = ((shard.index as u64) << 48) | shard.next_conn.replace(shard.next_conn.get() + 1);
+    let info = Arc::new(ConnInfo::new(id, peer));
+    if !shard.shared.admit(info.clone()) {
+        return;
+    }
+    let c = Rc::new(Conn::new(id, info.clone()));
+    shard.conns.borrow_mut().insert(id, c.clone());
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let reader = {
+        let shard = shard.clone();
+        let c = c.clone();
+        async move {
+            if let Err(e) = read_loop(&shard, &c, &mut rd).await {
+                tracing::debug!("connection {peer}: {e}");
+            }
+            c.close();
+            std::future::pending::<()>().await;
+        }
+    };
+    let writer = {
+        let c = c.clone();
+        async move {
+            loop {
+                let data = std::mem::take(&mut *c.out.borrow_mut());
+                if data.is_empty() {
+                    if c.closing.get() {
+                        break;
+                    }
+                    c.wake_writer.wait().await;
+                    continue;
+                }
+                if wr.write_all(&data).await.is_err() {
+                    break;
+                }
+                // Reuse the allocation if nothing was queued meanwhile.
+                let mut out = c.out.borrow_mut();
+                if out.is_empty() {
+                    let mut data = data;
+                    data.clear();
+                    *out = data;
+                }
+            }
+            let _ = wr.close().await;
+        }
+    };
+    futures_lite::future::or(reader, writer).await;
+    // The connection is gone; its session lives on until it expires or the client
+    // reconnects, but its watches go with the connection, as in ZooKeeper.
+    shard.conns.borrow_mut().remove(&id);
+    let sid = c.session_id.get();
+    let owned = shard
+        .sessions
+        .borrow()
+        .get(&sid)
+        .is_some_and(|x| x.id == id);
+    if owned {
+        shard.sessions.borrow_mut().remove(&sid);
+        shard
+            .watches
+            .lock()
+            .expect("watch table poisoned")
+            .remove_session(sid);
+    }
+    shard.handshakes.borrow_mut().remove(&id);
+    let pending = c
+        .queue
+        .borrow()
+        .iter()
+        .filter(|p| matches!(p, Pending::Write { .. }))
+        .count();
+    shard.stats().outstanding.fetch_sub(pending as i64, Relaxed);
+    shard.shared.release(&info);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("Packet len {0} is out of range")]
+    TooLarge(i64),
+    #[error("malformed {what}: {err}")]
+    Malformed {
+        what: &'static str,
+        err: DecodeError,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error("the broadcast core has stopped")]
+    CoreGone,
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    c: &Rc<Conn>,
+    rd: &mut (impl AsyncReadExt + Unpin),
+) -> Result<(), ConnError> {
+    let limit = shard.shared.cfg.frame_bytes_limit();
+    let mut frames = FrameReader::new(limit);
+    let peer = c.info.peer;
+    // A four-letter word instead of a handshake.
+    if !frames.fill(rd, 4).await? {
+        return Ok(());
+    }
+    let first: [u8; 4] = frames.buffered()[..4].try_into().expect("4 bytes");
+    if let Some(word) = four_letter_word(first) {
+        let text = if shard.shared.cfg.four_letter_word_enabled(word) {
+            fourlw::answer(shard, word)
+        } else {
+            format!("{word} is not executed because it is not in the whitelist.\n")
+        };
+        c.out.borrow_mut().extend_from_slice(text.as_bytes());
+        return Ok(());
+    }
+    let frame = match frames.next(rd).await? {
+        Frame::Data(f) => f,
+        Frame::Eof => return Ok(()),
+        Frame::TooLarge(n) => {
+            tracing::warn!("Closing connection to {peer}: Packet len {n} is out of range!");
+            return Err(ConnError::TooLarge(n));
+        }
+    };
+    let req = ConnectRequest::decode(&frame).map_err(|err| ConnError::Malformed {
+        what: "ConnectRequest",
+        err,
+    })?;
+    let tree = shard.tree();
+    if req.last_zxid_seen > tree.last_zxid() {
+        let msg = format!(
+            "Refusing session request for client {peer} as it has seen zxid 0x{:x} our last zxid is 0x{:x} client must try another server",
+            req.last_zxid_seen,
+            tree.last_zxid()
+        );
+        tracing::info!("{msg}");
+        return Err(ConnError::Refused(msg));
+    }
+    c.sent_read_only.set(req.read_only.is_some());
+    let (tx, rx) = oneshot::channel();
+    shard.handshakes.borrow_mut().insert(c.id, tx);
+    shard
+        .to_core
+        .send(ToCore::Connect {
+            shard: shard.index,
+            conn_id: c.id,
+            session_id: req.session_id,
+            passwd: req.passwd.clone(),
+            timeout_ms: req.timeout_ms,
+        })
+        .await
+        .map_err(|_| ConnError::CoreGone)?;
+    let granted = rx.await.map_err(|_| ConnError::CoreGone)?;
+    let resp = ConnectResponse {
+        protocol_version: 0,
+        timeout_ms: granted.as_ref().map_or(0, |g| g.timeout_ms),
+        session_id: granted.as_ref().map_or(0, |g| g.session_id),
+        passwd: granted.as_ref().map_or(vec![0; 16], |g| g.passwd.to_vec()),
+        read_only: req.read_only.map(|_| false),
+    };
+    {
+        let mut out = c.out.borrow_mut();
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        resp.encode(&mut *out);
+        let len = (out.len() - start - 4) as i32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    c.flush_soon();
+    let Some(g) = granted else {
+        tracing::info!(
+            "Invalid session 0x{:x} for client {peer}, probably expired",
+            req.session_id
+        );
+        return Ok(());
+    };
+    c.session_id.set(g.session_id);
+    c.info.session_id.store(g.session_id, Relaxed);
+    c.info.timeout_ms.store(g.timeout_ms, Relaxed);
+    if let Some(old) = shard.sessions.borrow_mut().insert(g.session_id, c.clone()) {
+        if old.id != c.id {
+            old.close();
+        }
+    }
+    loop {
+        while c.queue.borrow().len() >= SESSION_OUTSTANDING_MAX {
+            c.queue_shrunk.wait().await;
+        }
+        let frame = match frames.next(rd).await? {
+            Frame::Data(f) => f,
+            Frame::Eof => return Ok(()),
+            Frame::TooLarge(n) => {
+                tracing::warn!("Closing connection to {peer}: Packet len {n} is out of range!");
+                return Err(ConnError::TooLarge(n));
+            }
+        };
+        if c.closing.get() {
+            return Ok(());
+        }
+        c.touched.set(true);
+        shard.stats().packets_received.fetch_add(1, Relaxed);
+        c.info.received.fetch_add(1, Relaxed);
+        let (header, req) = match Request::decode(&frame) {
+            Ok(r) => r,
+            Err(DecodeError::UnknownOpCode(op)) if frame.len() >= 8 => {
+                // ZooKeeper answers an unknown opcode with UNIMPLEMENTED and keeps going.
+                let x = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                tracing::warn!("Received packet at server of unknown type {op} from {peer}");
+                let mut f = Vec::new();
+                put_reply_frame(
+                    &mut f,
+                    ReplyHeader {
+                        xid: x,
+                        zxid: shard.tree().last_zxid(),
+                        err: ErrorCode::Unimplemented.code(),
+                    },
+                    &Response::Empty,
+                );
+                enqueue_ready(shard, c, f, false);
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!("Closing connection to {peer}: malformed request: {err}");
+                return Err(ConnError::Malformed {
+                    what: "request",
+                    err,
+                });
+            }
+        };
+        c.info.last_cxid.store(header.xid, Relaxed);
+        c.info.last_op.store(header.op, Relaxed);
+        dispatch(shard, c, header.xid, header.op, req).await?;
+    }
+}
+
+/// A precomputed reply that must still wait for earlier requests.
+fn enqueue_ready(shard: &Shard, c: &Conn, frame: Vec<u8>, close_after: bool) {
+    if c.queue.borrow().is_empty() {
+        c.out.borrow_mut().extend_from_slice(&frame);
+        count_sent(shard, c);
+        if close_after {
+            c.close();
+        }
+        c.flush_soon();
+    } else {
+        c.queue
+            .borrow_mut()
+            .push_back(Pending::Ready { frame, close_after });
+    }
+}
+
+async fn dispatch(
+    shard: &Rc<Shard>,
+    c: &Rc<Conn>,
+    req_xid: i32,
+    op: i32,
+    req: Request,
+) -> Result<(), ConnError> {
+    let received = Instant::now();
+    let core_op = match req {
+        Request::Auth { scheme, auth, .. } => {
+            let res = reads::authenticate(&scheme, &auth, shard.shared.cfg.super_digest.as_deref());
+            let err = match res {
+                Ok(ids) => {
+                    let mut a = c.auth.borrow().as_ref().clone();
+                    for id in ids {
+                        if !a.contains(&id) {
+                            a.push(id);
+                        }
+                    }
+                    *c.auth.borrow_mut() = Arc::new(a);
+                    0
+                }
+                Err(code) => {
+                    tracing::warn!(
+                        "Authentication with scheme {scheme:?} failed for session 0x{:x}",
+                        c.session_id.get()
+                    );
+                    code.code()
+                }
+            };
+            let mut f = Vec::new();
+            put_reply_frame(
+                &mut f,
+                ReplyHeader {
+                    xid: xid::AUTH,
+                    zxid: 0,
+                    err,
+                },
+                &Response::Empty,
+            );
+            enqueue_ready(shard, c, f, err != 0);
+            return Ok(());
+        }
+        Request::Create(cr) => CoreOp::Write(crate::proto::WriteOp::Create(cr)),
+        Request::Delete { path, version } => {
+            CoreOp::Write(crate::proto::WriteOp::Delete { path, version })
+        }
+        Request::SetData {
+            path,
+            data,
+            version,
+        } => CoreOp::Write(crate::proto::WriteOp::SetData {
+            path,
+            data,
+            version,
+        }),
+        Request::Check { path, version } => {
+            CoreOp::Write(crate::proto::WriteOp::Check { path, version })
+        }
+        Request::SetAcl { path, acl, version } => CoreOp::SetAcl { path, acl, version },
+        Request::Multi(ops) => CoreOp::Multi(ops),
+        Request::Sync { path } => CoreOp::Sync { path },
+        Request::CloseSession => CoreOp::CloseSession,
+        read => {
+            if c.queue.borrow().is_empty() {
+                answer_read(shard, c, req_xid, &read);
+                record_latency(shard, c, received);
+                c.flush_soon();
+            } else {
+                c.queue.borrow_mut().push_back(Pending::Read {
+                    xid: req_xid,
+                    req: read,
+                    received,
+                });
+            }
+            return Ok(());
+        }
+    };
+    debug_assert!(OpCode::from_i32(op).is_some());
+    c.queue.borrow_mut().push_back(Pending::Write {
+        xid: req_xid,
+        received,
+    });
+    c.info.queued.store(c.queue.borrow().len() as i64, Relaxed);
+    shard.stats().outstanding.fetch_add(1, Relaxed);
+    let auth = c.auth.borrow().clone();
+    shard
+        .to_core
+        .send(ToCore::Request {
+            session_id: c.session_id.get(),
+            xid: req_xid,
+            op: core_op,
+            auth,
+        })
+        .await
+        .map_err(|_| ConnError::CoreGone)
+}

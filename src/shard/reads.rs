@@ -1,0 +1,306 @@
+//! Reads answered on the shard from its current tree version, without involving any
+//! other core: getData, exists, getChildren(2), getACL, getAllChildrenNumber,
+//! getEphemerals, multiRead, watch management (setWatches, addWatch, removeWatches,
+//! checkWatches), whoAmI and ping.
+
+use crate::proto::codes::{keeper_state, perms, xid, AddWatchMode, WatcherType};
+use crate::proto::{
+    put_event_frame, put_reply_frame, Acl, ErrorCode, EventType, Id, MultiResult, ReadOp,
+    ReplyHeader, Request, Response, SetWatches, WatcherEvent,
+};
+use crate::session::watches::{WatchKind, WatchTable};
+use crate::tree::{acl, DataTree};
+
+/// Everything a read needs: the tree version, the session, its identities, and the
+/// shard's watch table.
+pub struct ReadContext<'a> {
+    pub tree: &'a DataTree,
+    pub session_id: i64,
+    pub auth: &'a [Id],
+    pub watches: &'a mut WatchTable,
+}
+
+fn fail(code: ErrorCode) -> (i32, Response) {
+    (code.code(), Response::Empty)
+}
+
+fn read_node<'t>(
+    tree: &'t DataTree,
+    path: &str,
+    perm: i32,
+    auth: &[Id],
+) -> Result<&'t crate::tree::Node, ErrorCode> {
+    let node = tree.node(path).ok_or(ErrorCode::NoNode)?;
+    if !acl::allows(&node.acl, perm, auth) {
+        return Err(ErrorCode::NoAuth);
+    }
+    Ok(node)
+}
+
+/// Executes a read and appends its reply frame (and any events it fires) to `out`.
+pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec<u8>) {
+    let zxid = ctx.tree.last_zxid();
+    let (err, body) = match req {
+        Request::Ping => (0, Response::Empty),
+        Request::Exists { path, watch } => {
+            if path.contains('\0') {
+                fail(ErrorCode::BadArguments)
+            } else {
+                if *watch {
+                    ctx.watches.add(ctx.session_id, path, WatchKind::Data);
+                }
+                match ctx.tree.node(path) {
+                    Some(n) => (0, Response::Stat(n.stat())),
+                    None => fail(ErrorCode::NoNode),
+                }
+            }
+        }
+        Request::GetData { path, watch } => {
+            match read_node(ctx.tree, path, perms::READ, ctx.auth) {
+                Ok(n) => {
+                    if *watch {
+                        ctx.watches.add(ctx.session_id, path, WatchKind::Data);
+                    }
+                    (
+                        0,
+                        Response::GetData {
+                            data: n.data.clone(),
+                            stat: n.stat(),
+                        },
+                    )
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Request::GetChildren { path, watch } | Request::GetChildren2 { path, watch } => {
+            match read_node(ctx.tree, path, perms::READ, ctx.auth) {
+                Ok(n) => {
+                    if *watch {
+                        ctx.watches.add(ctx.session_id, path, WatchKind::Child);
+                    }
+                    let children: Vec<String> = n.children.iter().map(|c| c.to_string()).collect();
+                    if matches!(req, Request::GetChildren { .. }) {
+                        (0, Response::Children(children))
+                    } else {
+                        (
+                            0,
+                            Response::Children2 {
+                                children,
+                                stat: n.stat(),
+                            },
+                        )
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Request::GetAcl { path } => match ctx.tree.node(path) {
+            None => fail(ErrorCode::NoNode),
+            Some(n) if !acl::allows(&n.acl, perms::READ | perms::ADMIN, ctx.auth) => {
+                fail(ErrorCode::NoAuth)
+            }
+            Some(n) => {
+                let acl_list: Vec<Acl> = if acl::allows(&n.acl, perms::ADMIN, ctx.auth) {
+                    n.acl.to_vec()
+                } else {
+                    // Without ADMIN the digest hashes are hidden, as in ZooKeeper.
+                    n.acl
+                        .iter()
+                        .map(|a| {
+                            let mut a = a.clone();
+                            if a.id.scheme == "digest" {
+                                let user = a.id.id.split(':').next().unwrap_or("").to_string();
+                                a.id.id = format!("{user}:x");
+                            }
+                            a
+                        })
+                        .collect()
+                };
+                (
+                    0,
+                    Response::GetAcl {
+                        acl: acl_list,
+                        stat: n.stat(),
+                    },
+                )
+            }
+        },
+        Request::GetAllChildrenNumber { path } => {
+            match read_node(ctx.tree, path, perms::READ, ctx.auth) {
+                Ok(_) => (0, Response::Number(ctx.tree.descendant_count(path) as i32)),
+                Err(e) => fail(e),
+            }
+        }
+        Request::GetEphemerals { prefix } => {
+            let all = ctx.tree.ephemerals_of(ctx.session_id);
+            let p = prefix.trim();
+            let list = if p.is_empty() || p == "/" {
+                all
+            } else {
+                all.into_iter()
+                    .filter(|e| e.starts_with(prefix.as_str()))
+                    .collect()
+            };
+            (0, Response::Strings(list))
+        }
+        Request::MultiRead(ops) => {
+            let results = ops
+                .iter()
+                .map(|op| match op {
+                    ReadOp::GetData { path } => {
+                        match read_node(ctx.tree, path, perms::READ, ctx.auth) {
+                            Ok(n) => MultiResult::GetData {
+                                data: n.data.clone(),
+                                stat: n.stat(),
+                            },
+                            Err(e) => MultiResult::Error(e.code()),
+                        }
+                    }
+                    ReadOp::GetChildren { path } => {
+                        match read_node(ctx.tree, path, perms::READ, ctx.auth) {
+                            Ok(n) => MultiResult::GetChildren(
+                                n.children.iter().map(|c| c.to_string()).collect(),
+                            ),
+                            Err(e) => MultiResult::Error(e.code()),
+                        }
+                    }
+                })
+                .collect();
+            (0, Response::Multi(results))
+        }
+        Request::AddWatch { path, mode } => {
+            let kind = match *mode {
+                m if m == AddWatchMode::Persistent as i32 => Some(WatchKind::Persistent),
+                m if m == AddWatchMode::PersistentRecursive as i32 => {
+                    Some(WatchKind::PersistentRecursive)
+                }
+                _ => None,
+            };
+            match kind {
+                Some(k) => {
+                    ctx.watches.add(ctx.session_id, path, k);
+                    // ZooKeeper answers addWatch with an ErrorResponse(0) body.
+                    (0, Response::Number(0))
+                }
+                None => fail(ErrorCode::BadArguments),
+            }
+        }
+        Request::RemoveWatches { path, watcher_type } => {
+            match WatcherType::from_i32(*watcher_type) {
+                Some(t) if ctx.watches.remove_type(ctx.session_id, path, t) => (0, Response::Empty),
+                Some(_) => fail(ErrorCode::NoWatcher),
+                None => fail(ErrorCode::BadArguments),
+            }
+        }
+        Request::CheckWatches { path, watcher_type } => {
+            match WatcherType::from_i32(*watcher_type) {
+                Some(t) if ctx.watches.has_type(ctx.session_id, path, t) => (0, Response::Empty),
+                Some(_) => fail(ErrorCode::NoWatcher),
+                None => fail(ErrorCode::BadArguments),
+            }
+        }
+        Request::SetWatches(w) => {
+            set_watches(ctx, w, out);
+            (0, Response::Empty)
+        }
+        Request::WhoAmI => {
+            let infos = ctx
+                .auth
+                .iter()
+                .map(|id| {
+                    let user = match id.scheme.as_str() {
+                        "digest" => id.id.split(':').next().unwrap_or("").to_string(),
+                        _ => id.id.clone(),
+                    };
+                    (id.scheme.clone(), user)
+                })
+                .collect();
+            (0, Response::WhoAmI(infos))
+        }
+        Request::Unsupported(op) => match op {
+            crate::proto::OpCode::Reconfig => fail(ErrorCode::ReconfigDisabled),
+            _ => fail(ErrorCode::Unimplemented),
+        },
+        // Writes never reach here; auth is answered on arrival.
+        _ => fail(ErrorCode::SystemError),
+    };
+    let reply_xid = match req {
+        Request::Ping => xid::PING,
+        Request::SetWatches(_) => xid::SET_WATCHES,
+        _ => req_xid,
+    };
+    put_reply_frame(
+        out,
+        ReplyHeader {
+            xid: reply_xid,
+            zxid,
+            err,
+        },
+        &body,
+    );
+}
+
+/// Re-registers a reconnecting client's watches, firing at once those whose change
+/// it missed (DataTree.setWatches).
+fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
+    let fire = |path: &str, ev: EventType, out: &mut Vec<u8>| {
+        put_event_frame(
+            out,
+            -1,
+            &WatcherEvent {
+                event_type: ev as i32,
+                state: keeper_state::SYNC_CONNECTED,
+                path: path.to_string(),
+            },
+        );
+    };
+    let rel = w.relative_zxid;
+    for p in &w.data {
+        match ctx.tree.node(p) {
+            None => fire(p, EventType::NodeDeleted, out),
+            Some(n) if n.stat.mzxid > rel => fire(p, EventType::NodeDataChanged, out),
+            Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Data),
+        }
+    }
+    for p in &w.exist {
+        match ctx.tree.node(p) {
+            Some(_) => fire(p, EventType::NodeCreated, out),
+            None => ctx.watches.add(ctx.session_id, p, WatchKind::Data),
+        }
+    }
+    for p in &w.child {
+        match ctx.tree.node(p) {
+            None => fire(p, EventType::NodeDeleted, out),
+            Some(n) if n.stat.pzxid > rel => fire(p, EventType::NodeChildrenChanged, out),
+            Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Child),
+        }
+    }
+    for p in &w.persistent {
+        ctx.watches.add(ctx.session_id, p, WatchKind::Persistent);
+    }
+    for p in &w.persistent_recursive {
+        ctx.watches
+            .add(ctx.session_id, p, WatchKind::PersistentRecursive);
+    }
+}
+
+/// Handles an auth packet; returns the identities to add, or AUTHFAILED.
+pub fn authenticate(
+    scheme: &str,
+    auth: &[u8],
+    super_digest: Option<&str>,
+) -> Result<Vec<Id>, ErrorCode> {
+    match scheme {
+        "digest" => {
+            let text = std::str::from_utf8(auth).map_err(|_| ErrorCode::AuthFailed)?;
+            let d = acl::digest(text);
+            let mut ids = Vec::with_capacity(2);
+            if super_digest == Some(d.as_str()) {
+                ids.push(Id::new("super", ""));
+            }
+            ids.push(Id::new("digest", &d));
+            Ok(ids)
+        }
+        _ => Err(ErrorCode::AuthFailed),
+    }
+}
