@@ -43,6 +43,17 @@ fn op_name(op: i32) -> &'static str {
     }
 }
 
+/// A double printed the way Java's Double.toString prints small values ("0.0", "0.1374").
+fn java_double(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0');
+    if s.ends_with('.') {
+        format!("{s}0")
+    } else {
+        s.to_string()
+    }
+}
+
 struct Totals {
     received: u64,
     sent: u64,
@@ -112,16 +123,16 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
     }
     let _ = write!(
         s,
-        "Latency min/avg/max: {}/{:.4}/{}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: 0x{:x}\nMode: standalone\nNode count: {}\n",
+        "Latency min/avg/max: {}/{}/{}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: 0x{:x}\nMode: standalone\nNode count: {}\n",
         t.lat_min_us / 1000,
-        t.lat_avg_ms,
+        java_double(t.lat_avg_ms),
         t.lat_max_us / 1000,
         t.received,
         t.sent,
         shard.shared.connection_count(),
         t.outstanding,
         shard.tree().last_zxid(),
-        shard.tree().node_count()
+        shard.tree().reported_node_count()
     );
     s
 }
@@ -234,7 +245,7 @@ pub fn answer(shard: &Shard, word: &str) -> String {
             };
             kv("zk_version", version());
             kv("zk_server_state", "standalone".into());
-            kv("zk_avg_latency", format!("{:.4}", t.lat_avg_ms));
+            kv("zk_avg_latency", java_double(t.lat_avg_ms));
             kv("zk_max_latency", (t.lat_max_us / 1000).to_string());
             kv("zk_min_latency", (t.lat_min_us / 1000).to_string());
             kv("zk_packets_received", t.received.to_string());
@@ -244,7 +255,7 @@ pub fn answer(shard: &Shard, word: &str) -> String {
                 shard.shared.connection_count().to_string(),
             );
             kv("zk_outstanding_requests", t.outstanding.to_string());
-            kv("zk_znode_count", tree.node_count().to_string());
+            kv("zk_znode_count", tree.reported_node_count().to_string());
             kv("zk_watch_count", watches.to_string());
             kv("zk_ephemerals_count", ephemerals.to_string());
             kv(

@@ -114,10 +114,10 @@ impl DataTree {
         t.nodes
             .insert(Arc::from(ZOOKEEPER_PATH), mk(&open, &["quota", "config"]));
         t.nodes.insert(Arc::from(QUOTA_PATH), mk(&open, &[]));
-        t.nodes.insert(
-            Arc::from(CONFIG_PATH),
-            mk(&Arc::new(acl::read_acl_unsafe()), &[]),
-        );
+        // ZooKeeper sets this node's ACL with version -1, which leaves aversion at -1.
+        let mut config = mk(&Arc::new(acl::read_acl_unsafe()), &[]);
+        Arc::make_mut(&mut config).stat.aversion = -1;
+        t.nodes.insert(Arc::from(CONFIG_PATH), config);
         t
     }
 
@@ -131,6 +131,12 @@ impl DataTree {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The node count ZooKeeper reports (srvr, mntr): its map holds the root under both
+    /// "" and "/", so it counts one more than there are znodes.
+    pub fn reported_node_count(&self) -> usize {
+        self.nodes.len() + 1
     }
 
     /// Sum of the sizes of every node's path and data (mntr's approximate data size).

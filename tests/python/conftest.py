@@ -1,0 +1,57 @@
+import itertools
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import servers  # noqa: E402
+from kazoo.client import KazooClient  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rk():
+    """One ringkeeper for the session, with TTL nodes and a fast container sweep."""
+    s = servers.start_ringkeeper({
+        "extendedTypesEnabled": "true",
+        "znode.container.checkIntervalMs": "200",
+        "DigestAuthenticationProvider.superDigest": "super:D/InIHSb7yEEbrWz8b9l71RjZJU=",
+    })
+    yield s
+    s.stop()
+
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def base(client):
+    """A fresh path per test."""
+    p = f"/t{next(_ids)}"
+    client.create(p)
+    return p
+
+
+@pytest.fixture
+def client(rk):
+    c = KazooClient(hosts=rk.hosts, timeout=10)
+    c.start(timeout=10)
+    yield c
+    c.stop()
+    c.close()
+
+
+@pytest.fixture
+def make_client(rk):
+    made = []
+
+    def make(**kw):
+        c = KazooClient(hosts=rk.hosts, timeout=kw.pop("timeout", 10), **kw)
+        c.start(timeout=10)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+        c.close()

@@ -1,0 +1,131 @@
+"""Starting and stopping real servers for the Python tests: ringkeeper (the binary this
+checkout builds) and Apache ZooKeeper 3.8 (Debian package `zookeeper`). Each server gets
+a free loopback port and its own temp dir, and is stopped by PID."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RINGKEEPER_BIN = Path(os.environ.get("RINGKEEPER_BIN", REPO / "target" / "release" / "ringkeeper"))
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def four_letter(port, word, timeout=5.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(word.encode())
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    return b"".join(chunks).decode()
+
+
+def _wait_ready(proc, port, log_path, what, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; log:\n{Path(log_path).read_text()[-4000:]}")
+        try:
+            if four_letter(port, "ruok", timeout=1.0) == "imok" and "Mode:" in four_letter(port, "srvr", timeout=1.0):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer ruok on port {port} within {timeout}s")
+
+
+class Server:
+    def __init__(self, proc, port, tmp, kind):
+        self.proc, self.port, self.tmp, self.kind = proc, port, tmp, kind
+
+    @property
+    def hosts(self):
+        return f"127.0.0.1:{self.port}"
+
+    def four(self, word):
+        return four_letter(self.port, word)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.tmp.cleanup()
+
+
+COMMON_CFG = {
+    "tickTime": "2000",
+    "4lw.commands.whitelist": "*",
+}
+
+
+def start_ringkeeper(extra=None, shards=None):
+    if not RINGKEEPER_BIN.exists():
+        raise RuntimeError(f"{RINGKEEPER_BIN} is missing: build it with cargo build --release")
+    tmp = tempfile.TemporaryDirectory(prefix="rk-test-")
+    port = free_port()
+    cfg = dict(COMMON_CFG)
+    cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port), "clientPortAddress": "127.0.0.1"})
+    if shards:
+        cfg["shards"] = str(shards)
+    cfg.update(extra or {})
+    cfg_path = Path(tmp.name) / "zoo.cfg"
+    cfg_path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
+    log_path = Path(tmp.name) / "server.log"
+    proc = subprocess.Popen(
+        [str(RINGKEEPER_BIN), "--config", str(cfg_path)],
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+        env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
+    )
+    _wait_ready(proc, port, log_path, "ringkeeper")
+    return Server(proc, port, tmp, "ringkeeper")
+
+
+LOG4J_INFO = """log4j.rootLogger=INFO, FILE
+log4j.appender.FILE=org.apache.log4j.FileAppender
+log4j.appender.FILE.File={log}
+log4j.appender.FILE.layout=org.apache.log4j.PatternLayout
+log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} - %-5p [%t:%C{{1}}@%L] - %m%n
+"""
+
+
+def start_zookeeper(extra=None, heap="512m"):
+    """Apache ZooKeeper standalone, started as its operators do: log4j at INFO, a
+    fixed heap, forceSync on."""
+    if not ZOOKEEPER_JAR.exists():
+        raise RuntimeError("Apache ZooKeeper is not installed: apt-get install -y zookeeper")
+    tmp = tempfile.TemporaryDirectory(prefix="zk-test-")
+    port = free_port()
+    cfg = dict(COMMON_CFG)
+    cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port),
+                "clientPortAddress": "127.0.0.1", "admin.enableServer": "false",
+                "forceSync": "yes"})
+    cfg.update(extra or {})
+    conf_dir = Path(tmp.name) / "conf"
+    conf_dir.mkdir()
+    cfg_path = conf_dir / "zoo.cfg"
+    cfg_path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
+    log_path = Path(tmp.name) / "zookeeper.log"
+    (conf_dir / "log4j.properties").write_text(LOG4J_INFO.format(log=log_path))
+    props = [f"-Dzookeeper.{k}={v}" for k, v in (extra or {}).items() if k in ("extendedTypesEnabled",)]
+    props += [f"-D{k}={v}" for k, v in (extra or {}).items() if k.startswith("znode.")]
+    proc = subprocess.Popen(
+        ["java", f"-Xms{heap}", f"-Xmx{heap}", "-Dlog4j.configuration=file:" + str(conf_dir / "log4j.properties"),
+         "-Dzookeeper.4lw.commands.whitelist=*", *props,
+         "-cp", f"{conf_dir}:{ZOOKEEPER_JAR}", "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
+        stdout=open(Path(tmp.name) / "stdout.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    _wait_ready(proc, port, log_path if log_path.exists() else Path(tmp.name) / "stdout.log", "zookeeper")
+    return Server(proc, port, tmp, "zookeeper")

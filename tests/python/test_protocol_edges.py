@@ -1,0 +1,196 @@
+"""What kazoo cannot exercise: containers, TTL nodes, persistent and recursive watches,
+getEphemerals, getAllChildrenNumber, whoAmI, and bad input (oversize or malformed
+frames, unknown opcodes, a client ahead of the server) — each must get ZooKeeper's
+answer while the server keeps serving everyone else."""
+
+import socket
+import struct
+import time
+
+from rawzk import RawClient, s_str
+
+NODE_CREATED, NODE_DELETED, NODE_DATA_CHANGED, NODE_CHILDREN_CHANGED = 1, 2, 3, 4
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_container_removed_after_last_child_goes(rk, client, base):
+    c = RawClient(rk.port)
+    assert c.create(f"{base}/box", flags=4) == (0, f"{base}/box")
+    assert c.exists(f"{base}/box")[1]["ephemeralOwner"] == -(2**63)
+    assert c.create(f"{base}/box/item") == (0, f"{base}/box/item")
+    time.sleep(0.6)
+    assert client.exists(f"{base}/box") is not None
+    assert c.delete(f"{base}/box/item") == 0
+    assert wait_for(lambda: client.exists(f"{base}/box") is None)
+    c.close()
+
+
+def test_ttl_node_expires_and_needs_a_valid_ttl(rk, client, base):
+    c = RawClient(rk.port)
+    assert c.create(f"{base}/ttl", flags=5, ttl=300)[0] == 0
+    assert c.create(f"{base}/badttl", flags=5, ttl=0)[0] == -8  # BADARGUMENTS
+    assert wait_for(lambda: client.exists(f"{base}/ttl") is None)
+    c.close()
+
+
+def test_ttl_disabled_without_extended_types():
+    import servers
+    s = servers.start_ringkeeper()
+    try:
+        c = RawClient(s.port)
+        assert c.create("/ttl", flags=5, ttl=1000)[0] == -6  # UNIMPLEMENTED
+        c.close()
+    finally:
+        s.stop()
+
+
+def test_persistent_watch_stays_and_sees_children(rk, client, base):
+    c = RawClient(rk.port)
+    assert c.add_watch(base, 0) == 0
+    client.set(base, b"1")
+    client.set(base, b"2")
+    client.create(f"{base}/kid")
+    evs = [c.wait_event() for _ in range(3)]
+    assert [e[0] for e in evs] == [NODE_DATA_CHANGED, NODE_DATA_CHANGED, NODE_CHILDREN_CHANGED]
+    assert c.check_watches(base, 4) == 0
+    assert c.remove_watches(base, 4) == 0
+    assert c.remove_watches(base, 4) == -121  # NOWATCHER
+    c.close()
+
+
+def test_persistent_recursive_watch_sees_descendants_not_child_events(rk, client, base):
+    c = RawClient(rk.port)
+    assert c.add_watch(base, 1) == 0
+    client.create(f"{base}/a")
+    client.create(f"{base}/a/b", b"x")
+    client.set(f"{base}/a/b", b"y")
+    client.delete(f"{base}/a/b")
+    evs = [c.wait_event() for _ in range(4)]
+    assert evs == [
+        (NODE_CREATED, 3, f"{base}/a"),
+        (NODE_CREATED, 3, f"{base}/a/b"),
+        (NODE_DATA_CHANGED, 3, f"{base}/a/b"),
+        (NODE_DELETED, 3, f"{base}/a/b"),
+    ]
+    c.close()
+
+
+def test_get_ephemerals_children_number_and_who_am_i(rk, base):
+    c = RawClient(rk.port)
+    c.create(f"{base}/e1", flags=1)
+    c.create(f"{base}/p")
+    c.create(f"{base}/p/e2", flags=1)
+    assert c.get_ephemerals(base) == (0, [f"{base}/e1", f"{base}/p/e2"])
+    assert c.get_ephemerals(f"{base}/p") == (0, [f"{base}/p/e2"])
+    assert c.all_children_number(base) == (0, 3)
+    assert c.all_children_number(f"{base}/none")[0] == -101
+    assert ("ip", "127.0.0.1") in c.who_am_i()
+    c.close()
+
+
+def test_oversize_frame_closes_only_that_connection(rk, client):
+    s = socket.create_connection(("127.0.0.1", rk.port))
+    s.sendall(struct.pack(">iqiq", 0, 0, 10000, 0) .join([b""]) if False else b"")
+    c = RawClient(rk.port)
+    c.send_frame(struct.pack(">ii", 1, 5) + s_str("/") + struct.pack(">i", 2_000_000) + b"x" * 1000)
+    # the declared length is within the frame, but the frame itself is oversize:
+    big = RawClient(rk.port)
+    big.sock.sendall(struct.pack(">i", 5_000_000) + b"\0" * 100)
+    assert big.sock.recv(10) == b"", "the server closes an oversize frame's connection"
+    s.close()
+    assert client.exists("/") is not None, "everyone else keeps being served"
+
+
+def test_malformed_request_closes_connection_and_unknown_opcode_is_unimplemented(rk, client):
+    c = RawClient(rk.port)
+    err, _, _ = c.call(999, b"")
+    assert err == -6  # UNIMPLEMENTED, connection kept
+    assert c.exists("/")[0] == 0
+    c.send_frame(struct.pack(">ii", 77, 4) + struct.pack(">i", 1000))  # truncated path
+    assert c.sock.recv(10) == b""
+    assert client.exists("/") is not None
+
+
+def test_client_ahead_of_server_is_refused(rk):
+    try:
+        RawClient(rk.port, last_zxid=1 << 40)
+        refused = False
+    except ConnectionError:
+        refused = True
+    assert refused
+
+
+def test_four_letter_words(rk):
+    assert rk.four("ruok") == "imok"
+    srvr = rk.four("srvr")
+    for line in ["Zookeeper version: 3.8.0", "Latency min/avg/max:", "Received:", "Sent:",
+                 "Connections:", "Outstanding:", "Zxid: 0x", "Mode: standalone", "Node count:"]:
+        assert line in srvr, line
+    assert "Clients:" in rk.four("stat")
+    mntr = dict(l.split("\t", 1) for l in rk.four("mntr").splitlines())
+    assert mntr["zk_server_state"] == "standalone" and int(mntr["zk_znode_count"]) >= 5
+    assert "clientPort=" in rk.four("conf")
+    assert "Total watches:" in rk.four("wchs")
+    assert rk.four("isro") == "rw"
+    assert rk.four("srst") == "Server stats reset.\n"
+    assert "datadir_size:" in rk.four("dirs")
+    assert "Environment:" in rk.four("envi")
+    assert "SessionTracker dump:" in rk.four("dump")
+
+
+def test_four_letter_whitelist_is_honoured():
+    import servers
+    s = servers.start_ringkeeper({"4lw.commands.whitelist": "ruok,srvr"})
+    try:
+        assert s.four("ruok") == "imok"
+        assert "not executed because it is not in the whitelist" in s.four("dump")
+    finally:
+        s.stop()
+
+
+def set_watches2(c, rel_zxid, data=(), exist=(), child=(), persistent=(), recursive=()):
+    def strs(v):
+        return struct.pack(">i", len(v)) + b"".join(s_str(x) for x in v)
+    body = struct.pack(">q", rel_zxid) + strs(data) + strs(exist) + strs(child) + strs(persistent) + strs(recursive)
+    c.send_frame(struct.pack(">ii", -8, 105) + body)
+
+
+def test_set_watches_on_reconnect_fires_what_was_missed(rk, client, base):
+    """A reconnecting client re-registers its watches with setWatches2 and the zxid it
+    last saw: changes made since then fire at once, the rest are registered."""
+    client.create(f"{base}/unchanged")
+    first = RawClient(rk.port)
+    sid, pw = first.session_id, first.passwd
+    _, stat = first.exists(f"{base}/unchanged")
+    seen = stat["mzxid"]
+    first.close()
+    client.set(base, b"changed while away")
+    c = RawClient(rk.port, session_id=sid, passwd=pw, last_zxid=seen)
+    assert c.session_id == sid
+    set_watches2(c, seen, data=[base, f"{base}/unchanged"], exist=[f"{base}/later"])
+    assert c.wait_event() == (NODE_DATA_CHANGED, 3, base)
+    r = c.read_frame()
+    assert struct.unpack_from(">i", r)[0] == -8, "then the setWatches reply"
+    client.set(f"{base}/unchanged", b"now")
+    client.create(f"{base}/later")
+    got = {c.wait_event()[2], c.wait_event()[2]}
+    assert got == {f"{base}/unchanged", f"{base}/later"}
+    c.close()
+
+
+def test_reconnect_closes_the_old_connection(rk, base):
+    a = RawClient(rk.port)
+    b = RawClient(rk.port, session_id=a.session_id, passwd=a.passwd)
+    assert b.session_id == a.session_id
+    a.sock.settimeout(5)
+    assert a.sock.recv(10) == b"", "the session's previous connection is closed"
+    assert b.exists("/")[0] == 0
+    b.close_session()
