@@ -22,7 +22,10 @@ use crate::proto::codes::{
 use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Stat, WriteOp};
 pub use txn::{Applied, Trigger, Txn};
 
-/// One znode. `stat.num_children` and `stat.data_length` are derived on read.
+/// One znode. `stat.num_children` and `stat.data_length` are derived on read, and
+/// `stat.cversion` is stored as ZooKeeper stores it: the number of children ever
+/// created. That counter names sequential children; the cversion clients see counts
+/// every child change, creates and deletes: `2 * creates - children`.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub data: Bytes,
@@ -33,9 +36,11 @@ pub struct Node {
 
 impl Node {
     pub fn stat(&self) -> Stat {
+        let children = self.children.len() as i32;
         Stat {
             data_length: self.data.len() as i32,
-            num_children: self.children.len() as i32,
+            num_children: children,
+            cversion: self.stat.cversion.wrapping_mul(2).wrapping_sub(children),
             ..self.stat
         }
     }
@@ -110,6 +115,8 @@ impl DataTree {
                 children: children.iter().map(|c| Arc::from(*c)).collect(),
             })
         };
+        // These children are added without create txns, so their parents report a
+        // negative cversion (0 creates * 2 - children), exactly as ZooKeeper does.
         t.nodes.insert(Arc::from("/"), mk(&open, &["zookeeper"]));
         t.nodes
             .insert(Arc::from(ZOOKEEPER_PATH), mk(&open, &["quota", "config"]));
@@ -236,8 +243,8 @@ impl DataTree {
                     return Err(ErrorCode::BadArguments);
                 }
                 let parent = self.get_or(path::parent(path), ErrorCode::NoNode)?;
-                let node = self.get_or(path, ErrorCode::NoNode)?;
                 Self::check(parent, perms::DELETE, who)?;
+                let node = self.get_or(path, ErrorCode::NoNode)?;
                 Self::check_version(node.stat.version, *version)?;
                 if !node.children.is_empty() {
                     return Err(ErrorCode::NotEmpty);
@@ -567,8 +574,11 @@ impl DataTree {
         if let Some(parent) = self.nodes.get_mut(parent_path) {
             let p = Arc::make_mut(parent);
             p.children.remove(path::name(path));
-            p.stat.cversion = p.stat.cversion.wrapping_add(1);
-            p.stat.pzxid = zxid;
+            // The stored cversion counts creates only (see Node); the reported one
+            // still moves, because the child count dropped.
+            if zxid > p.stat.pzxid {
+                p.stat.pzxid = zxid;
+            }
         }
         triggers.push(Trigger::new(path, EventType::NodeDeleted));
         triggers.push(Trigger::new(parent_path, EventType::NodeChildrenChanged));
