@@ -226,6 +226,19 @@ pub fn raise_memlock_limit() -> u64 {
     }
 }
 
+/// Binds the client address the way the shards will (SO_REUSEADDR so a restart is not
+/// blocked by the previous run's TIME_WAIT connections, SO_REUSEPORT so every shard can
+/// listen on it), to report a port in use before anything starts.
+fn probe_listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(1)?;
+    Ok(sk)
+}
+
 /// Starts the broadcast core and the shards, binds the client port, and blocks until
 /// the server stops. `ready` is called with the bound address once clients can connect.
 pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
@@ -244,11 +257,12 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
 
     // Bind once here so a port in use is reported before anything starts; each shard
     // binds its own SO_REUSEPORT listener on the same address.
-    let probe =
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let probe = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
     let bound = probe
         .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+        .map_err(|source| StartError::Listen { addr, source })?
+        .as_socket()
+        .unwrap_or(addr);
     drop(probe);
 
     let mut to_core_rx = Vec::new();

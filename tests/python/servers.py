@@ -75,7 +75,7 @@ def start_ringkeeper(extra=None, shards=None):
     if not RINGKEEPER_BIN.exists():
         raise RuntimeError(f"{RINGKEEPER_BIN} is missing: build it with cargo build --release")
     tmp = tempfile.TemporaryDirectory(prefix="rk-test-")
-    port = free_port()
+    port = int((extra or {}).get("clientPort") or free_port())
     cfg = dict(COMMON_CFG)
     cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port), "clientPortAddress": "127.0.0.1"})
     if shards:
@@ -107,7 +107,7 @@ def start_zookeeper(extra=None, heap="512m"):
     if not ZOOKEEPER_JAR.exists():
         raise RuntimeError("Apache ZooKeeper is not installed: apt-get install -y zookeeper")
     tmp = tempfile.TemporaryDirectory(prefix="zk-test-")
-    port = free_port()
+    port = int((extra or {}).get("clientPort") or free_port())
     cfg = dict(COMMON_CFG)
     cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port),
                 "clientPortAddress": "127.0.0.1", "admin.enableServer": "false",
