@@ -27,4 +27,7 @@ ulimit -l unlimited 2>/dev/null || true
 
 cargo build --release --workspace --locked
 cargo test --workspace --release --locked
-RINGKEEPER_BIN="$PWD/target/release/ringkeeper" python3 -m pytest -q -p no:cacheprovider tests/python
+export RINGKEEPER_BIN="$PWD/target/release/ringkeeper"
+# kazoo's own test suite against ZooKeeper and ringkeeper, compared (about 7 minutes).
+tests/kazoo_upstream/run.sh
+python3 -m pytest -q -p no:cacheprovider tests/python

@@ -514,7 +514,7 @@ mod tests {
                 op: CoreOp::Write(WriteOp::Create(CreateRequest {
                     kind: CreateKind::Create,
                     path: "/eph".into(),
-                    data: Bytes::new(),
+                    data: Some(Bytes::new()),
                     acl: crate::tree::acl::open_acl_unsafe(),
                     flags: 1,
                     ttl_ms: -1,

@@ -90,6 +90,17 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
+    /// A buffer that keeps null (length -1) apart from empty, as znode data does.
+    pub fn buffer_opt(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
+        let offset = self.pos;
+        let len = self.i32()?;
+        match len {
+            -1 => Ok(None),
+            n if n < 0 => Err(DecodeError::BadLength { offset, len: n }),
+            n => self.take(n as usize).map(Some),
+        }
+    }
+
     pub fn string(&mut self) -> Result<String, DecodeError> {
         let offset = self.pos;
         let b = self.buffer()?;
@@ -133,6 +144,12 @@ pub trait JuteWrite: BufMut {
     fn put_buffer(&mut self, v: &[u8]) {
         self.put_i32(v.len() as i32);
         self.put_slice(v);
+    }
+    fn put_buffer_opt(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(b) => self.put_buffer(b),
+            None => self.put_i32(-1),
+        }
     }
     fn put_string(&mut self, v: &str) {
         self.put_buffer(v.as_bytes());

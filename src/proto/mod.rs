@@ -64,7 +64,11 @@ mod tests {
             .prop_map(|(path, data, acl, flags, kind, ttl)| CreateRequest {
                 kind,
                 path,
-                data: Bytes::from(data),
+                data: if data.len() == 31 {
+                    None
+                } else {
+                    Some(Bytes::from(data))
+                },
                 acl,
                 flags,
                 ttl_ms: if kind == CreateKind::Ttl { ttl } else { -1 },
@@ -84,7 +88,7 @@ mod tests {
             )
                 .prop_map(|(path, d, version)| WriteOp::SetData {
                     path,
-                    data: Bytes::from(d),
+                    data: Some(Bytes::from(d)),
                     version
                 }),
         ]

@@ -236,7 +236,8 @@ impl CreateKind {
 pub struct CreateRequest {
     pub kind: CreateKind,
     pub path: String,
-    pub data: Bytes,
+    /// None is a null buffer: ZooKeeper keeps null data apart from empty data.
+    pub data: Option<Bytes>,
     pub acl: Vec<Acl>,
     pub flags: i32,
     /// Only createTTL carries a TTL; -1 otherwise.
@@ -253,7 +254,7 @@ pub enum WriteOp {
     },
     SetData {
         path: String,
-        data: Bytes,
+        data: Option<Bytes>,
         version: i32,
     },
     Check {
@@ -296,7 +297,7 @@ pub enum Request {
     },
     SetData {
         path: String,
-        data: Bytes,
+        data: Option<Bytes>,
         version: i32,
     },
     GetAcl {
@@ -357,7 +358,7 @@ pub enum Request {
 
 fn decode_create(r: &mut Reader, kind: CreateKind) -> Result<CreateRequest, DecodeError> {
     let path = r.string()?;
-    let data = to_bytes(r.buffer()?);
+    let data = r.buffer_opt()?.map(to_bytes);
     let acl = Acl::decode_list(r)?;
     let flags = r.i32()?;
     let ttl_ms = if kind == CreateKind::Ttl {
@@ -412,7 +413,7 @@ impl Request {
             },
             OpCode::SetData => Request::SetData {
                 path: r.string()?,
-                data: to_bytes(r.buffer()?),
+                data: r.buffer_opt()?.map(to_bytes),
                 version: r.i32()?,
             },
             OpCode::GetAcl => Request::GetAcl { path: r.string()? },
@@ -510,7 +511,7 @@ impl Request {
                 },
                 Some(OpCode::SetData) => WriteOp::SetData {
                     path: r.string()?,
-                    data: to_bytes(r.buffer()?),
+                    data: r.buffer_opt()?.map(to_bytes),
                     version: r.i32()?,
                 },
                 Some(OpCode::Check) => WriteOp::Check {
@@ -560,7 +561,7 @@ impl Request {
     pub fn encode(&self, xid: i32, b: &mut impl BufMut) {
         fn create(c: &CreateRequest, b: &mut impl BufMut) {
             b.put_string(&c.path);
-            b.put_buffer(&c.data);
+            b.put_buffer_opt(c.data.as_deref());
             Acl::encode_list(&c.acl, b);
             b.put_i32(c.flags);
             if c.kind == CreateKind::Ttl {
@@ -597,7 +598,7 @@ impl Request {
             } => {
                 b.put_i32(OpCode::SetData as i32);
                 b.put_string(path);
-                b.put_buffer(data);
+                b.put_buffer_opt(data.as_deref());
                 b.put_i32(*version);
             }
             Request::GetAcl { path } => {
@@ -652,7 +653,7 @@ impl Request {
                             version,
                         } => {
                             b.put_string(path);
-                            b.put_buffer(data);
+                            b.put_buffer_opt(data.as_deref());
                             b.put_i32(*version);
                         }
                     }
@@ -749,7 +750,7 @@ pub enum MultiResult {
     Delete,
     SetData(Stat),
     Check,
-    GetData { data: Bytes, stat: Stat },
+    GetData { data: Option<Bytes>, stat: Stat },
     GetChildren(Vec<String>),
     Error(i32),
 }
@@ -761,7 +762,7 @@ pub enum Response {
     Create { path: String },
     Create2 { path: String, stat: Stat },
     Stat(Stat),
-    GetData { data: Bytes, stat: Stat },
+    GetData { data: Option<Bytes>, stat: Stat },
     GetAcl { acl: Vec<Acl>, stat: Stat },
     Children(Vec<String>),
     Children2 { children: Vec<String>, stat: Stat },
@@ -783,7 +784,7 @@ impl Response {
             }
             Response::Stat(s) => s.encode(b),
             Response::GetData { data, stat } => {
-                b.put_buffer(data);
+                b.put_buffer_opt(data.as_deref());
                 stat.encode(b);
             }
             Response::GetAcl { acl, stat } => {
@@ -823,7 +824,7 @@ impl Response {
                         MultiResult::Delete | MultiResult::Check => {}
                         MultiResult::SetData(s) => s.encode(b),
                         MultiResult::GetData { data, stat } => {
-                            b.put_buffer(data);
+                            b.put_buffer_opt(data.as_deref());
                             stat.encode(b);
                         }
                         MultiResult::GetChildren(c) => b.put_strings(c),

@@ -692,6 +692,26 @@ async fn dispatch(
             enqueue_ready(shard, c, f, err != 0);
             return Ok(());
         }
+        Request::Unsupported(OpCode::Sasl) => {
+            // No SASL server is configured: answer as ZooKeeper then does, AUTHFAILED,
+            // and close the connection.
+            tracing::warn!(
+                "Client {} failed to SASL authenticate: SASL is not configured",
+                c.info.peer
+            );
+            let mut f = Vec::new();
+            put_reply_frame(
+                &mut f,
+                ReplyHeader {
+                    xid: req_xid,
+                    zxid: 0,
+                    err: ErrorCode::AuthFailed.code(),
+                },
+                &Response::Empty,
+            );
+            enqueue_ready(shard, c, f, true);
+            return Ok(());
+        }
         Request::Create(cr) => CoreOp::Write(crate::proto::WriteOp::Create(cr)),
         Request::Delete { path, version } => {
             CoreOp::Write(crate::proto::WriteOp::Delete { path, version })

@@ -217,10 +217,9 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                 .collect();
             (0, Response::WhoAmI(infos))
         }
-        Request::Unsupported(op) => match op {
-            crate::proto::OpCode::Reconfig => fail(ErrorCode::ReconfigDisabled),
-            _ => fail(ErrorCode::Unimplemented),
-        },
+        // Standalone, reconfig is disabled as in a ZooKeeper without reconfigEnabled.
+        Request::Unsupported(crate::proto::OpCode::Reconfig) => fail(ErrorCode::ReconfigDisabled),
+        Request::Unsupported(_) => fail(ErrorCode::Unimplemented),
         // Writes never reach here; auth is answered on arrival.
         _ => fail(ErrorCode::SystemError),
     };

@@ -28,7 +28,8 @@ pub use txn::{Applied, Trigger, Txn};
 /// every child change, creates and deletes: `2 * creates - children`.
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub data: Bytes,
+    /// None: created or set with null data, which reads back as null.
+    pub data: Option<Bytes>,
     pub acl: Arc<Vec<Acl>>,
     pub stat: Stat,
     pub children: OrdSet<Arc<str>>,
@@ -38,7 +39,7 @@ impl Node {
     pub fn stat(&self) -> Stat {
         let children = self.children.len() as i32;
         Stat {
-            data_length: self.data.len() as i32,
+            data_length: self.data.as_ref().map_or(0, |d| d.len() as i32),
             num_children: children,
             cversion: self.stat.cversion.wrapping_mul(2).wrapping_sub(children),
             ..self.stat
@@ -109,7 +110,7 @@ impl DataTree {
         let open = Arc::new(acl::open_acl_unsafe());
         let mk = |acl: &Arc<Vec<Acl>>, children: &[&str]| {
             Arc::new(Node {
-                data: Bytes::new(),
+                data: Some(Bytes::new()),
                 acl: acl.clone(),
                 stat: Stat::default(),
                 children: children.iter().map(|c| Arc::from(*c)).collect(),
@@ -150,7 +151,7 @@ impl DataTree {
     pub fn approximate_data_size(&self) -> u64 {
         self.nodes
             .iter()
-            .map(|(p, n)| (p.len() + n.data.len()) as u64)
+            .map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, |d| d.len())) as u64)
             .sum()
     }
 

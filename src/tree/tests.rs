@@ -14,7 +14,7 @@ fn create(path: &str, flags: i32) -> WriteOp {
     WriteOp::Create(CreateRequest {
         kind: CreateKind::Create2,
         path: path.into(),
-        data: Bytes::from_static(b"d"),
+        data: Some(Bytes::from_static(b"d")),
         acl: acl::open_acl_unsafe(),
         flags,
         ttl_ms: -1,
@@ -113,7 +113,7 @@ fn errors_follow_zookeeper_codes() {
             &mut t,
             &WriteOp::SetData {
                 path: "/a".into(),
-                data: Bytes::new(),
+                data: Some(Bytes::new()),
                 version: 3
             }
         ),
@@ -139,7 +139,7 @@ fn acl_denies_without_auth_and_super_bypasses() {
     let op = WriteOp::Create(CreateRequest {
         kind: CreateKind::Create,
         path: "/locked".into(),
-        data: Bytes::new(),
+        data: Some(Bytes::new()),
         acl: vec![Acl {
             perms: perms::ALL,
             id: digest_id.clone(),
@@ -150,7 +150,7 @@ fn acl_denies_without_auth_and_super_bypasses() {
     run(&mut t, &op).unwrap();
     let set = WriteOp::SetData {
         path: "/locked".into(),
-        data: Bytes::new(),
+        data: Some(Bytes::new()),
         version: -1,
     };
     assert_eq!(t.prepare(&set, &who(&[])), Err(ErrorCode::NoAuth));
@@ -202,7 +202,7 @@ fn containers_become_candidates_once_emptied() {
     let c = WriteOp::Create(CreateRequest {
         kind: CreateKind::Container,
         path: "/c".into(),
-        data: Bytes::new(),
+        data: Some(Bytes::new()),
         acl: acl::open_acl_unsafe(),
         flags: 4,
         ttl_ms: -1,
@@ -230,7 +230,7 @@ fn ttl_nodes_expire_after_ttl_without_children() {
     let c = WriteOp::Create(CreateRequest {
         kind: CreateKind::Ttl,
         path: "/t".into(),
-        data: Bytes::new(),
+        data: Some(Bytes::new()),
         acl: acl::open_acl_unsafe(),
         flags: 5,
         ttl_ms: 500,
@@ -257,7 +257,7 @@ proptest! {
             let op = match kind {
                 0 => create(&p, (b % 4) as i32),
                 1 => WriteOp::Delete { path: p, version: -1 },
-                2 => WriteOp::SetData { path: p, data: Bytes::from(vec![a; b as usize]), version: -1 },
+                2 => WriteOp::SetData { path: p, data: Some(Bytes::from(vec![a; b as usize])), version: -1 },
                 _ => WriteOp::Check { path: p, version: 0 },
             };
             let zxid = t.last_zxid() + 1;

@@ -62,6 +62,12 @@ class Server:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        keep = os.environ.get("RK_TEST_LOG_DIR")
+        if keep:
+            import shutil
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in Path(self.tmp.name).glob("*.log"):
+                shutil.copy(log, Path(keep) / f"{self.kind}-{self.port}-{self.proc.pid}-{log.name}")
         self.tmp.cleanup()
 
 

@@ -289,3 +289,13 @@ def test_closed_session_cannot_be_used(rk):
     finally:
         again.stop()
         again.close()
+
+
+def test_null_data_reads_back_as_null_and_empty_as_empty(client, base):
+    client.create(f"{base}/null", None)
+    client.create(f"{base}/empty", b"")
+    assert client.get(f"{base}/null")[0] is None
+    assert client.get(f"{base}/empty")[0] == b""
+    client.set(f"{base}/empty", None)
+    assert client.get(f"{base}/empty")[0] is None
+    assert client.exists(f"{base}/empty").dataLength == 0
