@@ -272,6 +272,16 @@ pub fn answer(shard: &Shard, word: &str) -> String {
                 shard.shared.sessions().len().to_string(),
             );
             kv("zk_last_proposal_size", "-1".into());
+            // ringkeeper's own: connections per shard, so the spread is visible.
+            let mut per_shard = vec![0usize; cfg.shards];
+            for id in shard.shared.conns.lock().expect("conns poisoned").keys() {
+                if let Some(n) = per_shard.get_mut((id >> 48) as usize) {
+                    *n += 1;
+                }
+            }
+            for (i, n) in per_shard.iter().enumerate() {
+                kv(&format!("rk_shard_{i}_connections"), n.to_string());
+            }
             s
         }
         "wchs" => {

@@ -1,0 +1,120 @@
+"""Two shards (two executors, each with its own SO_REUSEPORT listener): sessions land on
+either, and watches, ephemerals, reconnects and ordering must work across them."""
+
+import threading
+import time
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.protocol.states import EventType
+
+import servers
+from rawzk import RawClient
+
+
+@pytest.fixture(scope="module")
+def two_shards():
+    s = servers.start_ringkeeper(shards=2)
+    yield s
+    s.stop()
+
+
+def clients(server, n):
+    out = []
+    for _ in range(n):
+        c = KazooClient(hosts=server.hosts, timeout=10)
+        c.start(timeout=10)
+        out.append(c)
+    return out
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_watches_fire_across_shards(two_shards):
+    cs = clients(two_shards, 8)  # with two listeners, both shards get some
+    try:
+        mntr = dict(l.split("\t", 1) for l in two_shards.four("mntr").splitlines())
+        assert int(mntr["rk_shard_0_connections"]) > 0 and int(mntr["rk_shard_1_connections"]) > 0, mntr
+        cs[0].create("/xs", b"0")
+        events = [[] for _ in cs]
+        for i, c in enumerate(cs):
+            c.get("/xs", watch=events[i].append)
+        cs[-1].set("/xs", b"1")
+        assert wait_for(lambda: all(len(e) == 1 for e in events))
+        assert all(e[0].type == EventType.CHANGED for e in events)
+    finally:
+        for c in cs:
+            c.stop()
+            c.close()
+
+
+def test_every_session_sees_writes_in_order(two_shards):
+    cs = clients(two_shards, 6)
+    try:
+        cs[0].create("/order", b"")
+        seen = [[] for _ in cs]
+
+        def follow(i, c):
+            last = -1
+            deadline = time.time() + 15
+            while last < 99 and time.time() < deadline:
+                data, _ = c.get("/order")
+                v = int(data) if data else -1
+                assert v >= last, "a session must never see the counter go back"
+                last = v
+                seen[i].append(v)
+
+        ts = [threading.Thread(target=follow, args=(i, c)) for i, c in enumerate(cs[1:], 1)]
+        for t in ts:
+            t.start()
+        for v in range(100):
+            cs[0].set("/order", str(v).encode())
+        for t in ts:
+            t.join(20)
+        assert all(s and s[-1] == 99 for s in seen[1:])
+    finally:
+        for c in cs:
+            c.stop()
+            c.close()
+
+
+def test_reconnect_from_the_other_shard_keeps_session(two_shards):
+    first = RawClient(two_shards.port)
+    first.create("/moving", flags=1)
+    sid, pw = first.session_id, first.passwd
+    first.close()
+    # Reconnect several times: SO_REUSEPORT spreads connections over both shards.
+    for _ in range(6):
+        c = RawClient(two_shards.port, session_id=sid, passwd=pw)
+        assert c.session_id == sid
+        assert c.exists("/moving")[1]["ephemeralOwner"] == sid
+        c.close()
+    c = RawClient(two_shards.port, session_id=sid, passwd=pw)
+    c.close_session()
+    probe = RawClient(two_shards.port)
+    assert probe.exists("/moving")[0] == -101
+    probe.close()
+
+
+def test_ephemeral_deleted_on_one_shard_notifies_the_other(two_shards):
+    cs = clients(two_shards, 6)
+    try:
+        owner, watchers = cs[0], cs[1:]
+        owner.create("/eph-x", ephemeral=True)
+        fired = [[] for _ in watchers]
+        for i, w in enumerate(watchers):
+            w.exists("/eph-x", watch=fired[i].append)
+        owner.stop()
+        assert wait_for(lambda: all(f for f in fired))
+        assert all(f[0].type == EventType.DELETED for f in fired)
+    finally:
+        for c in cs:
+            c.stop()
+            c.close()
