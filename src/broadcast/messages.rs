@@ -34,6 +34,9 @@ pub enum ToCore {
     },
     Request {
         session_id: i64,
+        /// The connection that sent it: the reply goes back to that connection only,
+        /// never to a later connection of the same session.
+        conn_id: u64,
         xid: i32,
         op: CoreOp,
         auth: Arc<Vec<Id>>,
@@ -56,6 +59,7 @@ pub enum Effect {
     /// The reply to a session's request.
     Reply {
         session_id: i64,
+        conn_id: u64,
         xid: i32,
         zxid: i64,
         err: i32,

@@ -89,10 +89,11 @@ impl Core {
             } => self.connect(shard, conn_id, session_id, &passwd, timeout_ms, out),
             ToCore::Request {
                 session_id,
+                conn_id,
                 xid,
                 op,
                 auth,
-            } => self.request(session_id, xid, op, &auth, out),
+            } => self.request(session_id, conn_id, xid, op, &auth, out),
         }
     }
 
@@ -183,9 +184,17 @@ impl Core {
         ));
     }
 
-    fn reply(&self, session_id: i64, xid: i32, zxid: i64, err: i32, body: Response) -> Effect {
+    fn reply(
+        &self,
+        (session_id, conn_id): (i64, u64),
+        xid: i32,
+        zxid: i64,
+        err: i32,
+        body: Response,
+    ) -> Effect {
         Effect::Reply {
             session_id,
+            conn_id,
             xid,
             zxid,
             err,
@@ -196,6 +205,7 @@ impl Core {
     fn request(
         &mut self,
         session_id: i64,
+        conn_id: u64,
         xid: i32,
         op: CoreOp,
         auth: &[crate::proto::Id],
@@ -204,7 +214,7 @@ impl Core {
         if self.sessions.get(session_id).is_none() {
             let zxid = self.tree.last_zxid();
             let e = self.reply(
-                session_id,
+                (session_id, conn_id),
                 xid,
                 zxid,
                 ErrorCode::SessionExpired.code(),
@@ -224,7 +234,7 @@ impl Core {
         let (err, body) = match op {
             CoreOp::Sync { path } => {
                 let e = self.reply(
-                    session_id,
+                    (session_id, conn_id),
                     xid,
                     self.tree.last_zxid(),
                     0,
@@ -237,7 +247,7 @@ impl Core {
                 self.tree
                     .apply(&Txn::CloseSession { session_id }, zxid, time, &mut triggers);
                 self.sessions.remove(session_id);
-                let e = self.reply(session_id, xid, zxid, 0, Response::Empty);
+                let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
                 out.push(self.entry(triggers, e));
                 out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
                 return;
@@ -280,7 +290,7 @@ impl Core {
                 Err(code) => self.fail(code, zxid, time),
             },
         };
-        let e = self.reply(session_id, xid, zxid, err, body);
+        let e = self.reply((session_id, conn_id), xid, zxid, err, body);
         out.push(self.entry(triggers, e));
     }
 
@@ -484,6 +494,7 @@ mod tests {
         core.step(
             ToCore::Request {
                 session_id: s,
+                conn_id: 1,
                 xid: 1,
                 op: CoreOp::Write(WriteOp::Delete {
                     path: "/missing".into(),
@@ -510,6 +521,7 @@ mod tests {
         core.step(
             ToCore::Request {
                 session_id: s,
+                conn_id: 1,
                 xid: 1,
                 op: CoreOp::Write(WriteOp::Create(CreateRequest {
                     kind: CreateKind::Create,
@@ -527,6 +539,7 @@ mod tests {
         core.step(
             ToCore::Request {
                 session_id: s,
+                conn_id: 1,
                 xid: 2,
                 op: CoreOp::CloseSession,
                 auth: Arc::new(vec![]),

@@ -165,13 +165,16 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
             Effect::None => {}
             Effect::Reply {
                 session_id,
+                conn_id,
                 xid: reply_xid,
                 zxid,
                 err,
                 body,
             } => {
-                let c = shard.sessions.borrow().get(session_id).cloned();
-                if let Some(c) = c {
+                // Only the connection that sent the request gets the reply: a session
+                // that reconnected meanwhile must not see replies it did not ask for.
+                let c = shard.conns.borrow().get(conn_id).cloned();
+                if let Some(c) = c.filter(|c| c.session_id.get() == *session_id) {
                     deliver_write_reply(shard, &c, *reply_xid, *zxid, *err, body);
                     touched_conns.push(c);
                 }
@@ -759,6 +762,7 @@ async fn dispatch(
         .to_core
         .send(ToCore::Request {
             session_id: c.session_id.get(),
+            conn_id: c.id,
             xid: req_xid,
             op: core_op,
             auth,
