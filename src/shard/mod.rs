@@ -22,6 +22,7 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::broadcast::messages::{Batch, CoreOp, Effect, Granted, ToCore};
+use crate::proto::codes::perms;
 use crate::proto::codes::{keeper_state, xid};
 use crate::proto::{
     four_letter_word, put_event_frame, put_reply_frame, ConnectRequest, ConnectResponse,
@@ -29,7 +30,7 @@ use crate::proto::{
 };
 use crate::server::{ConnInfo, ServerShared, ShardStats};
 use crate::session::watches::WatchTable;
-use crate::tree::DataTree;
+use crate::tree::{acl, DataTree};
 use conn::{Conn, Pending};
 
 /// Requests one connection may have queued before the shard stops reading from it.
@@ -147,6 +148,16 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                 watches.fire(&t.path, t.event, &mut fired);
                 for s in &fired {
                     if let Some(c) = sessions.get(s) {
+                        // The watch is used up either way; the event only goes to a
+                        // session that may read the node.
+                        if !acl::allows(&t.acl, perms::READ, &c.auth.borrow()) {
+                            tracing::debug!(
+                                "Not sending {:?} on {} to 0x{s:x}: no READ permission",
+                                t.event,
+                                t.path
+                            );
+                            continue;
+                        }
                         put_event_frame(
                             &mut c.out.borrow_mut(),
                             -1,

@@ -242,7 +242,15 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
 /// Re-registers a reconnecting client's watches, firing at once those whose change
 /// it missed (DataTree.setWatches).
 fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
+    let auth = ctx.auth;
+    let tree = ctx.tree;
     let fire = |path: &str, ev: EventType, out: &mut Vec<u8>| {
+        // Events about an existing node need READ on it, as live events do.
+        if let Some(n) = tree.node(path) {
+            if !acl::allows(&n.acl, perms::READ, auth) {
+                return;
+            }
+        }
         put_event_frame(
             out,
             -1,

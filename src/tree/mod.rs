@@ -442,6 +442,8 @@ impl DataTree {
                 p.children.insert(name);
                 p.stat.cversion = *parent_cversion;
                 p.stat.pzxid = zxid;
+                let parent_acl = p.acl.clone();
+                let node_acl = Arc::new(acl.clone());
                 let stat = Stat {
                     czxid: zxid,
                     mzxid: zxid,
@@ -457,7 +459,7 @@ impl DataTree {
                 };
                 let node = Node {
                     data: data.clone(),
-                    acl: Arc::new(acl.clone()),
+                    acl: node_acl.clone(),
                     stat,
                     children: OrdSet::new(),
                 };
@@ -478,8 +480,12 @@ impl DataTree {
                     NodeKind::Persistent => {}
                 }
                 self.nodes.insert(key, Arc::new(node));
-                triggers.push(Trigger::new(path, EventType::NodeCreated));
-                triggers.push(Trigger::new(parent_path, EventType::NodeChildrenChanged));
+                triggers.push(Trigger::new(path, EventType::NodeCreated, node_acl));
+                triggers.push(Trigger::new(
+                    parent_path,
+                    EventType::NodeChildrenChanged,
+                    parent_acl,
+                ));
                 Applied::Created {
                     path: path.clone(),
                     stat: out_stat,
@@ -503,7 +509,11 @@ impl DataTree {
                 n.stat.version = *version;
                 n.stat.mzxid = zxid;
                 n.stat.mtime = time_ms;
-                triggers.push(Trigger::new(path, EventType::NodeDataChanged));
+                triggers.push(Trigger::new(
+                    path,
+                    EventType::NodeDataChanged,
+                    n.acl.clone(),
+                ));
                 Applied::Stat(n.stat())
             }
             Txn::SetAcl {
@@ -572,8 +582,10 @@ impl DataTree {
             NodeKind::Persistent => {}
         }
         let parent_path = path::parent(path);
+        let mut parent_acl = Arc::new(Vec::new());
         if let Some(parent) = self.nodes.get_mut(parent_path) {
             let p = Arc::make_mut(parent);
+            parent_acl = p.acl.clone();
             p.children.remove(path::name(path));
             // The stored cversion counts creates only (see Node); the reported one
             // still moves, because the child count dropped.
@@ -581,8 +593,12 @@ impl DataTree {
                 p.stat.pzxid = zxid;
             }
         }
-        triggers.push(Trigger::new(path, EventType::NodeDeleted));
-        triggers.push(Trigger::new(parent_path, EventType::NodeChildrenChanged));
+        triggers.push(Trigger::new(path, EventType::NodeDeleted, node.acl.clone()));
+        triggers.push(Trigger::new(
+            parent_path,
+            EventType::NodeChildrenChanged,
+            parent_acl,
+        ));
     }
 }
 

@@ -56,18 +56,22 @@ pub enum Applied {
     Multi(Vec<Applied>),
 }
 
-/// A watch trigger: an event on a path, fired to the sessions watching it.
+/// A watch trigger: an event on a path, fired to the sessions watching it that may
+/// READ the node under `acl` (the changed node's ACL, or the parent's for
+/// NodeChildrenChanged), as ZooKeeper does since CVE-2024-23944.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
     pub path: Arc<str>,
     pub event: EventType,
+    pub acl: Arc<Vec<Acl>>,
 }
 
 impl Trigger {
-    pub fn new(path: &str, event: EventType) -> Trigger {
+    pub fn new(path: &str, event: EventType, acl: Arc<Vec<Acl>>) -> Trigger {
         Trigger {
             path: Arc::from(path),
             event,
+            acl,
         }
     }
 }

@@ -6,9 +6,11 @@ tree at the end of each sequence."""
 
 import os
 import random
+import threading
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.states import Callback
 from kazoo.security import make_acl, make_digest_acl, OPEN_ACL_UNSAFE
 
 import servers
@@ -35,6 +37,33 @@ class Side:
         self.alice = KazooClient(hosts=server.hosts, timeout=15, auth_data=[("digest", "alice:pw")])
         self.alice.start(timeout=15)
         self.sessions = {self.anon.client_id[0]: "anon", self.alice.client_id[0]: "alice"}
+        self.events = {"anon": [], "alice": []}
+
+    def watcher(self, who, kind):
+        return lambda ev: self.events[who].append((kind, ev.type, ev.path))
+
+    def drained_events(self):
+        """The events each session received so far. Watch callbacks run on kazoo's
+        callback thread in arrival order; a sentinel queued behind them marks the end."""
+        for who, c in (("anon", self.anon), ("alice", self.alice)):
+            # An event for this session may still be on its way on its own connection:
+            # a sync answered on that connection comes after every event of the writes
+            # committed before it.
+            c.sync("/")
+            done = threading.Event()
+            c.handler.dispatch_callback(Callback("watch", done.set, ()))
+            assert done.wait(10), f"{who}: callback queue did not drain"
+        # kazoo hands one server event to each watcher registered on the path, in an
+        # order of its own: compare what each watcher got (a multiset) and the order of
+        # server events (consecutive repeats collapsed).
+        out = {}
+        for who, evs in self.events.items():
+            order = []
+            for _, t, p in evs:
+                if not order or order[-1] != (t, p):
+                    order.append((t, p))
+            out[who] = (sorted(evs), order)
+        return out
 
     def stat(self, st):
         if st is None:
@@ -85,8 +114,9 @@ def gen_ops(seed, root):
     for _ in range(OPS_PER_SEED):
         who = rnd.choice(["anon", "anon", "alice"])
         k = rnd.choices(
-            ["create", "delete", "set", "get", "exists", "children", "get_acl", "set_acl", "multi", "sync"],
-            weights=[30, 12, 14, 8, 6, 8, 4, 4, 12, 2])[0]
+            ["create", "delete", "set", "get", "exists", "children", "get_acl", "set_acl", "multi", "sync",
+             "get_w", "exists_w", "children_w"],
+            weights=[30, 12, 14, 8, 6, 8, 4, 4, 12, 2, 4, 4, 4])[0]
         if k == "create":
             op = (k, path(), rnd.choice([b"", b"v", b"value"]), rnd.random() < 0.2, rnd.random() < 0.3,
                   rnd.choice(list(ACLS)) if rnd.random() < 0.3 else "open")
@@ -115,13 +145,16 @@ def run_op(side, who, op):
             return ("ok", c.delete(op[1], version=op[2]))
         if k == "set":
             return ("ok", side.stat(c.set(op[1], op[2], version=op[3])))
-        if k == "get":
-            data, st = c.get(op[1])
+        if k in ("get", "get_w"):
+            w = side.watcher(who, "data") if k == "get_w" else None
+            data, st = c.get(op[1], watch=w)
             return ("ok", data, side.stat(st))
-        if k == "exists":
-            return ("ok", side.stat(c.exists(op[1])))
-        if k == "children":
-            kids, st = c.get_children(op[1], include_data=True)
+        if k in ("exists", "exists_w"):
+            w = side.watcher(who, "exists") if k == "exists_w" else None
+            return ("ok", side.stat(c.exists(op[1], watch=w)))
+        if k in ("children", "children_w"):
+            w = side.watcher(who, "child") if k == "children_w" else None
+            kids, st = c.get_children(op[1], watch=w, include_data=True)
             return ("ok", sorted(kids), side.stat(st))
         if k == "get_acl":
             acl, st = c.get_acls(op[1])
@@ -201,7 +234,13 @@ def test_same_results_as_zookeeper(pair, seed):
         for i, (who, op) in enumerate(gen_ops(seed, root)):
             ra, rb = run_op(a, who, op), run_op(b, who, op)
             assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+            if i % 25 == 24:
+                ea, eb = a.drained_events(), b.drained_events()
+                assert eb == ea, f"seed {seed} by step {i}: watch events differ\n zookeeper:  {ea}\n ringkeeper: {eb}"
         assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
+        ea, eb = a.drained_events(), b.drained_events()
+        assert eb == ea, f"seed {seed}: watch events differ"
+        assert sum(len(v) for v in ea.values()) > 0 or OPS_PER_SEED < 100, "the sequence fired no watch"
     finally:
         a.stop()
         b.stop()

@@ -299,3 +299,22 @@ def test_null_data_reads_back_as_null_and_empty_as_empty(client, base):
     client.set(f"{base}/empty", None)
     assert client.get(f"{base}/empty")[0] is None
     assert client.exists(f"{base}/empty").dataLength == 0
+
+
+def test_watch_events_need_read_permission_on_the_node(make_client, client, base):
+    """As ZooKeeper (CVE-2024-23944): a watcher that cannot READ the node gets no event,
+    and the one-shot watch is used up."""
+    owner = make_client(auth_data=[("digest", "erin:pw")])
+    hidden, visible = [], []
+    client.exists(f"{base}/secret", watch=hidden.append)
+    client.exists(f"{base}/public", watch=visible.append)
+    owner.create(f"{base}/secret", acl=[make_digest_acl("erin", "pw", all=True)])
+    owner.create(f"{base}/public")
+    assert wait_for(lambda: visible)
+    # The secret's event would have been queued before the public one's: once the
+    # callback queue is drained past a marker, nothing more can arrive.
+    from kazoo.protocol.states import Callback
+    done = threading.Event()
+    client.handler.dispatch_callback(Callback("watch", done.set, ()))
+    assert done.wait(5)
+    assert hidden == []
