@@ -280,9 +280,11 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
 
     let core_cfg = cfg.clone();
     let core_shared = shared.clone();
+    let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
     let core = LocalExecutorBuilder::new(placement(cores - 1))
         .name("rk-broadcast")
         .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        .spin_before_park(spin)
         .spawn(move || broadcast::run(core_cfg, to_core_rx, to_shard_tx, core_shared))
         .map_err(|source| StartError::Executor {
             name: "rk-broadcast".into(),
@@ -298,6 +300,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
         let h = LocalExecutorBuilder::new(placement(i % cores))
             .name(&name)
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spin_before_park(spin)
             .spawn(move || shard::run(i, bound, shared, tx, rx, ready_tx))
             .map_err(|source| StartError::Executor { name, source })?;
         shards.push(h);

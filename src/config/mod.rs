@@ -69,6 +69,11 @@ pub struct Config {
     pub admin_server_port: u16,
     /// Client shards (one executor each); the broadcast core has its own.
     pub shards: usize,
+    /// How long an executor polls for work before parking in the kernel. Every write
+    /// crosses from a shard to the broadcast core and back; spinning briefly saves the
+    /// two wake-ups (measured: one session's setData p50 143 -> 100 us) for at most
+    /// this much CPU after each burst of work. 0 parks at once.
+    pub spin_before_park_us: u64,
     /// Where the config came from, for `conf` and messages.
     pub source: String,
     /// Keys that were not recognised (each warned about once at start-up).
@@ -105,6 +110,7 @@ impl Default for Config {
             admin_enable_server: true,
             admin_server_port: 8080,
             shards: cores.saturating_sub(1).max(1),
+            spin_before_park_us: 50,
             source: "embedded default".into(),
             unknown_keys: Vec::new(),
         }
@@ -279,6 +285,13 @@ impl Config {
             }
             "admin.enableServer" => self.admin_enable_server = parse_bool(value).map_err(bad)?,
             "admin.serverPort" => self.admin_server_port = parse_num(value).map_err(bad)?,
+            "spinBeforeParkUs" | "ringkeeper.spinBeforeParkUs" => {
+                let n: u64 = parse_num(value).map_err(bad)?;
+                if n > 10_000 {
+                    return Err(bad("must be at most 10000 (10 ms)".into()));
+                }
+                self.spin_before_park_us = n;
+            }
             "shards" | "ringkeeper.shards" => {
                 let n: usize = parse_num(value).map_err(bad)?;
                 if n == 0 || n > 256 {
