@@ -7,7 +7,7 @@ import socket
 import struct
 import time
 
-from rawzk import RawClient, s_str
+from rawzk import RawClient, Reader, s_str
 
 NODE_CREATED, NODE_DELETED, NODE_DATA_CHANGED, NODE_CHILDREN_CHANGED = 1, 2, 3, 4
 
@@ -194,3 +194,24 @@ def test_reconnect_closes_the_old_connection(rk, base):
     assert a.sock.recv(10) == b"", "the session's previous connection is closed"
     assert b.exists("/")[0] == 0
     b.close_session()
+
+
+def test_pipelined_read_behind_a_write_sees_the_write(rk, base):
+    """Replies leave in request order, and a read queued behind a write of the same
+    session is answered from the state that includes the write."""
+    c = RawClient(rk.port)
+    c.create(f"{base}/pipe", b"old")
+    frames = b""
+    for i in range(50):
+        set_body = struct.pack(">ii", 1000 + 2 * i, 5) + s_str(f"{base}/pipe") + struct.pack(">i", 3) + f"v{i:02d}".encode()[:3] + struct.pack(">i", -1)
+        get_body = struct.pack(">ii", 1001 + 2 * i, 4) + s_str(f"{base}/pipe") + b"\0"
+        frames += struct.pack(">i", len(set_body)) + set_body + struct.pack(">i", len(get_body)) + get_body
+    c.sock.sendall(frames)
+    for i in range(50):
+        r = Reader(c.read_frame())
+        assert (r.i32(), r.i64() > 0, r.i32()) == (1000 + 2 * i, True, 0)
+        r = Reader(c.read_frame())
+        xid, _, err = r.i32(), r.i64(), r.i32()
+        assert (xid, err) == (1001 + 2 * i, 0)
+        assert r.buf() == f"v{i:02d}".encode()[:3]
+    c.close()
