@@ -68,6 +68,10 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(a))
     }
 
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
     pub fn bool(&mut self) -> Result<bool, DecodeError> {
         Ok(self.take(1)?[0] != 0)
     }
