@@ -404,6 +404,8 @@ impl DataTree {
                 }
             }
         }
+        // An empty multi applies nothing but still consumes its zxid.
+        scratch.last_zxid = zxid;
         *self = scratch;
         triggers.append(&mut scratch_triggers);
         Ok((Txn::Multi(txns), applied))

@@ -182,6 +182,15 @@ fn multi_is_all_or_nothing() {
 }
 
 #[test]
+fn an_empty_multi_consumes_its_zxid() {
+    let mut t = DataTree::new();
+    assert!(t
+        .prepare_apply_multi(&[], &who(&[]), 1, 0, &mut Vec::new())
+        .is_ok());
+    assert_eq!(t.last_zxid(), 1);
+}
+
+#[test]
 fn close_session_removes_its_ephemerals() {
     let mut t = DataTree::new();
     run(&mut t, &create("/e1", 1)).unwrap();

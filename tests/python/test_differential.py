@@ -244,3 +244,21 @@ def test_same_results_as_zookeeper(pair, seed):
     finally:
         a.stop()
         b.stop()
+
+
+def test_empty_multi_consumes_a_zxid_like_zookeeper(pair):
+    zk, rk = pair
+    a, b = Side(zk), Side(rk)
+    try:
+        out = []
+        for side in (a, b):
+            assert side.anon.transaction().commit() == []
+            p = side.anon.create("/after-empty-multi")
+            out.append((side.anon.exists(p).czxid - side.anon.exists("/zookeeper").mzxid,
+                        side.anon.transaction().commit()))
+            side.anon.delete(p)
+        # Both servers have had the same history in this module: same zxids.
+        assert out[0] == out[1]
+    finally:
+        a.stop()
+        b.stop()
