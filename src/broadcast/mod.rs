@@ -485,24 +485,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn failed_writes_consume_a_zxid_like_zookeeper() {
-        let mut core = Core::new(Arc::new(Config::default()));
-        let s = connect(&mut core);
-        assert_eq!(core.tree().last_zxid(), 1, "createSession is txn 1");
+    /// One request from session `s` on connection 1; returns what it produced.
+    fn request(core: &mut Core, s: i64, xid: i32, op: CoreOp) -> Vec<Entry> {
         let mut out = Vec::new();
         core.step(
             ToCore::Request {
                 session_id: s,
                 conn_id: 1,
-                xid: 1,
-                op: CoreOp::Write(WriteOp::Delete {
-                    path: "/missing".into(),
-                    version: -1,
-                }),
+                xid,
+                op,
                 auth: Arc::new(vec![]),
             },
             &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn failed_writes_consume_a_zxid_like_zookeeper() {
+        let mut core = Core::new(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        assert_eq!(core.tree().last_zxid(), 1, "createSession is txn 1");
+        let out = request(
+            &mut core,
+            s,
+            1,
+            CoreOp::Write(WriteOp::Delete {
+                path: "/missing".into(),
+                version: -1,
+            }),
         );
         match &out[0].effect {
             Effect::Reply { err, zxid, .. } => {
@@ -517,35 +528,20 @@ mod tests {
     fn close_session_deletes_ephemerals_and_fires_watches() {
         let mut core = Core::new(Arc::new(Config::default()));
         let s = connect(&mut core);
-        let mut out = Vec::new();
-        core.step(
-            ToCore::Request {
-                session_id: s,
-                conn_id: 1,
-                xid: 1,
-                op: CoreOp::Write(WriteOp::Create(CreateRequest {
-                    kind: CreateKind::Create,
-                    path: "/eph".into(),
-                    data: Some(Bytes::new()),
-                    acl: crate::tree::acl::open_acl_unsafe(),
-                    flags: 1,
-                    ttl_ms: -1,
-                })),
-                auth: Arc::new(vec![]),
-            },
-            &mut out,
+        request(
+            &mut core,
+            s,
+            1,
+            CoreOp::Write(WriteOp::Create(CreateRequest {
+                kind: CreateKind::Create,
+                path: "/eph".into(),
+                data: Some(Bytes::new()),
+                acl: crate::tree::acl::open_acl_unsafe(),
+                flags: 1,
+                ttl_ms: -1,
+            })),
         );
-        out.clear();
-        core.step(
-            ToCore::Request {
-                session_id: s,
-                conn_id: 1,
-                xid: 2,
-                op: CoreOp::CloseSession,
-                auth: Arc::new(vec![]),
-            },
-            &mut out,
-        );
+        let out = request(&mut core, s, 2, CoreOp::CloseSession);
         assert!(out[0].tree.node("/eph").is_none());
         assert!(out[0].triggers.iter().any(|t| &*t.path == "/eph"));
         assert!(matches!(out[1].effect, Effect::SessionClosed { .. }));

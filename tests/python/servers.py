@@ -15,6 +15,16 @@ RINGKEEPER_BIN = Path(os.environ.get("RINGKEEPER_BIN", REPO / "target" / "releas
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 
 
+def wait_for(pred, timeout=10.0):
+    """Polls `pred` until it holds or `timeout` seconds pass; returns whether it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,15 +14,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import EventType
 from rawzk import RawClient
 from kazoo.security import make_digest_acl, make_acl, OPEN_ACL_UNSAFE
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+from servers import wait_for
 
 
 def test_create_get_set_delete_with_versions(client, base):

@@ -7,15 +7,7 @@ import time
 import pytest
 from kazoo.exceptions import LockTimeout
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+from servers import wait_for
 
 
 def test_lock_is_mutually_exclusive(make_client, base):

@@ -10,6 +10,7 @@ from kazoo.protocol.states import EventType
 
 import servers
 from rawzk import RawClient
+from servers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,6 @@ def clients(server, n):
         c.start(timeout=10)
         out.append(c)
     return out
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_watches_fire_across_shards(two_shards):

@@ -8,17 +8,9 @@ import struct
 import time
 
 from rawzk import RawClient, Reader, s_str
+from servers import wait_for
 
 NODE_CREATED, NODE_DELETED, NODE_DATA_CHANGED, NODE_CHILDREN_CHANGED = 1, 2, 3, 4
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_container_removed_after_last_child_goes(rk, client, base):
