@@ -1,6 +1,11 @@
-//! ringkeeper's on-disk formats. So far: the txn log's segment header and record
-//! framing, with the recovery scan that tells a torn tail (truncate it) from
-//! corruption (stop and name the offset). The io_uring writer, group commit and
-//! snapshots build on these (issue 3); nothing here touches a file yet.
+//! ringkeeper's storage: the txn log (framing, group-committed io_uring writer,
+//! recovery scan) and memory-mapped snapshots, with the file-system helpers they share.
 
+pub mod fsutil;
+pub mod group;
+pub mod log;
+pub mod notify;
 pub mod record;
+pub mod recover;
+pub mod segment;
+pub mod snapshot;

@@ -9,6 +9,14 @@
 //! The checksum covers the zxid and the payload. A zero length marks the end of the
 //! written part of a preallocated (zero-filled) segment; payloads are never empty.
 //! Zxids strictly increase within a segment.
+//!
+//! Each write of the log (one group commit) starts with a *batch marker*: a record with
+//! zxid [`BATCH_MARKER_ZXID`] whose payload is the byte length of the records that follow
+//! and the first zxid among them. The next write only starts after the previous one's
+//! fdatasync returned, so a damaged record followed by a valid marker is damage to a
+//! completed, acknowledged write (corruption: stop), while damage with no marker after
+//! it lies in the last write, which may have been torn by a crash (its blocks can reach
+//! the disk in any order) and was never acknowledged (truncate).
 
 use std::ops::Range;
 
@@ -20,6 +28,11 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload accepted; a longer length field is damage, not data.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+/// The zxid field of a batch marker (real zxids are positive).
+pub const BATCH_MARKER_ZXID: i64 = -1;
+const BATCH_MARKER_PAYLOAD_BYTES: usize = 16;
+/// Bytes a batch marker adds to a write.
+pub const BATCH_MARKER_BYTES: usize = RECORD_HEADER_BYTES + BATCH_MARKER_PAYLOAD_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -90,6 +103,15 @@ pub fn encode_record(out: &mut Vec<u8>, zxid: i64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends the marker that opens a write of `records_len` bytes of records whose first
+/// zxid is `first_zxid`.
+pub fn encode_batch_marker(out: &mut Vec<u8>, records_len: u64, first_zxid: i64) {
+    let mut p = [0u8; BATCH_MARKER_PAYLOAD_BYTES];
+    p[..8].copy_from_slice(&records_len.to_be_bytes());
+    p[8..].copy_from_slice(&first_zxid.to_be_bytes());
+    encode_record(out, BATCH_MARKER_ZXID, &p);
+}
+
 /// A valid record found by [`scan`]: its zxid and where its payload lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef {
@@ -134,11 +156,22 @@ fn record_at(data: &[u8], at: usize) -> Option<(i64, Range<usize>, usize)> {
     (record_crc(zxid, payload) == crc).then_some((zxid, start..start + len, start + len))
 }
 
+/// Whether a valid batch marker starts at `at` (its fixed header fields are checked
+/// before the checksum, so scanning garbage for markers stays linear).
+fn is_batch_marker(data: &[u8], at: usize) -> bool {
+    let Some(h) = data.get(at..at + RECORD_HEADER_BYTES) else {
+        return false;
+    };
+    h[..4] == (BATCH_MARKER_PAYLOAD_BYTES as u32).to_be_bytes()
+        && h[8..16] == BATCH_MARKER_ZXID.to_be_bytes()
+        && record_at(data, at).is_some()
+}
+
 /// Reads the records of a segment body (the bytes after its header).
 ///
 /// Stops at the first record that does not check out and decides whether it is a torn
-/// tail (nothing valid follows it: safe to truncate) or corruption (a valid record
-/// with a later zxid follows: refuse).
+/// tail (no later write follows it: safe to truncate) or corruption (a valid batch
+/// marker follows: refuse). Batch markers are not returned.
 pub fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut at = 0;
@@ -160,6 +193,7 @@ pub fn scan(data: &[u8]) -> Scan {
             };
         }
         match record_at(data, at) {
+            Some((BATCH_MARKER_ZXID, _, next)) => at = next,
             Some((zxid, payload, next)) => {
                 if zxid <= last_zxid {
                     return Scan {
@@ -176,15 +210,13 @@ pub fn scan(data: &[u8]) -> Scan {
                 at = next;
             }
             None => {
-                // Is there any valid record further on? Then this is damage in the
-                // middle of the log, not a torn write at its end.
-                let later = (at + 1..data.len())
-                    .filter_map(|o| record_at(data, o))
-                    .any(|(zxid, _, _)| zxid > last_zxid);
+                // A valid batch marker further on means a later write started, so this
+                // write had completed and been synced: the damage is corruption.
+                let later = (at + 1..data.len()).any(|o| is_batch_marker(data, o));
                 let end = if later {
                     End::Corrupt {
                         offset: at,
-                        reason: "damaged record followed by valid records",
+                        reason: "damaged record followed by later writes",
                     }
                 } else {
                     End::Torn { offset: at }
@@ -204,13 +236,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn log(payloads: &[Vec<u8>]) -> (Vec<u8>, Vec<usize>) {
+    /// Frames `payloads` (zxids from 100) as writes of `per_batch` records each, as the
+    /// log writer does. Returns the bytes, each record's end offset, and the index of
+    /// the first record of the last batch.
+    fn log_in_batches(payloads: &[Vec<u8>], per_batch: usize) -> (Vec<u8>, Vec<usize>, usize) {
         let mut out = Vec::new();
         let mut ends = Vec::new();
-        for (i, p) in payloads.iter().enumerate() {
-            encode_record(&mut out, 100 + i as i64, p);
-            ends.push(out.len());
+        let mut last_batch = 0;
+        for (b, chunk) in payloads.chunks(per_batch).enumerate() {
+            last_batch = b * per_batch;
+            let mut recs = Vec::new();
+            let mut rel_ends = Vec::new();
+            for (i, p) in chunk.iter().enumerate() {
+                encode_record(&mut recs, 100 + (b * per_batch + i) as i64, p);
+                rel_ends.push(recs.len());
+            }
+            encode_batch_marker(&mut out, recs.len() as u64, 100 + last_batch as i64);
+            let base = out.len();
+            out.extend_from_slice(&recs);
+            ends.extend(rel_ends.into_iter().map(|e| base + e));
         }
+        (out, ends, last_batch)
+    }
+
+    fn log(payloads: &[Vec<u8>]) -> (Vec<u8>, Vec<usize>) {
+        let (out, ends, _) = log_in_batches(payloads, 1);
         (out, ends)
     }
 
@@ -266,33 +316,60 @@ mod tests {
             let s = scan(&data[..cut]);
             let complete = ends.iter().filter(|e| **e <= cut).count();
             prop_assert_eq!(s.records.len(), complete);
+            // Records are valid up to the last complete one; a complete marker after it
+            // is skipped over (it opens a write with nothing in it yet).
             let boundary = if complete == 0 { 0 } else { ends[complete - 1] };
-            prop_assert_eq!(s.valid_len, boundary);
+            let marker_end = boundary + BATCH_MARKER_BYTES;
             if cut == boundary {
                 prop_assert_eq!(s.end, End::Clean);
+                prop_assert_eq!(s.valid_len, boundary);
+            } else if cut == marker_end {
+                prop_assert_eq!(s.end, End::Clean);
+                prop_assert_eq!(s.valid_len, marker_end);
+            } else if cut > marker_end {
+                prop_assert_eq!(s.end, End::Torn { offset: marker_end });
             } else {
                 prop_assert_eq!(s.end, End::Torn { offset: boundary });
             }
         }
 
-        /// A flipped bit in the last record is a torn write; anywhere before, it is
+        /// A write torn by a crash can lose any of its blocks, not only the last ones:
+        /// zeroing any span inside the last write is a torn tail, never corruption.
+        #[test]
+        fn lost_blocks_in_the_last_write_are_a_torn_tail(ps in payloads(), per in 1usize..6, a in any::<prop::sample::Index>(), b in any::<prop::sample::Index>()) {
+            let (mut data, ends, last_batch) = log_in_batches(&ps, per);
+            let batch_start = if last_batch == 0 { 0 } else { ends[last_batch - 1] };
+            let span = data.len() - batch_start;
+            let (x, y) = (a.index(span), b.index(span));
+            let (lo, hi) = (batch_start + x.min(y), batch_start + x.max(y) + 1);
+            data[lo..hi].fill(0);
+            let s = scan(&data);
+            prop_assert!(matches!(s.end, End::Torn { .. } | End::Clean), "{:?}", s.end);
+            prop_assert!(s.records.len() >= last_batch);
+            for r in &s.records {
+                prop_assert!(r.payload.end <= lo || r.payload.start >= hi);
+            }
+        }
+
+        /// A flipped bit in the last write is a torn write; in any earlier write, it is
         /// corruption that stops recovery at the damaged record.
         #[test]
-        fn bit_flips_are_torn_at_the_end_and_corrupt_elsewhere(ps in payloads(), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let (mut data, ends) = log(&ps);
+        fn bit_flips_are_torn_in_the_last_write_and_corrupt_elsewhere(ps in payloads(), per in 1usize..6, pick in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let (mut data, ends, last_batch) = log_in_batches(&ps, per);
             let at = pick.index(data.len());
             data[at] ^= 1 << bit;
-            let damaged = ends.iter().position(|e| at < *e).expect("inside some record");
-            let start = if damaged == 0 { 0 } else { ends[damaged - 1] };
             let s = scan(&data);
+            // The record (or the marker before it) the flip landed in.
+            let damaged = ends.iter().position(|e| at < *e).expect("inside some record");
             prop_assert_eq!(s.records.len(), damaged);
-            prop_assert_eq!(s.valid_len, start);
-            if damaged == ps.len() - 1 {
-                prop_assert_eq!(s.end, End::Torn { offset: start });
+            if damaged >= last_batch {
+                prop_assert!(matches!(s.end, End::Torn { .. }), "{:?}", s.end);
             } else {
-                let corrupt = matches!(s.end, End::Corrupt { offset, .. } if offset == start);
+                let corrupt = matches!(s.end, End::Corrupt { .. });
                 prop_assert!(corrupt, "{:?}", s.end);
             }
+            let prefix = ends[..s.records.len()].last().copied().unwrap_or(0);
+            prop_assert!(s.valid_len >= prefix && s.valid_len <= at);
         }
     }
 }

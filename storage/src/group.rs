@@ -1,0 +1,137 @@
+//! Group commit: the broadcast core queues framed records together with what it owes
+//! the world once they are durable (replies, watch events, new tree versions); one task
+//! drains the queue, writes everything queued with one write and one fdatasync, and
+//! only then releases it. While a write is in flight the next batch accumulates, so
+//! under load one fdatasync covers many txns; a lone writer pays about one fdatasync.
+//!
+//! Items without a record (a refused request, a sync) ride the same queue so they stay
+//! in order behind the writes queued before them.
+//!
+//! After a failed write or fdatasync the log is never written again (a retried fsync
+//! can report success for pages the kernel already dropped): every later batch is
+//! released with the error, and the owner stops accepting writes.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use crate::log::{LogCounters, LogError, LogWriter};
+use crate::notify::Notify;
+use crate::record::encode_record;
+
+struct Pending<T> {
+    records: Vec<u8>,
+    first_zxid: Option<i64>,
+    count: u64,
+    items: Vec<T>,
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            records: Vec::new(),
+            first_zxid: None,
+            count: 0,
+            items: Vec::new(),
+        }
+    }
+}
+
+/// The queue between the core and the log task (both on one executor).
+pub struct GroupCommit<T> {
+    pending: RefCell<Pending<T>>,
+    notify: Notify,
+    failed: RefCell<Option<Rc<LogError>>>,
+    durable_zxid: Arc<AtomicI64>,
+    in_flight: Cell<bool>,
+}
+
+impl<T> GroupCommit<T> {
+    /// `durable_zxid` starts at the last zxid already on disk.
+    pub fn new(durable_zxid: i64) -> Rc<GroupCommit<T>> {
+        Rc::new(GroupCommit {
+            pending: RefCell::default(),
+            notify: Notify::default(),
+            failed: RefCell::default(),
+            durable_zxid: Arc::new(AtomicI64::new(durable_zxid)),
+            in_flight: Cell::new(false),
+        })
+    }
+
+    /// Queues a txn record; `item` is released once it is durable.
+    pub fn push_record(&self, zxid: i64, payload: &[u8], item: T) {
+        let mut p = self.pending.borrow_mut();
+        encode_record(&mut p.records, zxid, payload);
+        p.first_zxid.get_or_insert(zxid);
+        p.count += 1;
+        p.items.push(item);
+        drop(p);
+        self.notify.notify();
+    }
+
+    /// Queues an item that has no record; it is released after everything before it.
+    pub fn push_item(&self, item: T) {
+        self.pending.borrow_mut().items.push(item);
+        self.notify.notify();
+    }
+
+    /// Bytes of records waiting for the next write.
+    pub fn queued_bytes(&self) -> usize {
+        self.pending.borrow().records.len()
+    }
+
+    /// Whether a write is in flight right now.
+    pub fn writing(&self) -> bool {
+        self.in_flight.get()
+    }
+
+    /// The error that stopped the log, if any.
+    pub fn failed(&self) -> Option<Rc<LogError>> {
+        self.failed.borrow().clone()
+    }
+
+    /// The last zxid known to be on disk, readable from any thread.
+    pub fn durable_zxid(&self) -> Arc<AtomicI64> {
+        self.durable_zxid.clone()
+    }
+
+    /// Drains the queue forever: one write + fdatasync per batch, then
+    /// `release(items, error)` in queue order. Returns when `release` returns false.
+    pub async fn run<F, Fut>(self: Rc<Self>, mut log: LogWriter, mut release: F) -> LogCounters
+    where
+        F: FnMut(Vec<T>, Option<Rc<LogError>>) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        loop {
+            let batch = std::mem::take(&mut *self.pending.borrow_mut());
+            if batch.items.is_empty() {
+                self.notify.wait().await;
+                continue;
+            }
+            if let (Some(first), None) = (batch.first_zxid, self.failed()) {
+                self.in_flight.set(true);
+                let r = log.append(&batch.records, first).await;
+                self.in_flight.set(false);
+                match r {
+                    Ok(()) => {
+                        log.note_records(batch.count);
+                        let last = first + batch.count as i64 - 1;
+                        self.durable_zxid.store(last, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "txn log failed: {e}; refusing writes from now on (reads continue). \
+                             Fix the disk and restart the server; nothing unacknowledged was reported as written."
+                        );
+                        *self.failed.borrow_mut() = Some(Rc::new(e));
+                    }
+                }
+            }
+            if !release(batch.items, self.failed()).await {
+                return log.counters();
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Recovery of the txn log: the records after a snapshot's zxid, in order, from the
+//! segments in the log directory.
+//!
+//! A torn record at the very end of the newest segment is a crash during a write that
+//! was never acknowledged: it is zeroed out (one log line). Anything else that does not
+//! check out (a damaged record in an older write, a torn record in an older segment, a
+//! zxid gap, a bad segment header) stops recovery with an error naming the file and the
+//! offset. Nothing is skipped silently.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use thiserror::Error;
+
+use crate::record::{scan, End, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::segment::list_segments;
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: bad segment header: {reason}")]
+    Header { path: PathBuf, reason: String },
+    #[error("{path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path} at offset {offset}: txn {zxid:#x} cannot be applied: {reason}")]
+    Apply {
+        path: PathBuf,
+        offset: u64,
+        zxid: i64,
+        reason: String,
+    },
+}
+
+/// Where the log ends after recovery: the writer continues here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEnd {
+    /// The newest segment and the offset after its last valid record (None: no
+    /// segment yet).
+    pub segment: Option<(PathBuf, u64)>,
+    /// The last zxid in the log, or the snapshot's if the log holds nothing newer.
+    pub last_zxid: i64,
+    /// Records replayed (those after the snapshot).
+    pub replayed: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn map(path: &Path) -> Result<Mmap, RecoveryError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    // SAFETY: the segment is not written by anyone while recovery runs (the server has
+    // not started its log writer yet).
+    unsafe { Mmap::map(&f) }.map_err(io_err(path))
+}
+
+/// Replays the records after `after_zxid`, in zxid order, through `apply(zxid, payload)`.
+/// `apply` returning an error stops recovery with that error, naming the record.
+pub fn replay_log(
+    dir: &Path,
+    after_zxid: i64,
+    mut apply: impl FnMut(i64, &[u8]) -> Result<(), String>,
+) -> Result<LogEnd, RecoveryError> {
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    let mut end = LogEnd {
+        segment: None,
+        last_zxid: after_zxid,
+        replayed: 0,
+    };
+    for (i, (base, path)) in segments.iter().enumerate() {
+        let newest = i + 1 == segments.len();
+        // A segment all of whose records precede the snapshot needs no reading: the next
+        // segment starts at or before the first zxid we want.
+        if !newest && segments[i + 1].0 <= after_zxid + 1 {
+            continue;
+        }
+        let data = map(path)?;
+        let header = SegmentHeader::decode(&data).map_err(|e| RecoveryError::Header {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if header.base_zxid != *base {
+            return Err(RecoveryError::Header {
+                path: path.clone(),
+                reason: format!(
+                    "header says base zxid {:#x}, file name says {base:#x}",
+                    header.base_zxid
+                ),
+            });
+        }
+        let body = &data[SEGMENT_HEADER_BYTES..];
+        let s = scan(body);
+        let at = |o: usize| (SEGMENT_HEADER_BYTES + o) as u64;
+        for r in &s.records {
+            if r.zxid <= after_zxid {
+                continue;
+            }
+            if r.zxid != end.last_zxid + 1 {
+                return Err(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    offset: at(r.payload.start - crate::record::RECORD_HEADER_BYTES),
+                    reason: format!(
+                        "zxid gap: expected txn {:#x}, found {:#x}",
+                        end.last_zxid + 1,
+                        r.zxid
+                    ),
+                });
+            }
+            apply(r.zxid, &body[r.payload.clone()]).map_err(|reason| RecoveryError::Apply {
+                path: path.clone(),
+                offset: at(r.payload.start - crate::record::RECORD_HEADER_BYTES),
+                zxid: r.zxid,
+                reason,
+            })?;
+            end.last_zxid = r.zxid;
+            end.replayed += 1;
+        }
+        match s.end {
+            End::Clean => {}
+            End::Torn { offset } if newest => {
+                let valid = at(offset);
+                tracing::warn!(
+                    "{}: discarding a torn write at offset {valid} (a crash during a write that was never acknowledged)",
+                    path.display()
+                );
+                let last_nonzero = body.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+                drop(data);
+                zero_range(path, valid, at(last_nonzero))?;
+            }
+            End::Torn { offset } => {
+                return Err(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    offset: at(offset),
+                    reason: "damaged record in a segment that is not the newest".into(),
+                })
+            }
+            End::Corrupt { offset, reason } => {
+                return Err(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    offset: at(offset),
+                    reason: reason.into(),
+                })
+            }
+        }
+        if newest {
+            end.segment = Some((path.clone(), at(s.valid_len)));
+        }
+    }
+    Ok(end)
+}
+
+/// Overwrites `[from, to)` of `path` with zeros and syncs it.
+fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        f.write_all_at(&zeros[..n], at).map_err(io_err(path))?;
+        at += n as u64;
+    }
+    f.sync_all().map_err(io_err(path))
+}

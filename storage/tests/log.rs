@@ -1,0 +1,247 @@
+//! The log writer, group commit and recovery against real files.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use ringkeeper_storage::group::GroupCommit;
+use ringkeeper_storage::log::{LogOptions, LogWriter};
+use ringkeeper_storage::notify::Notify;
+use ringkeeper_storage::record::encode_record;
+use ringkeeper_storage::recover::{replay_log, LogEnd, RecoveryError};
+
+fn test_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("log-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn opts(prealloc: u64) -> LogOptions {
+    LogOptions {
+        prealloc_bytes: prealloc,
+        force_sync: true,
+    }
+}
+
+fn on_executor<R, F, Fut>(f: F) -> R
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn payload(z: i64) -> Vec<u8> {
+    format!("txn-{z}-")
+        .repeat((z % 7 + 1) as usize)
+        .into_bytes()
+}
+
+/// Writes zxids 1..=n in batches of `per` records; returns each batch's zxid range.
+fn write_batches(dir: &Path, n: i64, per: i64, prealloc: u64) -> Vec<(i64, i64)> {
+    let d = dir.to_path_buf();
+    on_executor(move || async move {
+        let mut log = LogWriter::create(&d, 1, opts(prealloc)).await.unwrap();
+        let mut batches = Vec::new();
+        let mut z = 1;
+        while z <= n {
+            let last = (z + per - 1).min(n);
+            let mut b = Vec::new();
+            for x in z..=last {
+                encode_record(&mut b, x, &payload(x));
+            }
+            log.append(&b, z).await.unwrap();
+            batches.push((z, last));
+            z = last + 1;
+        }
+        batches
+    })
+}
+
+fn recover(dir: &Path, after: i64) -> Result<(Vec<i64>, LogEnd), RecoveryError> {
+    let mut seen = Vec::new();
+    let end = replay_log(dir, after, |z, p| {
+        assert_eq!(p, payload(z), "payload of {z}");
+        seen.push(z);
+        Ok(())
+    })?;
+    Ok((seen, end))
+}
+
+#[test]
+fn group_commit_batches_many_writers_into_few_fsyncs() {
+    let dir = test_dir("group");
+    let d = dir.clone();
+    let (writers, per_writer) = on_executor(move || async move {
+        let writers = 64i64;
+        let per_writer = 20i64;
+        let log = LogWriter::create(&d, 1, opts(8 << 20)).await.unwrap();
+        struct Done {
+            flag: Cell<bool>,
+            notify: Notify,
+        }
+        let q = GroupCommit::<Rc<Done>>::new(0);
+        let next_zxid = Rc::new(Cell::new(1i64));
+        glommio::spawn_local(q.clone().run(log, |items, err| async move {
+            assert!(err.is_none());
+            for d in items {
+                d.flag.set(true);
+                d.notify.notify();
+            }
+            true
+        }))
+        .detach();
+        let mut tasks = Vec::new();
+        for _ in 0..writers {
+            let q = q.clone();
+            let next_zxid = next_zxid.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for _ in 0..per_writer {
+                    let done = Rc::new(Done {
+                        flag: Cell::new(false),
+                        notify: Notify::default(),
+                    });
+                    let z = next_zxid.get();
+                    next_zxid.set(z + 1);
+                    q.push_record(z, &payload(z), done.clone());
+                    while !done.flag.get() {
+                        done.notify.wait().await;
+                    }
+                    assert!(q.durable_zxid().load(std::sync::atomic::Ordering::Acquire) >= z);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        (writers, per_writer)
+    });
+    let (seen, _) = recover(&dir, 0).unwrap();
+    let total = writers * per_writer;
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    // Every write opens with a batch marker: count them to get the number of fsyncs.
+    let seg = std::fs::read(dir.join("log.0000000000000001")).unwrap();
+    let marker = [0u8, 0, 0, 16];
+    let writes = seg
+        .windows(16)
+        .filter(|w| w[..4] == marker && w[8..16] == (-1i64).to_be_bytes())
+        .count() as u64;
+    assert!(
+        writes * 8 <= total as u64,
+        "{writes} writes for {total} records: group commit is not batching"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn segments_roll_over_and_recovery_reads_across_them() {
+    let dir = test_dir("roll");
+    write_batches(&dir, 600, 7, 4 << 10);
+    let segs = ringkeeper_storage::segment::list_segments(&dir).unwrap();
+    assert!(segs.len() > 3, "expected roll-over, got {segs:?}");
+    let (seen, end) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=600).collect::<Vec<_>>());
+    assert_eq!(end.last_zxid, 600);
+    // From a later snapshot point only the tail is replayed.
+    let (seen, _) = recover(&dir, 450).unwrap();
+    assert_eq!(seen, (451..=600).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Damage anywhere in the last write: recovery keeps the longest valid prefix, zeroes
+/// the rest, and the log continues from there.
+#[test]
+fn torn_last_writes_recover_the_longest_valid_prefix_and_continue() {
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..30 {
+        let dir = test_dir(&format!("torn-{round}"));
+        let batches = write_batches(&dir, 40, 5, 1 << 20);
+        let seg = dir.join("log.0000000000000001");
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let (recs, _) = recover(&dir, 0).unwrap();
+        assert_eq!(recs.len(), 40);
+        // Find where the last write starts: the last batch marker.
+        let marker_at = (0..bytes.len() - 16)
+            .rev()
+            .find(|&o| {
+                bytes[o..o + 4] == [0, 0, 0, 16] && bytes[o + 8..o + 16] == (-1i64).to_be_bytes()
+            })
+            .unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let at = marker_at + (next() as usize % (end - marker_at));
+        if round % 2 == 0 {
+            bytes[at] ^= 1 << (next() % 8);
+        } else {
+            let len = 1 + next() as usize % (end - at);
+            bytes[at..at + len].fill(0);
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        let (seen, log_end) = recover(&dir, 0).unwrap();
+        let first_of_last = batches.last().unwrap().0;
+        assert!(seen.len() as i64 >= first_of_last - 1, "round {round}");
+        assert_eq!(seen, (1..=seen.len() as i64).collect::<Vec<_>>());
+        // The writer resumes at the recovered end; new records follow the survivors.
+        let (path, off) = log_end.segment.clone().unwrap();
+        let resume_from = log_end.last_zxid + 1;
+        let d = dir.clone();
+        on_executor(move || async move {
+            let mut log = LogWriter::resume(&d, &path, off, opts(1 << 20))
+                .await
+                .unwrap();
+            let mut b = Vec::new();
+            for x in resume_from..resume_from + 3 {
+                encode_record(&mut b, x, &payload(x));
+            }
+            log.append(&b, resume_from).await.unwrap();
+        });
+        let (again, _) = recover(&dir, 0).unwrap();
+        assert_eq!(
+            again,
+            (1..resume_from + 3).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn damage_before_the_last_write_stops_recovery_naming_file_and_offset() {
+    let dir = test_dir("corrupt");
+    write_batches(&dir, 40, 5, 1 << 20);
+    let seg = dir.join("log.0000000000000001");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = recover(&dir, 0)
+        .err()
+        .expect("corruption must stop recovery");
+    let msg = e.to_string();
+    assert!(msg.contains("log.0000000000000001"), "{msg}");
+    assert!(msg.contains("offset"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_segment_is_a_zxid_gap() {
+    let dir = test_dir("gap");
+    write_batches(&dir, 600, 7, 4 << 10);
+    let segs = ringkeeper_storage::segment::list_segments(&dir).unwrap();
+    std::fs::remove_file(&segs[1].1).unwrap();
+    let msg = recover(&dir, 0).err().expect("gap").to_string();
+    assert!(msg.contains("zxid gap"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
