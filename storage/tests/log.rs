@@ -226,9 +226,7 @@ fn damage_before_the_last_write_stops_recovery_naming_file_and_offset() {
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[200] ^= 0x10;
     std::fs::write(&seg, &bytes).unwrap();
-    let e = recover(&dir, 0)
-        .err()
-        .expect("corruption must stop recovery");
+    let e = recover(&dir, 0).expect_err("corruption must stop recovery");
     let msg = e.to_string();
     assert!(msg.contains("log.0000000000000001"), "{msg}");
     assert!(msg.contains("offset"), "{msg}");
@@ -241,7 +239,7 @@ fn a_missing_segment_is_a_zxid_gap() {
     write_batches(&dir, 600, 7, 4 << 10);
     let segs = ringkeeper_storage::segment::list_segments(&dir).unwrap();
     std::fs::remove_file(&segs[1].1).unwrap();
-    let msg = recover(&dir, 0).err().expect("gap").to_string();
+    let msg = recover(&dir, 0).expect_err("gap").to_string();
     assert!(msg.contains("zxid gap"), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
