@@ -7,11 +7,14 @@ use ringkeeper::config::Config;
 
 const USAGE: &str = "\
 usage: ringkeeper [--config zoo.cfg] [--client-port N] [--client-port-address IP]
-                  [--data-dir DIR] [--shards N] [--set key=value ...]
+                  [--data-dir DIR] [--shards N] [--recover-from-older-snapshot]
+                  [--set key=value ...]
 
 With no arguments: standalone on 127.0.0.1:2181, data under ./data.
 --config reads a ZooKeeper zoo.cfg; flags override the file; --set takes any
-zoo.cfg key or ZooKeeper system property (with or without the zookeeper. prefix).";
+zoo.cfg key or ZooKeeper system property (with or without the zookeeper. prefix).
+--recover-from-older-snapshot: if the newest snapshot cannot be read, start from
+the newest one that can (and replay the log from there) instead of refusing.";
 
 fn parse_args() -> Result<Config, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +40,9 @@ fn parse_args() -> Result<Config, String> {
             "--client-port-address" => overrides.push(("clientPortAddress".into(), value()?)),
             "--data-dir" => overrides.push(("dataDir".into(), value()?)),
             "--shards" => overrides.push(("shards".into(), value()?)),
+            "--recover-from-older-snapshot" => {
+                overrides.push(("recovery.fallbackToOlderSnapshot".into(), "true".into()))
+            }
             "--set" => {
                 let kv = value()?;
                 let (k, v) = kv
@@ -58,6 +64,19 @@ fn parse_args() -> Result<Config, String> {
     }
     cfg.check().map_err(|e| e.to_string())?;
     Ok(cfg)
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    ringkeeper::broadcast::SNAPSHOT_REQUESTED.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// SIGUSR1 asks for a snapshot now (e.g. before a planned restart, so that it replays
+/// no log).
+fn install_snapshot_signal() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_sigusr1 as *const () as libc::sighandler_t);
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,17 +103,20 @@ fn main() -> ExitCode {
             cfg.servers.len()
         );
     }
+    install_snapshot_signal();
     let memlock = ringkeeper::server::raise_memlock_limit();
     tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
     let shards = cfg.shards;
     let source = cfg.source.clone();
+    let dirs = format!(
+        "snapshots in {}, txn log in {}",
+        cfg.snapshot_dir().display(),
+        cfg.log_dir().display()
+    );
     let result = ringkeeper::server::run(cfg, move |addr| {
         tracing::info!(
-            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {shards} shard(s) + 1 broadcast core, config: {source})",
+            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {shards} shard(s) + 1 broadcast core, config: {source}; {dirs})",
             env!("CARGO_PKG_VERSION")
-        );
-        tracing::warn!(
-            "data is kept in memory only: durable storage is not implemented yet, so nothing survives a restart"
         );
     });
     match result {

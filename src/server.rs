@@ -20,9 +20,10 @@ use crate::shard;
 
 /// Capacity of each cross-core channel (messages), shard -> core and core -> shard.
 pub const CHANNEL_CAPACITY: usize = 4096;
-/// io_uring registered buffer memory per executor; kept small since no DMA file I/O
-/// runs here yet.
+/// io_uring registered buffer memory of a shard (sockets only).
 const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
+/// The broadcast core's: direct-I/O buffers of the txn log come from it.
+const CORE_IO_MEMORY_BYTES: usize = 4 << 20;
 
 /// Request counters of one shard (written by that shard only).
 #[derive(Default)]
@@ -110,11 +111,15 @@ pub struct ServerShared {
     conns_per_ip: Mutex<HashMap<IpAddr, u32>>,
     sessions: Mutex<Vec<(i64, i32)>>,
     last_zxid: AtomicI64,
+    /// The tree recovery rebuilt: what shards serve until the first commit.
+    pub initial_tree: Arc<crate::tree::DataTree>,
 }
 
 impl ServerShared {
-    pub fn new(cfg: Arc<Config>) -> ServerShared {
+    pub fn new(cfg: Arc<Config>, initial_tree: Arc<crate::tree::DataTree>) -> ServerShared {
         ServerShared {
+            last_zxid: AtomicI64::new(initial_tree.last_zxid()),
+            initial_tree,
             shard_stats: (0..cfg.shards).map(|_| ShardStats::default()).collect(),
             watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
             cfg,
@@ -122,7 +127,6 @@ impl ServerShared {
             conns: Mutex::default(),
             conns_per_ip: Mutex::default(),
             sessions: Mutex::default(),
-            last_zxid: AtomicI64::new(0),
         }
     }
 
@@ -194,6 +198,8 @@ pub enum StartError {
     },
     #[error("executor {0} stopped unexpectedly")]
     Died(String),
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] crate::recovery::RecoveryError),
 }
 
 /// Raises RLIMIT_MEMLOCK as far as allowed; io_uring rings and registered buffers
@@ -243,8 +249,17 @@ fn probe_listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// the server stops. `ready` is called with the bound address once clients can connect.
 pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
-    let shared = Arc::new(ServerShared::new(cfg.clone()));
     let addr = SocketAddr::new(cfg.client_port_address, cfg.client_port);
+    // Fail fast on a port in use, before recovery reads anything.
+    drop(probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?);
+    let recovered = crate::recovery::recover(&cfg)?;
+    if cfg.autopurge_purge_interval_hours > 0 {
+        broadcast::purge(&cfg);
+    }
+    let shared = Arc::new(ServerShared::new(
+        cfg.clone(),
+        Arc::new(recovered.tree.clone()),
+    ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cfg.shards < cores;
     let placement = |cpu: usize| {
@@ -283,9 +298,9 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
     let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
     let core = LocalExecutorBuilder::new(placement(cores - 1))
         .name("rk-broadcast")
-        .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        .io_memory(CORE_IO_MEMORY_BYTES)
         .spin_before_park(spin)
-        .spawn(move || broadcast::run(core_cfg, to_core_rx, to_shard_tx, core_shared))
+        .spawn(move || broadcast::run(core_cfg, recovered, to_core_rx, to_shard_tx, core_shared))
         .map_err(|source| StartError::Executor {
             name: "rk-broadcast".into(),
             source,

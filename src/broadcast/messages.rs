@@ -88,6 +88,9 @@ pub struct Entry {
     pub tree: Arc<DataTree>,
     pub triggers: Vec<Trigger>,
     pub effect: Effect,
+    /// Whether the step is a logged txn (its effect may only be released once the
+    /// txn is durable).
+    pub logged: bool,
 }
 
 /// A committed batch, sent to every shard in the same order.

@@ -3,7 +3,11 @@
 //! the next zxid, applies it, and sends every shard the committed batch: the tree
 //! version after each step, the watch events, and the replies.
 //!
-//! Standalone and in memory for now: a batch is committed as soon as it is applied.
+//! Every txn is framed into the txn log's next group commit as it is applied; the
+//! entries it produced reach the shards only after that write's fdatasync returned, so
+//! no reply, watch event or tree version ever shows a txn that is not on disk. If the
+//! log fails, the core stops ordering writes: they are refused with NOTREADONLY while
+//! reads go on from the last durable tree version.
 
 pub mod messages;
 
@@ -16,11 +20,16 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 
 use crate::config::Config;
 use crate::proto::{ErrorCode, MultiResult, Response};
+use crate::recovery::Recovered;
 use crate::server::ServerShared;
 use crate::session::table::{Session, SessionTable, PASSWD_BYTES};
 use crate::tree::{Applied, DataTree, Requester, Trigger, Txn};
 use crate::util::Notify;
 use messages::{Batch, CoreOp, Effect, Entry, Granted, ToCore};
+use ringkeeper_storage::group::GroupCommit;
+use ringkeeper_storage::log::{LogError, LogOptions, LogWriter};
+use ringkeeper_storage::record::encode_record;
+use ringkeeper_storage::snapshot::SnapSession;
 
 /// Most requests folded into one batch.
 pub const BATCH_REQUESTS_MAX: usize = 1024;
@@ -31,6 +40,14 @@ pub fn wall_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Txn records framed for the log but not yet handed to it.
+#[derive(Default)]
+pub struct Framed {
+    pub bytes: Vec<u8>,
+    pub first_zxid: Option<i64>,
+    pub count: u64,
+}
+
 /// The core's state: the working tree, the session table, the zxid counter.
 pub struct Core {
     cfg: Arc<Config>,
@@ -38,17 +55,84 @@ pub struct Core {
     sessions: SessionTable,
     started: Instant,
     last_cleanup_ms: u64,
+    framed: Framed,
+    scratch: Vec<u8>,
+    /// The log failed: no more txns; writes are refused, reads go on.
+    read_only: bool,
 }
 
 impl Core {
-    pub fn new(cfg: Arc<Config>) -> Core {
+    /// A core continuing from a recovered tree and session table. Recovered sessions
+    /// get a full timeout from now to reconnect, as ZooKeeper gives them.
+    pub fn new(cfg: Arc<Config>, tree: DataTree, sessions: &[SnapSession]) -> Core {
+        let mut table = SessionTable::new(0, wall_ms());
+        for s in sessions {
+            table.insert(
+                s.id,
+                Session {
+                    timeout_ms: s.timeout_ms,
+                    passwd: s.passwd,
+                    deadline_ms: s.timeout_ms.max(0) as u64,
+                    attached: None,
+                },
+            );
+        }
         Core {
             cfg,
-            tree: DataTree::new(),
-            sessions: SessionTable::new(0, wall_ms()),
+            tree,
+            sessions: table,
             started: Instant::now(),
             last_cleanup_ms: 0,
+            framed: Framed::default(),
+            scratch: Vec::new(),
+            read_only: false,
         }
+    }
+
+    /// A fresh, empty core (tests).
+    pub fn empty(cfg: Arc<Config>) -> Core {
+        Core::new(cfg, DataTree::new(), &[])
+    }
+
+    /// Stops ordering txns (the log failed).
+    pub fn set_read_only(&mut self) {
+        self.read_only = true;
+    }
+
+    /// The records framed since the last call.
+    pub fn take_framed(&mut self) -> Framed {
+        std::mem::take(&mut self.framed)
+    }
+
+    /// The session table as a snapshot stores it.
+    pub fn session_records(&self) -> Vec<SnapSession> {
+        let mut v: Vec<SnapSession> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| SnapSession {
+                id: *id,
+                timeout_ms: s.timeout_ms,
+                passwd: s.passwd,
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Applies a txn to the working tree and frames it for the log.
+    fn commit(&mut self, txn: &Txn, zxid: i64, time: i64, triggers: &mut Vec<Trigger>) -> Applied {
+        let applied = self.tree.apply(txn, zxid, time, triggers);
+        self.frame(txn, zxid, time);
+        applied
+    }
+
+    /// Frames an already applied txn for the log.
+    fn frame(&mut self, txn: &Txn, zxid: i64, time: i64) {
+        self.scratch.clear();
+        txn.encode_logged(time, &mut self.scratch);
+        encode_record(&mut self.framed.bytes, zxid, &self.scratch);
+        self.framed.first_zxid.get_or_insert(zxid);
+        self.framed.count += 1;
     }
 
     fn now_ms(&self) -> u64 {
@@ -59,11 +143,21 @@ impl Core {
         &self.tree
     }
 
+    /// An entry that carries no txn.
     fn entry(&self, triggers: Vec<Trigger>, effect: Effect) -> Entry {
         Entry {
             tree: Arc::new(self.tree.clone()),
             triggers,
             effect,
+            logged: false,
+        }
+    }
+
+    /// An entry for the txn just committed.
+    fn logged_entry(&self, triggers: Vec<Trigger>, effect: Effect) -> Entry {
+        Entry {
+            logged: true,
+            ..self.entry(triggers, effect)
         }
     }
 
@@ -121,24 +215,28 @@ impl Core {
                     attached: Some((shard, conn_id)),
                 },
             );
+            let effect = Effect::Connected {
+                shard,
+                conn_id,
+                granted: Some(Granted {
+                    session_id: id,
+                    timeout_ms,
+                    passwd: pw,
+                }),
+            };
+            if self.read_only {
+                // Lives in memory only, like a read-only ZooKeeper server's sessions.
+                out.push(self.entry(Vec::new(), effect));
+                return;
+            }
             let zxid = self.next_zxid();
             let txn = Txn::CreateSession {
                 session_id: id,
                 timeout_ms,
+                passwd: pw,
             };
-            self.tree.apply(&txn, zxid, wall_ms(), &mut Vec::new());
-            out.push(self.entry(
-                Vec::new(),
-                Effect::Connected {
-                    shard,
-                    conn_id,
-                    granted: Some(Granted {
-                        session_id: id,
-                        timeout_ms,
-                        passwd: pw,
-                    }),
-                },
-            ));
+            self.commit(&txn, zxid, wall_ms(), &mut Vec::new());
+            out.push(self.logged_entry(Vec::new(), effect));
             return;
         }
         let valid = self
@@ -223,6 +321,10 @@ impl Core {
             out.push(self.entry(Vec::new(), e));
             return;
         }
+        if self.read_only {
+            self.refuse(session_id, conn_id, xid, op, out);
+            return;
+        }
         let who = Requester {
             session_id,
             auth,
@@ -244,12 +346,11 @@ impl Core {
                 return;
             }
             CoreOp::CloseSession => {
-                self.tree
-                    .apply(&Txn::CloseSession { session_id }, zxid, time, &mut triggers);
+                self.commit(&Txn::CloseSession { session_id }, zxid, time, &mut triggers);
                 self.sessions.remove(session_id);
                 let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
-                out.push(self.entry(triggers, e));
-                out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
+                out.push(self.logged_entry(triggers, e));
+                out.push(self.logged_entry(Vec::new(), Effect::SessionClosed { session_id }));
                 return;
             }
             CoreOp::Multi(ops) => {
@@ -257,7 +358,8 @@ impl Core {
                     .tree
                     .prepare_apply_multi(&ops, &who, zxid, time, &mut triggers)
                 {
-                    Ok((_txn, applied)) => {
+                    Ok((txn, applied)) => {
+                        self.frame(&txn, zxid, time);
                         let results = applied
                             .into_iter()
                             .zip(ops.iter())
@@ -266,8 +368,7 @@ impl Core {
                         (0, Response::Multi(results))
                     }
                     Err(codes) => {
-                        self.tree
-                            .apply(&Txn::MultiError(codes.clone()), zxid, time, &mut triggers);
+                        self.commit(&Txn::MultiError(codes.clone()), zxid, time, &mut triggers);
                         let results = codes.into_iter().map(MultiResult::Error).collect();
                         (0, Response::Multi(results))
                     }
@@ -275,7 +376,7 @@ impl Core {
             }
             CoreOp::SetAcl { path, acl, version } => {
                 match self.tree.prepare_set_acl(&path, &acl, version, &who) {
-                    Ok(txn) => match self.tree.apply(&txn, zxid, time, &mut triggers) {
+                    Ok(txn) => match self.commit(&txn, zxid, time, &mut triggers) {
                         Applied::Stat(s) => (0, Response::Stat(s)),
                         other => unreachable!("setACL applied as {other:?}"),
                     },
@@ -284,39 +385,68 @@ impl Core {
             }
             CoreOp::Write(w) => match self.tree.prepare(&w, &who) {
                 Ok(txn) => {
-                    let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
+                    let applied = self.commit(&txn, zxid, time, &mut triggers);
                     (0, single_response(applied, &w))
                 }
                 Err(code) => self.fail(code, zxid, time),
             },
         };
         let e = self.reply((session_id, conn_id), xid, zxid, err, body);
-        out.push(self.entry(triggers, e));
+        out.push(self.logged_entry(triggers, e));
+    }
+
+    /// A request while the log is down: syncs and closes are answered (a close only
+    /// in memory), every write is refused with NOTREADONLY.
+    fn refuse(
+        &mut self,
+        session_id: i64,
+        conn_id: u64,
+        xid: i32,
+        op: CoreOp,
+        out: &mut Vec<Entry>,
+    ) {
+        let zxid = self.tree.last_zxid();
+        let (err, body) = match op {
+            CoreOp::Sync { path } => (0, Response::Path(path)),
+            CoreOp::CloseSession => {
+                self.sessions.remove(session_id);
+                let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
+                out.push(self.entry(Vec::new(), e));
+                out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
+                return;
+            }
+            _ => (ErrorCode::NotReadOnly.code(), Response::Empty),
+        };
+        let e = self.reply((session_id, conn_id), xid, zxid, err, body);
+        out.push(self.entry(Vec::new(), e));
     }
 
     /// A rejected write: logged as an error txn that consumes its zxid.
     fn fail(&mut self, code: ErrorCode, zxid: i64, time: i64) -> (i32, Response) {
-        self.tree
-            .apply(&Txn::Error(code.code()), zxid, time, &mut Vec::new());
+        self.commit(&Txn::Error(code.code()), zxid, time, &mut Vec::new());
         (code.code(), Response::Empty)
     }
 
     /// Expires sessions past their deadline and removes empty containers and expired
     /// TTL nodes (at most `znode.container.maxPerMinute` per minute).
     pub fn tick(&mut self, out: &mut Vec<Entry>) {
+        if self.read_only {
+            // Expiring a session or deleting a node would be a txn.
+            return;
+        }
         let now = self.now_ms();
         for session_id in self.sessions.expired(now) {
             tracing::info!("Expiring session 0x{session_id:x}, timeout exceeded");
             self.sessions.remove(session_id);
             let mut triggers = Vec::new();
             let zxid = self.next_zxid();
-            self.tree.apply(
+            self.commit(
                 &Txn::CloseSession { session_id },
                 zxid,
                 wall_ms(),
                 &mut triggers,
             );
-            out.push(self.entry(triggers, Effect::SessionClosed { session_id }));
+            out.push(self.logged_entry(triggers, Effect::SessionClosed { session_id }));
         }
         let interval = self.cfg.container_check_interval_ms;
         if now.saturating_sub(self.last_cleanup_ms) >= interval {
@@ -331,8 +461,8 @@ impl Core {
                 if let Ok(txn) = self.tree.prepare_delete_container(&path) {
                     let mut triggers = Vec::new();
                     let zxid = self.next_zxid();
-                    self.tree.apply(&txn, zxid, wall_ms(), &mut triggers);
-                    out.push(self.entry(triggers, Effect::None));
+                    self.commit(&txn, zxid, wall_ms(), &mut triggers);
+                    out.push(self.logged_entry(triggers, Effect::None));
                 }
             }
         }
@@ -381,13 +511,171 @@ fn multi_result(applied: Applied, op: &crate::proto::WriteOp) -> MultiResult {
     }
 }
 
+/// Most bytes of framed records waiting for the log before the core stops taking
+/// requests (back-pressure when the disk is slower than the clients).
+const QUEUED_LOG_BYTES_MAX: usize = 64 << 20;
+
+/// Set by SIGUSR1: take a snapshot now.
+pub static SNAPSHOT_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// What a batch becomes when its write failed: no txn in it happened. Replies to its
+/// writes turn into NOTREADONLY errors, and the tree stays the last durable version.
+fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            if !e.logged {
+                return Some(Entry {
+                    tree: durable.clone(),
+                    ..e
+                });
+            }
+            let effect = match e.effect {
+                Effect::Reply {
+                    session_id,
+                    conn_id,
+                    xid,
+                    ..
+                } => Effect::Reply {
+                    session_id,
+                    conn_id,
+                    xid,
+                    zxid: durable.last_zxid(),
+                    err: ErrorCode::NotReadOnly.code(),
+                    body: Response::Empty,
+                },
+                Effect::None => return None,
+                other => other,
+            };
+            Some(Entry {
+                tree: durable.clone(),
+                triggers: Vec::new(),
+                effect,
+                logged: false,
+            })
+        })
+        .collect()
+}
+
+/// Writes a snapshot of `tree` on its own thread, published once the log holds its
+/// zxid; then purges by retention if that is due.
+struct Snapshotter {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    durable: Arc<std::sync::atomic::AtomicI64>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    last_purge: Arc<std::sync::Mutex<Instant>>,
+    cfg: Arc<Config>,
+}
+
+impl Snapshotter {
+    fn start(&self, tree: DataTree, sessions: Vec<SnapSession>) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if self.running.swap(true, AcqRel) {
+            return;
+        }
+        let running = self.running.clone();
+        let durable = self.durable.clone();
+        let failed = self.failed.clone();
+        let last_purge = self.last_purge.clone();
+        let cfg = self.cfg.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rk-snapshot".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let zxid = tree.last_zxid();
+                let dir = cfg.snapshot_dir();
+                let r = tree.write_snapshot(&sessions, &dir, || loop {
+                    if durable.load(Acquire) >= zxid {
+                        return true;
+                    }
+                    if failed.load(Acquire) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                });
+                match r {
+                    Ok(Some(p)) => tracing::info!(
+                        "snapshot {} written: {} znodes, {} sessions, in {} ms",
+                        p.display(),
+                        tree.node_count(),
+                        sessions.len(),
+                        t0.elapsed().as_millis()
+                    ),
+                    Ok(None) => tracing::warn!(
+                        "snapshot at zxid {zxid:#x} abandoned: the txn log failed before holding it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "snapshot at zxid {zxid:#x} failed: {e} (the txn log still holds every txn)"
+                    ),
+                }
+                drop(tree);
+                let hours = cfg.autopurge_purge_interval_hours as u64;
+                let mut last = last_purge.lock().expect("last_purge poisoned");
+                if hours > 0 && last.elapsed() >= Duration::from_secs(hours * 3600) {
+                    *last = Instant::now();
+                    purge(&cfg);
+                }
+                running.store(false, std::sync::atomic::Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the snapshot thread: {e}");
+            self.running
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Deletes snapshots beyond autopurge.snapRetainCount and the log they no longer need.
+pub fn purge(cfg: &Config) {
+    let retain = cfg.autopurge_snap_retain_count as usize;
+    match ringkeeper_storage::purge::purge(&cfg.snapshot_dir(), &cfg.log_dir(), retain) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            "autopurge removed {} old snapshot(s) and log segment(s), keeping {retain} snapshots",
+            removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("autopurge failed: {e}"),
+    }
+}
+
+async fn open_log(cfg: &Config, recovered: &Recovered) -> std::io::Result<LogWriter> {
+    let opts = LogOptions {
+        prealloc_bytes: cfg.pre_alloc_size_kb.max(4) * 1024,
+        force_sync: cfg.force_sync,
+    };
+    if !cfg.force_sync {
+        tracing::warn!("forceSync=no: txns are acknowledged before they reach the disk");
+    }
+    let dir = cfg.log_dir();
+    match &recovered.log_end.segment {
+        Some((path, end)) => LogWriter::resume(&dir, path, *end, opts).await,
+        None => LogWriter::create(&dir, recovered.log_end.last_zxid + 1, opts).await,
+    }
+}
+
 /// Runs the core on the current executor until every shard has gone.
 pub async fn run(
     cfg: Arc<Config>,
+    recovered: Recovered,
     inbound: Vec<SharedReceiver<ToCore>>,
     outbound: Vec<SharedSender<Arc<Batch>>>,
     shared: Arc<ServerShared>,
 ) {
+    let log = match open_log(&cfg, &recovered).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                "cannot open the txn log in {}: {e}",
+                cfg.log_dir().display()
+            );
+            eprintln!(
+                "ringkeeper: cannot open the txn log in {}: {e}",
+                cfg.log_dir().display()
+            );
+            std::process::exit(1);
+        }
+    };
     let queue: Rc<std::cell::RefCell<VecDeque<ToCore>>> = Rc::default();
     let notify = Rc::new(Notify::default());
     for rx in inbound {
@@ -406,6 +694,7 @@ pub async fn run(
     for tx in outbound {
         senders.push(tx.connect().await);
     }
+    let senders = Rc::new(senders);
     let tick_ms = (cfg.tick_time_ms as u64 / 4).clamp(10, 500);
     {
         let notify = notify.clone();
@@ -417,10 +706,69 @@ pub async fn run(
         })
         .detach();
     }
-    let mut core = Core::new(cfg);
+
+    let group = GroupCommit::<Entry>::new(recovered.log_end.last_zxid);
+    let durable_tree = Rc::new(std::cell::RefCell::new(Arc::new(recovered.tree.clone())));
+    let stopped = Rc::new(std::cell::Cell::new(false));
+    {
+        let shared = shared.clone();
+        let stopped = stopped.clone();
+        let release = move |entries: Vec<Entry>, err: Option<Rc<LogError>>| {
+            let senders = senders.clone();
+            let shared = shared.clone();
+            let durable_tree = durable_tree.clone();
+            let stopped = stopped.clone();
+            async move {
+                let entries = match err {
+                    None => {
+                        if let Some(last) = entries.last() {
+                            *durable_tree.borrow_mut() = last.tree.clone();
+                        }
+                        entries
+                    }
+                    Some(_) => undo_failed(entries, &durable_tree.borrow()),
+                };
+                if entries.is_empty() {
+                    return true;
+                }
+                shared.set_last_zxid(durable_tree.borrow().last_zxid());
+                let batch = Arc::new(Batch { entries });
+                for tx in senders.iter() {
+                    if tx.send(batch.clone()).await.is_err() {
+                        stopped.set(true);
+                        return false;
+                    }
+                }
+                true
+            }
+        };
+        glommio::spawn_local(group.clone().run(log, release)).detach();
+    }
+
+    let snapshotter = Snapshotter {
+        running: Arc::default(),
+        durable: group.durable_zxid(),
+        failed: group.failed_flag(),
+        last_purge: Arc::new(std::sync::Mutex::new(Instant::now())),
+        cfg: cfg.clone(),
+    };
+    let mut since_snapshot: u64 = recovered.log_end.replayed;
+    let mut core = Core::new(cfg.clone(), recovered.tree, &recovered.sessions);
     let mut last_tick = Instant::now();
     loop {
         notify.wait().await;
+        if stopped.get() {
+            return;
+        }
+        if !core.read_only {
+            if let Some(e) = group.failed() {
+                tracing::error!("refusing writes from now on: {e}");
+                core.set_read_only();
+            }
+        }
+        while group.queued_bytes() > QUEUED_LOG_BYTES_MAX && group.failed().is_none() {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
         let mut entries = Vec::new();
         loop {
             let msgs: Vec<ToCore> = {
@@ -446,15 +794,15 @@ pub async fn run(
         if !queue.borrow().is_empty() {
             notify.notify();
         }
-        if entries.is_empty() {
-            continue;
+        let framed = core.take_framed();
+        since_snapshot += framed.count;
+        if !entries.is_empty() || framed.count > 0 {
+            group.push(&framed.bytes, framed.first_zxid, framed.count, entries);
         }
-        shared.set_last_zxid(core.tree().last_zxid());
-        let batch = Arc::new(Batch { entries });
-        for tx in &senders {
-            if tx.send(batch.clone()).await.is_err() {
-                return;
-            }
+        let asked = SNAPSHOT_REQUESTED.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if (asked || since_snapshot >= cfg.snap_count.max(1)) && !core.read_only {
+            since_snapshot = 0;
+            snapshotter.start(core.tree().clone(), core.session_records());
         }
     }
 }
@@ -503,7 +851,7 @@ mod tests {
 
     #[test]
     fn failed_writes_consume_a_zxid_like_zookeeper() {
-        let mut core = Core::new(Arc::new(Config::default()));
+        let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
         assert_eq!(core.tree().last_zxid(), 1, "createSession is txn 1");
         let out = request(
@@ -526,7 +874,7 @@ mod tests {
 
     #[test]
     fn close_session_deletes_ephemerals_and_fires_watches() {
-        let mut core = Core::new(Arc::new(Config::default()));
+        let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
         request(
             &mut core,
@@ -550,7 +898,7 @@ mod tests {
 
     #[test]
     fn reconnect_with_wrong_password_is_refused() {
-        let mut core = Core::new(Arc::new(Config::default()));
+        let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
         let mut out = Vec::new();
         core.step(

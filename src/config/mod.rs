@@ -59,6 +59,9 @@ pub struct Config {
     pub pre_alloc_size_kb: u64,
     pub autopurge_snap_retain_count: u32,
     pub autopurge_purge_interval_hours: u32,
+    /// Start from the newest snapshot that reads back, if the newest does not
+    /// (recovery.fallbackToOlderSnapshot; off: an unreadable snapshot stops start-up).
+    pub fallback_to_older_snapshot: bool,
     pub extended_types_enabled: bool,
     pub container_check_interval_ms: u64,
     pub container_max_per_minute: u32,
@@ -78,6 +81,25 @@ pub struct Config {
     pub source: String,
     /// Keys that were not recognised (each warned about once at start-up).
     pub unknown_keys: Vec<String>,
+}
+
+/// Name of the directory, under dataDir and dataLogDir, that holds our files (as
+/// ZooKeeper keeps its own under `version-2`).
+pub const STORAGE_SUBDIR: &str = "ringkeeper";
+
+impl Config {
+    /// Where snapshots live.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join(STORAGE_SUBDIR)
+    }
+
+    /// Where the txn log lives (dataLogDir, else dataDir).
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_log_dir
+            .as_ref()
+            .unwrap_or(&self.data_dir)
+            .join(STORAGE_SUBDIR)
+    }
 }
 
 impl Default for Config {
@@ -101,6 +123,7 @@ impl Default for Config {
             pre_alloc_size_kb: 65536,
             autopurge_snap_retain_count: 3,
             autopurge_purge_interval_hours: 0,
+            fallback_to_older_snapshot: false,
             extended_types_enabled: false,
             container_check_interval_ms: 60_000,
             container_max_per_minute: 10_000,
@@ -241,6 +264,9 @@ impl Config {
                     }
                 }
                 self.four_letter_words = words;
+            }
+            "recovery.fallbackToOlderSnapshot" => {
+                self.fallback_to_older_snapshot = parse_bool(value).map_err(bad)?
             }
             "snapCount" => self.snap_count = parse_num(value).map_err(bad)?,
             "forceSync" => self.force_sync = parse_bool(value).map_err(bad)?,

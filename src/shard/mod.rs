@@ -79,8 +79,8 @@ pub async fn run(
     let shard = Rc::new(Shard {
         index,
         watches: shared.watch_tables[index].clone(),
+        tree: RefCell::new(shared.initial_tree.clone()),
         shared,
-        tree: RefCell::new(Arc::new(DataTree::new())),
         conns: RefCell::default(),
         sessions: RefCell::default(),
         handshakes: RefCell::default(),

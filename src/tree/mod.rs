@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod path;
+pub mod snapshot;
 pub mod txn;
 
 use std::sync::Arc;

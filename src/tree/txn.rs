@@ -39,6 +39,8 @@ pub enum Txn {
     CreateSession {
         session_id: i64,
         timeout_ms: i32,
+        /// Logged so that a restart can honour the password clients already hold.
+        passwd: [u8; crate::session::table::PASSWD_BYTES],
     },
     CloseSession {
         session_id: i64,
@@ -173,10 +175,12 @@ mod codec {
                 Txn::CreateSession {
                     session_id,
                     timeout_ms,
+                    passwd,
                 } => {
                     out.put_u8(CREATE_SESSION);
                     out.put_i64(*session_id);
                     out.put_i32(*timeout_ms);
+                    out.put_slice(passwd);
                 }
                 Txn::CloseSession { session_id } => {
                     out.put_u8(CLOSE_SESSION);
@@ -227,6 +231,7 @@ mod codec {
                 CREATE_SESSION => Txn::CreateSession {
                     session_id: r.i64()?,
                     timeout_ms: r.i32()?,
+                    passwd: r.array()?,
                 },
                 CLOSE_SESSION => Txn::CloseSession {
                     session_id: r.i64()?,
@@ -283,10 +288,13 @@ mod codec_tests {
             }),
             path.prop_map(|path| Txn::Check { path }),
             prop::collection::vec(any::<i32>(), 0..5).prop_map(Txn::MultiError),
-            (any::<i64>(), any::<i32>()).prop_map(|(session_id, timeout_ms)| Txn::CreateSession {
-                session_id,
-                timeout_ms
-            }),
+            (any::<i64>(), any::<i32>(), any::<[u8; 16]>()).prop_map(
+                |(session_id, timeout_ms, passwd)| Txn::CreateSession {
+                    session_id,
+                    timeout_ms,
+                    passwd
+                }
+            ),
             any::<i64>().prop_map(|session_id| Txn::CloseSession { session_id }),
             any::<i32>().prop_map(Txn::Error),
         ]

@@ -14,7 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{LogCounters, LogError, LogWriter};
@@ -45,6 +45,7 @@ pub struct GroupCommit<T> {
     notify: Notify,
     failed: RefCell<Option<Rc<LogError>>>,
     durable_zxid: Arc<AtomicI64>,
+    failed_flag: Arc<AtomicBool>,
     in_flight: Cell<bool>,
 }
 
@@ -56,6 +57,7 @@ impl<T> GroupCommit<T> {
             notify: Notify::default(),
             failed: RefCell::default(),
             durable_zxid: Arc::new(AtomicI64::new(durable_zxid)),
+            failed_flag: Arc::default(),
             in_flight: Cell::new(false),
         })
     }
@@ -71,9 +73,18 @@ impl<T> GroupCommit<T> {
         self.notify.notify();
     }
 
-    /// Queues an item that has no record; it is released after everything before it.
-    pub fn push_item(&self, item: T) {
-        self.pending.borrow_mut().items.push(item);
+    /// Queues records already framed with [`encode_record`] (`count` of them, zxids from
+    /// `first_zxid` on) and the items to release once they are durable. Items without
+    /// records are released after everything queued before them.
+    pub fn push(&self, framed: &[u8], first_zxid: Option<i64>, count: u64, items: Vec<T>) {
+        let mut p = self.pending.borrow_mut();
+        if let Some(z) = first_zxid {
+            p.records.extend_from_slice(framed);
+            p.first_zxid.get_or_insert(z);
+            p.count += count;
+        }
+        p.items.extend(items);
+        drop(p);
         self.notify.notify();
     }
 
@@ -90,6 +101,11 @@ impl<T> GroupCommit<T> {
     /// The error that stopped the log, if any.
     pub fn failed(&self) -> Option<Rc<LogError>> {
         self.failed.borrow().clone()
+    }
+
+    /// Set once the log has failed, readable from any thread.
+    pub fn failed_flag(&self) -> Arc<AtomicBool> {
+        self.failed_flag.clone()
     }
 
     /// The last zxid known to be on disk, readable from any thread.
@@ -126,6 +142,7 @@ impl<T> GroupCommit<T> {
                              Fix the disk and restart the server; nothing unacknowledged was reported as written."
                         );
                         *self.failed.borrow_mut() = Some(Rc::new(e));
+                        self.failed_flag.store(true, Ordering::Release);
                     }
                 }
             }

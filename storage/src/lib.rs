@@ -5,6 +5,7 @@ pub mod fsutil;
 pub mod group;
 pub mod log;
 pub mod notify;
+pub mod purge;
 pub mod record;
 pub mod recover;
 pub mod segment;

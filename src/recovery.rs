@@ -1,0 +1,148 @@
+//! Start-up recovery: the newest valid snapshot, then every logged txn after it, in
+//! zxid order, rebuilding the tree and the session table. Runs before any executor
+//! starts; anything it cannot vouch for stops start-up with the file and offset.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ringkeeper_storage::recover::{replay_log, LogEnd};
+use ringkeeper_storage::snapshot::{list_snapshots, SnapSession, Snapshot};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::tree::{DataTree, Txn};
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0}\n(the newest snapshot is unreadable; to start from the previous one and replay \
+         the log from there, run with --recover-from-older-snapshot)"
+    )]
+    Snapshot(ringkeeper_storage::snapshot::SnapshotError),
+    #[error("no snapshot can be read: {0}")]
+    NoSnapshot(String),
+    #[error("txn log: {0}")]
+    Log(#[from] ringkeeper_storage::recover::RecoveryError),
+}
+
+/// What recovery rebuilt.
+pub struct Recovered {
+    pub tree: DataTree,
+    /// Sessions alive at the last logged txn: (id, timeout ms, password).
+    pub sessions: Vec<SnapSession>,
+    /// Where the log continues.
+    pub log_end: LogEnd,
+    /// The snapshot started from, if any, and its zxid.
+    pub snapshot: Option<(PathBuf, i64)>,
+}
+
+fn ensure_dir(path: PathBuf) -> Result<PathBuf, RecoveryError> {
+    std::fs::create_dir_all(&path).map_err(|source| RecoveryError::Dir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Loads the newest snapshot that reads back (only the newest unless `fallback`).
+fn load_snapshot(
+    cfg: &Config,
+) -> Result<Option<(PathBuf, DataTree, Vec<SnapSession>)>, RecoveryError> {
+    let dir = cfg.snapshot_dir();
+    let snaps = list_snapshots(&dir).map_err(|source| RecoveryError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut failures = Vec::new();
+    for (_, path) in &snaps {
+        let loaded = Snapshot::open(path).and_then(|s| DataTree::from_snapshot(&s));
+        match loaded {
+            Ok((tree, sessions)) => return Ok(Some((path.clone(), tree, sessions))),
+            Err(e) if !cfg.fallback_to_older_snapshot => {
+                return Err(RecoveryError::Snapshot(e));
+            }
+            Err(e) => {
+                tracing::error!("{e}; falling back to the previous snapshot");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(RecoveryError::NoSnapshot(failures.join("; ")));
+    }
+    Ok(None)
+}
+
+pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
+    let started = Instant::now();
+    ensure_dir(cfg.snapshot_dir())?;
+    let log_dir = ensure_dir(cfg.log_dir())?;
+    let (snapshot, mut tree, mut sessions) = match load_snapshot(cfg)? {
+        Some((path, tree, sessions)) => {
+            let z = tree.last_zxid();
+            (Some((path, z)), tree, sessions)
+        }
+        None => (None, DataTree::new(), Vec::new()),
+    };
+    let loaded = started.elapsed();
+    let after = tree.last_zxid();
+    let log_end = replay_log(&log_dir, after, |zxid, payload| {
+        let (time, txn) =
+            Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
+        match &txn {
+            Txn::CreateSession {
+                session_id,
+                timeout_ms,
+                passwd,
+            } => sessions.push(SnapSession {
+                id: *session_id,
+                timeout_ms: *timeout_ms,
+                passwd: *passwd,
+            }),
+            Txn::CloseSession { session_id } => sessions.retain(|s| s.id != *session_id),
+            _ => {}
+        }
+        // `apply` asserts the txn's preconditions; a txn that does not fit the state
+        // means the log and snapshot disagree, which must stop recovery, not the process.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tree.apply(&txn, zxid, time, &mut Vec::new());
+        }))
+        .map_err(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("does not fit the recovered tree ({what})")
+        })
+    })?;
+    if let Some((path, z)) = &snapshot {
+        tracing::info!(
+            "recovered {} znodes from {} (zxid {z:#x}) in {} ms, then {} logged txns up to zxid {:#x}, in {} ms in all",
+            tree.node_count(),
+            path.display(),
+            loaded.as_millis(),
+            log_end.replayed,
+            log_end.last_zxid,
+            started.elapsed().as_millis()
+        );
+    } else if log_end.replayed > 0 {
+        tracing::info!(
+            "recovered {} znodes from {} logged txns (no snapshot) in {} ms",
+            tree.node_count(),
+            log_end.replayed,
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(Recovered {
+        tree,
+        sessions,
+        log_end,
+        snapshot,
+    })
+}

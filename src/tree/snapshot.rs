@@ -1,0 +1,198 @@
+//! A tree version to and from the snapshot format of `ringkeeper_storage::snapshot`.
+//! Loading does not copy node data: every node's data is a `Bytes` slice of the map.
+
+use std::collections::HashMap as StdHashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imbl::{HashMap, OrdSet};
+use ringkeeper_storage::snapshot::{SnapSession, SnapStat, Snapshot, SnapshotWriter};
+
+use super::{node_kind, path, DataTree, Node, NodeKind};
+use crate::proto::jute::Reader;
+use crate::proto::{Acl, Stat};
+
+/// Owns the map so `Bytes` can borrow from it.
+struct MapOwner(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+impl DataTree {
+    /// Writes this version, with `sessions`, as the snapshot for its last zxid in
+    /// `dir`. `durable` is asked, before the snapshot is published, whether the log
+    /// holds every txn up to that zxid (see `SnapshotWriter::finish`).
+    pub fn write_snapshot(
+        &self,
+        sessions: &[SnapSession],
+        dir: &Path,
+        durable: impl FnOnce() -> bool,
+    ) -> io::Result<Option<PathBuf>> {
+        let mut w = SnapshotWriter::create(dir, self.last_zxid)?;
+        // ACL lists are shared between nodes: write each distinct one once.
+        let mut by_ptr: StdHashMap<*const Vec<Acl>, u32> = StdHashMap::new();
+        let mut by_value: StdHashMap<Vec<u8>, u32> = StdHashMap::new();
+        let mut node_acl: Vec<u32> = Vec::with_capacity(self.nodes.len());
+        let mut lists: Vec<Vec<u8>> = Vec::new();
+        for (_, n) in self.nodes.iter() {
+            let idx = *by_ptr.entry(Arc::as_ptr(&n.acl)).or_insert_with(|| {
+                let mut enc = Vec::new();
+                Acl::encode_list(&n.acl, &mut enc);
+                *by_value.entry(enc.clone()).or_insert_with(|| {
+                    lists.push(enc);
+                    lists.len() as u32 - 1
+                })
+            });
+            node_acl.push(idx);
+        }
+        for l in &lists {
+            w.acl_list(l)?;
+        }
+        for s in sessions {
+            w.session(s)?;
+        }
+        for ((p, n), acl) in self.nodes.iter().zip(node_acl) {
+            let st = &n.stat;
+            w.node(
+                p,
+                n.data.as_deref(),
+                acl,
+                &SnapStat {
+                    czxid: st.czxid,
+                    mzxid: st.mzxid,
+                    ctime: st.ctime,
+                    mtime: st.mtime,
+                    version: st.version,
+                    cversion: st.cversion,
+                    aversion: st.aversion,
+                    ephemeral_owner: st.ephemeral_owner,
+                    pzxid: st.pzxid,
+                },
+            )?;
+        }
+        w.finish(durable)
+    }
+
+    /// Rebuilds the tree a snapshot holds, its node data served from the map.
+    /// Returns the tree and the session table stored with it.
+    pub fn from_snapshot(
+        snap: &Snapshot,
+    ) -> Result<(DataTree, Vec<SnapSession>), ringkeeper_storage::snapshot::SnapshotError> {
+        let all = Bytes::from_owner(MapOwner(snap.map().clone()));
+        let acls: std::cell::RefCell<Vec<Arc<Vec<Acl>>>> = Default::default();
+        let mut sessions = Vec::new();
+        let mut nodes: Vec<(Arc<str>, Node)> = Vec::with_capacity(snap.node_count() as usize);
+        snap.read(
+            |enc| {
+                let mut r = Reader::new(enc);
+                let list = Acl::decode_list(&mut r).map_err(|e| format!("bad ACL list: {e}"))?;
+                acls.borrow_mut().push(Arc::new(list));
+                Ok(())
+            },
+            |s| sessions.push(s),
+            |n| {
+                let path = std::str::from_utf8(&all[n.path.clone()])
+                    .map_err(|_| "node path is not UTF-8".to_string())?;
+                let acls = acls.borrow();
+                let acl = acls
+                    .get(n.acl as usize)
+                    .ok_or_else(|| {
+                        format!("node {path} names ACL list {} of {}", n.acl, acls.len())
+                    })?
+                    .clone();
+                let data = n.data.map(|r| {
+                    if r.is_empty() {
+                        Bytes::new()
+                    } else {
+                        all.slice(r)
+                    }
+                });
+                let s = n.stat;
+                nodes.push((
+                    Arc::from(path),
+                    Node {
+                        data,
+                        acl,
+                        stat: Stat {
+                            czxid: s.czxid,
+                            mzxid: s.mzxid,
+                            ctime: s.ctime,
+                            mtime: s.mtime,
+                            version: s.version,
+                            cversion: s.cversion,
+                            aversion: s.aversion,
+                            ephemeral_owner: s.ephemeral_owner,
+                            data_length: 0,
+                            num_children: 0,
+                            pzxid: s.pzxid,
+                        },
+                        children: OrdSet::new(),
+                    },
+                ));
+                Ok(())
+            },
+        )?;
+        let bad = |reason: String| ringkeeper_storage::snapshot::SnapshotError::Bad {
+            path: snap.path().to_path_buf(),
+            offset: 0,
+            reason,
+        };
+        // Link children to parents.
+        let index: StdHashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| (&**p, i))
+            .collect();
+        if index.len() != nodes.len() {
+            return Err(bad("a path appears twice".into()));
+        }
+        if !index.contains_key("/") {
+            return Err(bad("no root node".into()));
+        }
+        let mut links: Vec<(usize, Arc<str>)> = Vec::with_capacity(nodes.len());
+        for (p, _) in &nodes {
+            if &**p == "/" {
+                continue;
+            }
+            let parent = *index
+                .get(path::parent(p))
+                .ok_or_else(|| bad(format!("node {p} has no parent")))?;
+            links.push((parent, Arc::from(path::name(p))));
+        }
+        drop(index);
+        for (parent, name) in links {
+            nodes[parent].1.children.insert(name);
+        }
+        let mut tree = DataTree {
+            nodes: HashMap::new(),
+            ephemerals: HashMap::new(),
+            containers: OrdSet::new(),
+            ttls: OrdSet::new(),
+            last_zxid: snap.zxid,
+        };
+        for (p, n) in &nodes {
+            match node_kind(n.stat.ephemeral_owner) {
+                NodeKind::Ephemeral => {
+                    tree.ephemerals
+                        .entry(n.stat.ephemeral_owner)
+                        .or_default()
+                        .insert(p.clone());
+                }
+                NodeKind::Container => {
+                    tree.containers.insert(p.clone());
+                }
+                NodeKind::Ttl(_) => {
+                    tree.ttls.insert(p.clone());
+                }
+                NodeKind::Persistent => {}
+            }
+        }
+        tree.nodes = nodes.into_iter().map(|(p, n)| (p, Arc::new(n))).collect();
+        Ok((tree, sessions))
+    }
+}
