@@ -24,8 +24,6 @@ pub enum RecoveryError {
          the log from there, run with --recover-from-older-snapshot)"
     )]
     Snapshot(ringkeeper_storage::snapshot::SnapshotError),
-    #[error("no snapshot can be read: {0}")]
-    NoSnapshot(String),
     #[error("txn log: {0}")]
     Log(#[from] ringkeeper_storage::recover::RecoveryError),
 }
@@ -73,7 +71,12 @@ fn load_snapshot(
         }
     }
     if !failures.is_empty() {
-        return Err(RecoveryError::NoSnapshot(failures.join("; ")));
+        // Every snapshot is bad: the log alone can still rebuild the tree if it goes
+        // back to the first txn; replay says "zxid gap" and stops if it does not.
+        tracing::error!(
+            "no snapshot can be read ({}); rebuilding from the txn log alone",
+            failures.join("; ")
+        );
     }
     Ok(None)
 }

@@ -116,6 +116,14 @@ class RawClient:
         err, _, r = self.call(3, s_str(path) + (b"\1" if watch else b"\0"))
         return err, (r.stat() if err == 0 else None)
 
+    def get_data(self, path):
+        err, _, r = self.call(4, s_str(path) + b"\0")
+        return err, (r.buf() if err == 0 else None)
+
+    def children(self, path):
+        err, _, r = self.call(8, s_str(path) + b"\0")
+        return err, (sorted(r.strs()) if err == 0 else None)
+
     def set_data(self, path, data, version=-1):
         err, _, _ = self.call(5, s_str(path) + s_buf(data) + struct.pack(">i", version))
         return err

@@ -58,8 +58,28 @@ def _wait_ready(proc, port, log_path, what, timeout=60.0):
 
 
 class Server:
-    def __init__(self, proc, port, tmp, kind):
+    def __init__(self, proc, port, tmp, kind, restart=None):
         self.proc, self.port, self.tmp, self.kind = proc, port, tmp, kind
+        self._restart = restart
+
+    @property
+    def data_dir(self):
+        return Path(self.tmp.name) / "data"
+
+    @property
+    def log_text(self):
+        return "".join(p.read_text(errors="replace") for p in sorted(Path(self.tmp.name).glob("*.log")))
+
+    def kill(self):
+        """SIGKILL, keeping the data dir for a restart."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def restart(self):
+        """Starts the server again on the same port and data; waits until it serves."""
+        self.kill()
+        self.proc = self._restart()
 
     @property
     def hosts(self):
@@ -100,13 +120,20 @@ def start_ringkeeper(extra=None, shards=None):
     cfg_path = Path(tmp.name) / "zoo.cfg"
     cfg_path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
     log_path = Path(tmp.name) / "server.log"
-    proc = subprocess.Popen(
-        [str(RINGKEEPER_BIN), "--config", str(cfg_path)],
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-        env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
-    )
-    _wait_ready(proc, port, log_path, "ringkeeper")
-    return Server(proc, port, tmp, "ringkeeper")
+
+    def launch(wait=True):
+        proc = subprocess.Popen(
+            [str(RINGKEEPER_BIN), "--config", str(cfg_path)],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+            env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
+        )
+        if wait:
+            _wait_ready(proc, port, log_path, "ringkeeper")
+        return proc
+
+    server = Server(launch(), port, tmp, "ringkeeper", restart=launch)
+    server.launch = launch
+    return server
 
 
 LOG4J_INFO = """log4j.rootLogger=INFO, FILE
