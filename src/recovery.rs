@@ -81,9 +81,26 @@ fn load_snapshot(
     Ok(None)
 }
 
+/// Removes snapshots a crash left half-written (never renamed into place).
+fn remove_unfinished_snapshots(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(ringkeeper_storage::snapshot::SNAPSHOT_PREFIX) && name.ends_with(".tmp")
+        {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!("removed unfinished snapshot {}", e.path().display()),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    ensure_dir(cfg.snapshot_dir())?;
+    remove_unfinished_snapshots(&ensure_dir(cfg.snapshot_dir())?);
     let log_dir = ensure_dir(cfg.log_dir())?;
     let (snapshot, mut tree, mut sessions) = match load_snapshot(cfg)? {
         Some((path, tree, sessions)) => {

@@ -172,12 +172,14 @@ impl ServerShared {
         self.sessions.lock().expect("sessions poisoned").clone()
     }
 
+    /// The last durable zxid, set before the batch that carries it reaches any shard.
     pub fn set_last_zxid(&self, z: i64) {
-        self.last_zxid.store(z, Relaxed);
+        self.last_zxid
+            .store(z, std::sync::atomic::Ordering::Release);
     }
 
     pub fn last_zxid(&self) -> i64 {
-        self.last_zxid.load(Relaxed)
+        self.last_zxid.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine, installing what it needs
 # (idempotently): Apache ZooKeeper 3.8 and its C client shell for the differential and
-# client tests, kazoo and pytest, the Rust crates. Run as root, or with the packages
-# already installed.
+# client tests, libfuse2 + fusepy for the disk-fault file system, kazoo and pytest, the
+# Rust crates. Run as root (the disk-fault tests mount a tmpfs and a FUSE file system),
+# or with the packages already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ missing=()
 [ -x /usr/share/zookeeper/bin/zkCli.sh ] || missing+=(zookeeper)
 [ -x /usr/lib/zookeeper/bin/cli_mt ] || missing+=(zookeeper-bin)
 command -v java >/dev/null || missing+=(default-jre-headless)
+ldconfig -p | grep -q 'libfuse.so.2' || missing+=(libfuse2)
+command -v fusermount >/dev/null || missing+=(fuse)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "run-all: need Debian packages ${missing[*]}: run as root or install them" >&2
@@ -19,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import kazoo, pytest' 2>/dev/null || python3 -m pip install -q kazoo pytest
+python3 -c 'import kazoo, pytest, fuse' 2>/dev/null || python3 -m pip install -q kazoo pytest fusepy
 
 # io_uring rings count against locked memory; the server raises its own limit when it
 # may, this keeps the shell's children (the servers under test) unconstrained too.

@@ -76,6 +76,14 @@ pub enum Effect {
         session_id: i64,
         conn_id: u64,
     },
+    /// Close this connection; the session lives on and may reconnect. Sent instead of
+    /// the reply to a write whose outcome is unknown (its log write failed: it may or
+    /// may not be on disk), which the client sees as a connection loss, as it would
+    /// if the server had crashed.
+    Disconnect {
+        session_id: i64,
+        conn_id: u64,
+    },
     /// The session is gone (closed or expired): its connection closes.
     SessionClosed {
         session_id: i64,

@@ -519,8 +519,10 @@ const QUEUED_LOG_BYTES_MAX: usize = 64 << 20;
 pub static SNAPSHOT_REQUESTED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// What a batch becomes when its write failed: no txn in it happened. Replies to its
-/// writes turn into NOTREADONLY errors, and the tree stays the last durable version.
+/// What a batch becomes when its write failed: none of its txns may be shown as done,
+/// yet each may or may not have reached the disk. The connections that sent its writes
+/// are closed (the client sees a connection loss: outcome unknown, as after a crash),
+/// no watch fires, and the tree stays the last durable version.
 fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
     entries
         .into_iter()
@@ -535,15 +537,10 @@ fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
                 Effect::Reply {
                     session_id,
                     conn_id,
-                    xid,
                     ..
-                } => Effect::Reply {
+                } => Effect::Disconnect {
                     session_id,
                     conn_id,
-                    xid,
-                    zxid: durable.last_zxid(),
-                    err: ErrorCode::NotReadOnly.code(),
-                    body: Response::Empty,
                 },
                 Effect::None => return None,
                 other => other,
@@ -762,7 +759,7 @@ pub async fn run(
         }
         if !core.read_only {
             if let Some(e) = group.failed() {
-                tracing::error!("refusing writes from now on: {e}");
+                tracing::debug!("core read-only after: {e}");
                 core.set_read_only();
             }
         }

@@ -22,6 +22,10 @@ pub enum Pending {
     },
     /// A reply computed on arrival (auth) that still has to wait its turn.
     Ready { frame: Vec<u8>, close_after: bool },
+    /// The requests behind it wait until this shard has applied `zxid`: a read must
+    /// see every write any client had been told was done when the read arrived, and
+    /// this shard may not have received that batch yet.
+    CatchUp { zxid: i64 },
 }
 
 pub struct Conn {

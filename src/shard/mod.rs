@@ -48,6 +48,8 @@ pub struct Shard {
     handshakes: RefCell<HashMap<u64, oneshot::Sender<Option<Granted>>>>,
     to_core: ConnectedSender<ToCore>,
     next_conn: Cell<u64>,
+    /// Connections with a [`Pending::CatchUp`] in their queue.
+    catching_up: RefCell<Vec<Rc<Conn>>>,
 }
 
 impl Shard {
@@ -86,6 +88,7 @@ pub async fn run(
         handshakes: RefCell::default(),
         to_core: to_core.connect().await,
         next_conn: Cell::new(0),
+        catching_up: RefCell::default(),
     });
     let from_core = from_core.connect().await;
     {
@@ -172,6 +175,11 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                 }
             }
         }
+        // After the entry's watch events, so a waiting read never shows a change before
+        // its session's event about it.
+        if !shard.catching_up.borrow().is_empty() {
+            release_caught_up(shard);
+        }
         match &entry.effect {
             Effect::None => {}
             Effect::Reply {
@@ -217,6 +225,23 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                     }
                 }
             }
+            Effect::Disconnect {
+                session_id,
+                conn_id,
+            } => {
+                let c = shard.conns.borrow().get(conn_id).cloned();
+                if let Some(c) = c.filter(|c| c.session_id.get() == *session_id) {
+                    tracing::warn!(
+                        "closing connection {conn_id} of session 0x{session_id:x}: its write's outcome is unknown (the txn log failed)"
+                    );
+                    let mut sessions = shard.sessions.borrow_mut();
+                    if sessions.get(session_id).is_some_and(|s| s.id == *conn_id) {
+                        sessions.remove(session_id);
+                    }
+                    drop(sessions);
+                    c.close();
+                }
+            }
             Effect::SessionClosed { session_id } => {
                 let c = shard.sessions.borrow_mut().remove(session_id);
                 if let Some(c) = c {
@@ -232,6 +257,24 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
     }
     for c in touched_conns {
         c.flush_soon();
+    }
+}
+
+/// Serves the requests that waited for this shard to reach the tree version it has
+/// just switched to (each at exactly the version it waited for, never a later one).
+fn release_caught_up(shard: &Shard) {
+    let waiting = std::mem::take(&mut *shard.catching_up.borrow_mut());
+    for c in waiting {
+        drain_ready(shard, &c);
+        c.flush_soon();
+        let still = c
+            .queue
+            .borrow()
+            .iter()
+            .any(|p| matches!(p, Pending::CatchUp { .. }));
+        if still && !c.closing.get() {
+            shard.catching_up.borrow_mut().push(c);
+        }
     }
 }
 
@@ -290,6 +333,7 @@ fn drain_ready(shard: &Shard, c: &Conn) {
             let mut q = c.queue.borrow_mut();
             match q.front() {
                 Some(Pending::Write { .. }) | None => None,
+                Some(Pending::CatchUp { zxid }) if shard.tree().last_zxid() < *zxid => None,
                 Some(_) => q.pop_front(),
             }
         };
@@ -310,6 +354,7 @@ fn drain_ready(shard: &Shard, c: &Conn) {
                     c.close();
                 }
             }
+            Some(Pending::CatchUp { .. }) => {}
             Some(Pending::Write { .. }) => unreachable!("stopped above"),
         }
     }
@@ -747,11 +792,22 @@ async fn dispatch(
         Request::Sync { path } => CoreOp::Sync { path },
         Request::CloseSession => CoreOp::CloseSession,
         read => {
-            if c.queue.borrow().is_empty() {
+            let published = shard.shared.last_zxid();
+            let behind = shard.tree().last_zxid() < published;
+            if c.queue.borrow().is_empty() && !behind {
                 answer_read(shard, c, req_xid, &read);
                 record_latency(shard, c, received);
                 c.flush_soon();
             } else {
+                if behind {
+                    let mut q = c.queue.borrow_mut();
+                    let already = q.iter().any(|p| matches!(p, Pending::CatchUp { .. }));
+                    q.push_back(Pending::CatchUp { zxid: published });
+                    drop(q);
+                    if !already {
+                        shard.catching_up.borrow_mut().push(c.clone());
+                    }
+                }
                 c.queue.borrow_mut().push_back(Pending::Read {
                     xid: req_xid,
                     req: read,

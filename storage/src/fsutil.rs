@@ -23,14 +23,26 @@ pub fn is_tmpfs(path: &Path) -> bool {
 }
 
 /// Reserves `len` bytes for `file` (zero-filled, counted in its size), so that later
-/// writes neither grow the file nor find the disk full.
+/// writes neither grow the file nor find the disk full. Where the file system has no
+/// fallocate (some FUSE and network file systems), zeros are written instead.
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
     // SAFETY: fallocate on an fd we own; mode 0 extends the size.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
     if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
     }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = file.metadata()?.len();
+    while at < len {
+        let n = ((len - at) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }

@@ -139,7 +139,7 @@ impl<T> GroupCommit<T> {
                     Err(e) => {
                         tracing::error!(
                             "txn log failed: {e}; refusing writes from now on (reads continue). \
-                             Fix the disk and restart the server; nothing unacknowledged was reported as written."
+                             Fix the disk and restart the server; no write was acknowledged that is not on disk."
                         );
                         *self.failed.borrow_mut() = Some(Rc::new(e));
                         self.failed_flag.store(true, Ordering::Release);

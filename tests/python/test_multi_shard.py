@@ -110,3 +110,40 @@ def test_ephemeral_deleted_on_one_shard_notifies_the_other(two_shards):
         for c in cs:
             c.stop()
             c.close()
+
+
+def raw_client_on_shard(server, shard, tries=50):
+    """A raw connection that landed on `shard` (SO_REUSEPORT picks by address hash;
+    mntr's per-shard connection counts tell where each new one went)."""
+    def counts():
+        m = dict(l.split("\t", 1) for l in server.four("mntr").splitlines())
+        return [int(m[f"rk_shard_{i}_connections"]) for i in range(2)]
+    spare = []
+    try:
+        for _ in range(tries):
+            before = counts()
+            c = RawClient(server.port)
+            after = counts()
+            if after[shard] == before[shard] + 1 and sum(after) == sum(before) + 1:
+                return c
+            spare.append(c)
+        raise AssertionError(f"no connection landed on shard {shard}")
+    finally:
+        for c in spare:
+            c.close()
+
+
+def test_a_read_sees_every_write_acknowledged_before_it_on_any_shard(two_shards):
+    """A's write is acknowledged by A's shard; B's read right after, on the other
+    shard, must see it even if B's shard has not received that batch yet."""
+    a = raw_client_on_shard(two_shards, 0)
+    b = raw_client_on_shard(two_shards, 1)
+    try:
+        a.create("/rw", b"-1")
+        for i in range(2000):
+            v = str(i).encode()
+            assert a.set_data("/rw", v) == 0
+            assert b.get_data("/rw") == (0, v), f"read {i} on the other shard missed an acknowledged write"
+    finally:
+        a.close()
+        b.close()

@@ -5,10 +5,11 @@ file and offset; a full disk refuses writes (NOTREADONLY) while reads go on, and
 acknowledged write is lost."""
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ def segments(srv):
 
 
 def snapshots(srv):
-    return sorted((srv.data_dir / "ringkeeper").glob("snapshot.*"))
+    """Published snapshots (not the temp file of one being written)."""
+    return sorted(p for p in (srv.data_dir / "ringkeeper").glob("snapshot.*") if not p.name.endswith(".tmp"))
 
 
 def write_nodes(port, prefix, n, data=b"x" * 50):
@@ -157,34 +159,102 @@ def small_tmpfs():
         os.rmdir(d)
 
 
+def write_until_the_log_fails(port, value):
+    """Creates nodes until the server stops taking writes. Returns the acknowledged
+    paths, the path whose outcome is unknown (its connection was closed; None if the
+    first refused write was answered NOTREADONLY because the log had already failed on
+    another txn), and a client on the same session."""
+    c = RawClient(port)
+    sid, pw = c.session_id, c.passwd
+    acked = []
+    for i in range(100000):
+        try:
+            err, _ = c.create(f"/big{i}", value)
+        except ConnectionError:
+            # The write's batch failed: outcome unknown, as after a crash. The session
+            # lives on: reconnect to it.
+            return acked, f"/big{i}", RawClient(port, session_id=sid, passwd=pw, timeout_ms=c.timeout_ms)
+        if err == NOT_READ_ONLY:
+            return acked, None, c
+        assert err == 0, f"create answered {err}"
+        acked.append(f"/big{i}")
+    raise AssertionError("the log never failed")
+
+
+def assert_refuses_writes_serves_reads(port, c, acked, value):
+    assert c.get_data(acked[0]) == (0, value)
+    assert c.set_data(acked[0], b"y") == NOT_READ_ONLY
+    assert c.create("/after", b"")[0] == NOT_READ_ONLY
+    d = RawClient(port)
+    assert d.get_data(acked[-1]) == (0, value)
+    assert d.create("/after", b"")[0] == NOT_READ_ONLY
+    d.close()
+
+
+def assert_survived(srv, acked, value):
+    c = RawClient(srv.port)
+    for p in acked:
+        assert c.get_data(p) == (0, value), p
+    assert c.exists("/after")[0] != 0, "a refused write appeared"
+    c.close()
+
+
 def test_full_disk_refuses_writes_keeps_reads_and_loses_nothing(small_tmpfs):
     srv = start_ringkeeper({"dataDir": str(small_tmpfs), "preAllocSize": "512", "snapCount": "1000000"})
     try:
-        c = RawClient(srv.port)
-        acked = []
         value = os.urandom(20000)
-        err = 0
-        for i in range(1000):
-            err, _ = c.create(f"/big{i}", value)
-            if err != 0:
-                break
-            acked.append(f"/big{i}")
-        assert err == NOT_READ_ONLY, f"writes on a full disk answered {err}"
+        acked, _unknown, c = write_until_the_log_fails(srv.port, value)
         assert len(acked) > 10
         assert "No space left on device" in srv.log_text
-        # Reads keep working, writes stay refused, on this and on new sessions.
-        assert c.get_data(acked[0]) == (0, value)
-        assert c.set_data(acked[0], b"y") == NOT_READ_ONLY
-        d = RawClient(srv.port)
-        assert d.get_data(acked[-1]) == (0, value)
-        assert d.create("/after", b"")[0] == NOT_READ_ONLY
-        d.close()
+        assert "refusing writes" in srv.log_text
+        assert_refuses_writes_serves_reads(srv.port, c, acked, value)
         c.close()
         srv.restart()
-        c = RawClient(srv.port)
-        for p in acked:
-            assert c.get_data(p) == (0, value), p
-        assert c.exists("/after")[0] != 0
+        assert_survived(srv, acked, value)
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def faulty_disk():
+    """A FUSE mount of ours that fails writes or fsyncs on command."""
+    root = Path(tempfile.mkdtemp(prefix="rk-faultfs-"))
+    backing, mnt, ctl = root / "backing", root / "mnt", root / "ctl"
+    for d in (backing, mnt, ctl):
+        d.mkdir()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("faultfs.py")), str(backing), str(mnt), str(ctl)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: os.path.ismount(mnt), 10), "faultfs did not mount (needs /dev/fuse, libfuse2, fusepy)"
+        yield mnt, ctl
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fault,message", [("fsync_eio", "fdatasync"), ("write_eio", "writing")])
+def test_eio_refuses_writes_without_retrying_and_loses_nothing(faulty_disk, fault, message):
+    mnt, ctl = faulty_disk
+    srv = start_ringkeeper({"dataDir": str(mnt), "preAllocSize": "256"})
+    try:
+        value = b"v" * 300
+        write_nodes(srv.port, "/ok", 20, value)
+        (ctl / fault).touch()
+        acked, _unknown, c = write_until_the_log_fails(srv.port, value)
+        log = srv.log_text
+        assert message in log and "Input/output error" in log, log[-2000:]
+        assert "refusing writes" in log
+        assert_refuses_writes_serves_reads(srv.port, c, [f"/ok{i}" for i in range(20)] + acked, value)
+        # The disk is fine again, but the server does not retry: after a failed fsync
+        # the kernel may have dropped the pages, so a retry could "succeed" falsely.
+        (ctl / fault).unlink()
+        assert c.create("/after", b"")[0] == NOT_READ_ONLY
         c.close()
+        srv.restart()
+        assert_nodes(srv.port, "/ok", 20, value)
+        assert_survived(srv, acked, value)
+        write_nodes(srv.port, "/again", 5)
     finally:
         srv.stop()
