@@ -113,6 +113,8 @@ pub struct ServerShared {
     last_zxid: AtomicI64,
     /// The tree recovery rebuilt: what shards serve until the first commit.
     pub initial_tree: Arc<crate::tree::DataTree>,
+    /// What the txn log has done (writes, fsyncs, txns).
+    pub log_stats: Arc<ringkeeper_storage::group::LogStats>,
 }
 
 impl ServerShared {
@@ -120,6 +122,7 @@ impl ServerShared {
         ServerShared {
             last_zxid: AtomicI64::new(initial_tree.last_zxid()),
             initial_tree,
+            log_stats: Arc::default(),
             shard_stats: (0..cfg.shards).map(|_| ShardStats::default()).collect(),
             watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
             cfg,

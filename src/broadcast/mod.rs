@@ -704,7 +704,8 @@ pub async fn run(
         .detach();
     }
 
-    let group = GroupCommit::<Entry>::new(recovered.log_end.last_zxid);
+    let group =
+        GroupCommit::<Entry>::with_stats(recovered.log_end.last_zxid, shared.log_stats.clone());
     let durable_tree = Rc::new(std::cell::RefCell::new(Arc::new(recovered.tree.clone())));
     let stopped = Rc::new(std::cell::Cell::new(false));
     {

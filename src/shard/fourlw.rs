@@ -282,6 +282,17 @@ pub fn answer(shard: &Shard, word: &str) -> String {
             for (i, n) in per_shard.iter().enumerate() {
                 kv(&format!("rk_shard_{i}_connections"), n.to_string());
             }
+            // The txn log: txns / fsyncs is the group-commit batching factor.
+            let log = &shard.shared.log_stats;
+            for (k, v) in [
+                ("rk_log_writes", &log.writes),
+                ("rk_log_fsyncs", &log.fsyncs),
+                ("rk_log_txns", &log.txns),
+                ("rk_log_bytes", &log.bytes),
+                ("rk_log_write_us_sum", &log.write_us),
+            ] {
+                kv(k, v.load(Relaxed).to_string());
+            }
             s
         }
         "wchs" => {

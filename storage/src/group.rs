@@ -1,8 +1,9 @@
 //! Group commit: the broadcast core queues framed records together with what it owes
 //! the world once they are durable (replies, watch events, new tree versions); one task
-//! drains the queue, writes everything queued with one write and one fdatasync, and
-//! only then releases it. While a write is in flight the next batch accumulates, so
-//! under load one fdatasync covers many txns; a lone writer pays about one fdatasync.
+//! drains the queue, writes everything queued with one durable write (O_DSYNC: data and
+//! sync in one request), and only then releases it. While a write is in flight the next
+//! batch accumulates, so under load one sync covers many txns; a lone writer pays about
+//! one sync.
 //!
 //! Items without a record (a refused request, a sync) ride the same queue so they stay
 //! in order behind the writes queued before them.
@@ -14,12 +15,24 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{LogCounters, LogError, LogWriter};
 use crate::notify::Notify;
 use crate::record::encode_record;
+
+/// What the log has done, readable from any thread (for mntr and benchmarks): the
+/// batching factor is `txns / fsyncs`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub writes: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub txns: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Sum of the time each durable write took, in microseconds.
+    pub write_us: AtomicU64,
+}
 
 struct Pending<T> {
     records: Vec<u8>,
@@ -47,11 +60,17 @@ pub struct GroupCommit<T> {
     durable_zxid: Arc<AtomicI64>,
     failed_flag: Arc<AtomicBool>,
     in_flight: Cell<bool>,
+    stats: Arc<LogStats>,
 }
 
 impl<T> GroupCommit<T> {
     /// `durable_zxid` starts at the last zxid already on disk.
     pub fn new(durable_zxid: i64) -> Rc<GroupCommit<T>> {
+        Self::with_stats(durable_zxid, Arc::default())
+    }
+
+    /// As [`GroupCommit::new`], counting into `stats`.
+    pub fn with_stats(durable_zxid: i64, stats: Arc<LogStats>) -> Rc<GroupCommit<T>> {
         Rc::new(GroupCommit {
             pending: RefCell::default(),
             notify: Notify::default(),
@@ -59,6 +78,7 @@ impl<T> GroupCommit<T> {
             durable_zxid: Arc::new(AtomicI64::new(durable_zxid)),
             failed_flag: Arc::default(),
             in_flight: Cell::new(false),
+            stats,
         })
     }
 
@@ -113,7 +133,7 @@ impl<T> GroupCommit<T> {
         self.durable_zxid.clone()
     }
 
-    /// Drains the queue forever: one write + fdatasync per batch, then
+    /// Drains the queue forever: one durable write per batch, then
     /// `release(items, error)` in queue order. Returns when `release` returns false.
     pub async fn run<F, Fut>(self: Rc<Self>, mut log: LogWriter, mut release: F) -> LogCounters
     where
@@ -128,11 +148,20 @@ impl<T> GroupCommit<T> {
             }
             if let (Some(first), None) = (batch.first_zxid, self.failed()) {
                 self.in_flight.set(true);
+                let started = std::time::Instant::now();
                 let r = log.append(&batch.records, first).await;
                 self.in_flight.set(false);
                 match r {
                     Ok(()) => {
                         log.note_records(batch.count);
+                        let c = log.counters();
+                        let st = &self.stats;
+                        st.writes.store(c.appends, Ordering::Relaxed);
+                        st.fsyncs.store(c.syncs, Ordering::Relaxed);
+                        st.txns.store(c.records, Ordering::Relaxed);
+                        st.bytes.store(c.bytes, Ordering::Relaxed);
+                        st.write_us
+                            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         let last = first + batch.count as i64 - 1;
                         self.durable_zxid.store(last, Ordering::Release);
                     }

@@ -58,11 +58,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
     }
 }
 
-fn map(path: &Path) -> Result<Mmap, RecoveryError> {
+/// Maps a segment and says how much of it can hold data: a preallocated segment is
+/// mostly unwritten space, which reads as zeros but costs a page fault per page to
+/// check through a map. If everything after the first hole is a hole too, the scan can
+/// stop there; if the file system cannot tell (no SEEK_HOLE), the whole file counts.
+fn map(path: &Path) -> Result<(Mmap, usize), RecoveryError> {
+    use std::os::fd::AsRawFd;
     let f = File::open(path).map_err(io_err(path))?;
     // SAFETY: the segment is not written by anyone while recovery runs (the server has
     // not started its log writer yet).
-    unsafe { Mmap::map(&f) }.map_err(io_err(path))
+    let m = unsafe { Mmap::map(&f) }.map_err(io_err(path))?;
+    let fd = f.as_raw_fd();
+    // SAFETY: lseek on an fd we own; it only reports offsets.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    let written = if hole < 0 || hole as usize >= m.len() {
+        m.len()
+    } else {
+        // SAFETY: as above.
+        let more = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        if more < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+            hole as usize
+        } else {
+            m.len()
+        }
+    };
+    let floor = SEGMENT_HEADER_BYTES.min(m.len());
+    Ok((m, written.max(floor)))
 }
 
 /// Replays the records after `after_zxid`, in zxid order, through `apply(zxid, payload)`.
@@ -85,7 +106,7 @@ pub fn replay_log(
         if !newest && segments[i + 1].0 <= after_zxid + 1 {
             continue;
         }
-        let data = map(path)?;
+        let (data, written) = map(path)?;
         let header = SegmentHeader::decode(&data).map_err(|e| RecoveryError::Header {
             path: path.clone(),
             reason: e.to_string(),
@@ -99,7 +120,9 @@ pub fn replay_log(
                 ),
             });
         }
-        let body = &data[SEGMENT_HEADER_BYTES..];
+        // Everything past `written` is unwritten space: zeros, the clean end of a
+        // preallocated segment.
+        let body = &data[SEGMENT_HEADER_BYTES..written.max(SEGMENT_HEADER_BYTES)];
         let s = scan(body);
         let at = |o: usize| (SEGMENT_HEADER_BYTES + o) as u64;
         for r in &s.records {

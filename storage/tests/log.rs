@@ -243,3 +243,39 @@ fn a_missing_segment_is_a_zxid_gap() {
     assert!(msg.contains("zxid gap"), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Recovery skips the unwritten (hole) part of a preallocated segment, but data beyond
+/// a hole (blocks of a torn write that landed out of order) is still looked at.
+#[test]
+fn data_after_unwritten_space_is_not_skipped() {
+    use std::os::unix::fs::FileExt;
+    let dir = test_dir("hole");
+    write_batches(&dir, 20, 4, 1 << 20);
+    let seg = dir.join("log.0000000000000001");
+    // Stray bytes far beyond the written part: a torn write's block. Nothing valid
+    // follows them, so they are a torn tail, and get zeroed.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0xAB; 100], 600 << 10).unwrap();
+    f.sync_all().unwrap();
+    let (seen, end) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    let stray = std::fs::read(&seg).unwrap();
+    assert!(stray[600 << 10..(600 << 10) + 100].iter().all(|b| *b == 0));
+    assert_eq!(end.last_zxid, 20);
+    // A whole later write (batch marker and records) beyond a gap is corruption: the
+    // gap lost an acknowledged write.
+    let mut later = Vec::new();
+    let mut recs = Vec::new();
+    encode_record(&mut recs, 30, &payload(30));
+    ringkeeper_storage::record::encode_batch_marker(&mut later, recs.len() as u64, 30);
+    later.extend_from_slice(&recs);
+    f.write_all_at(&[0x11; 10], end.segment.as_ref().unwrap().1)
+        .unwrap();
+    f.write_all_at(&later, 700 << 10).unwrap();
+    f.sync_all().unwrap();
+    let msg = recover(&dir, 0)
+        .expect_err("a later write after damage")
+        .to_string();
+    assert!(msg.contains("offset"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -164,11 +164,18 @@ def start_zookeeper(extra=None, heap="512m"):
     (conf_dir / "log4j.properties").write_text(LOG4J_INFO.format(log=log_path))
     props = [f"-Dzookeeper.{k}={v}" for k, v in (extra or {}).items() if k in ("extendedTypesEnabled",)]
     props += [f"-D{k}={v}" for k, v in (extra or {}).items() if k.startswith("znode.")]
-    proc = subprocess.Popen(
-        ["java", f"-Xms{heap}", f"-Xmx{heap}", "-Dlog4j.configuration=file:" + str(conf_dir / "log4j.properties"),
-         "-Dzookeeper.4lw.commands.whitelist=*", *props,
-         "-cp", f"{conf_dir}:{ZOOKEEPER_JAR}", "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
-        stdout=open(Path(tmp.name) / "stdout.log", "wb"), stderr=subprocess.STDOUT,
-    )
-    _wait_ready(proc, port, log_path if log_path.exists() else Path(tmp.name) / "stdout.log", "zookeeper")
-    return Server(proc, port, tmp, "zookeeper")
+
+    def launch(wait=True):
+        proc = subprocess.Popen(
+            ["java", f"-Xms{heap}", f"-Xmx{heap}", "-Dlog4j.configuration=file:" + str(conf_dir / "log4j.properties"),
+             "-Dzookeeper.4lw.commands.whitelist=*", *props,
+             "-cp", f"{conf_dir}:{ZOOKEEPER_JAR}", "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
+            stdout=open(Path(tmp.name) / "stdout.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        if wait:
+            _wait_ready(proc, port, log_path if log_path.exists() else Path(tmp.name) / "stdout.log", "zookeeper")
+        return proc
+
+    server = Server(launch(), port, tmp, "zookeeper", restart=launch)
+    server.launch = launch
+    return server

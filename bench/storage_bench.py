@@ -1,0 +1,232 @@
+"""Storage benchmarks, ringkeeper and Apache ZooKeeper 3.8 side by side in one run, both
+with their data on the same file system and forceSync on:
+
+1. group commit: txns/s and fsyncs/s with 1, 16, 64, 256 concurrent writers (setData,
+   closed loop, one request in flight per session); the batching factor is txns per
+   fsync. Compared with 1/(fdatasync latency) of this disk, measured here first.
+2. restart: time from starting the process to answering a getData, after kill -9, with
+   N znodes of 100 bytes (ringkeeper: 100k, 1M, 5M; ZooKeeper: 100k, 1M by default).
+3. memory: RSS of the server holding N znodes after a fresh load and after a restart
+   (ringkeeper's node data after a restart lives in the page cache via the snapshot
+   map: RssFile; its heap is RssAnon).
+
+    cargo build --release --workspace && python3 bench/storage_bench.py [--quick]
+
+--quick uses smaller sizes and shorter runs (a smoke test of the script itself).
+Prints a table and writes bench/results/storage-<time>.json.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "python"))
+import servers  # noqa: E402
+
+BENCH = REPO / "target" / "release" / "ringkeeper-bench"
+
+
+def fdatasync_latency_ms(directory, n=400):
+    """Median and p90 of (4 KiB pwrite + fdatasync) into a preallocated file."""
+    path = Path(directory) / "fsync-probe.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.posix_fallocate(fd, 0, 16 << 20)
+        os.fsync(fd)
+        block = b"x" * 4096
+        ts = []
+        for i in range(n):
+            t = time.perf_counter()
+            os.pwrite(fd, block, (i % 4000) * 4096)
+            os.fdatasync(fd)
+            ts.append((time.perf_counter() - t) * 1e3)
+        ts.sort()
+        return ts[len(ts) // 2], ts[int(len(ts) * 0.9)]
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def mntr(server):
+    return dict(l.split("\t", 1) for l in server.four("mntr").splitlines() if "\t" in l)
+
+
+def log_counters(server):
+    m = mntr(server)
+    if server.kind == "ringkeeper":
+        return int(m["rk_log_fsyncs"]), int(m["rk_log_txns"])
+    return int(m["zk_cnt_fsynctime"]), int(m["zk_sum_sync_processor_batch_size"])
+
+
+def bench_run(server, args):
+    p = subprocess.run([str(BENCH), "run", "--addr", server.hosts, "--json"] + args,
+                       capture_output=True, text=True, timeout=600)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def populate(server, keys, value_size=100):
+    t = time.time()
+    subprocess.run([str(BENCH), "populate", "--addr", server.hosts, "--keys", str(keys),
+                    "--value-size", str(value_size)], check=True, capture_output=True, timeout=3600)
+    return time.time() - t
+
+
+def group_commit(server, writers, duration, warmup):
+    f0, t0 = log_counters(server)
+    r = bench_run(server, ["--sessions", str(writers), "--depth", "1", "--mix", "set=100",
+                           "--keys", "1000", "--value-size", "100",
+                           "--duration", str(duration), "--warmup", str(warmup)])
+    f1, t1 = log_counters(server)
+    per_fsync = (t1 - t0) / max(f1 - f0, 1)
+    return {
+        "writers": writers,
+        "txns_per_s": r["ops_per_s"],
+        "fsyncs_per_s": r["ops_per_s"] / per_fsync,
+        "txns_per_fsync": per_fsync,
+        "p50_us": r["latency_us"]["p50"],
+        "p99_us": r["latency_us"]["p99"],
+    }
+
+
+def get_data_raw(port, path):
+    """One getData over a fresh connection; raises OSError until the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        def frame(b):
+            s.sendall(struct.pack(">i", len(b)) + b)
+
+        def read():
+            n = struct.unpack(">i", recv_exact(s, 4))[0]
+            return recv_exact(s, n)
+        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
+        read()
+        p = path.encode()
+        frame(struct.pack(">ii", 1, 4) + struct.pack(">i", len(p)) + p + b"\0")
+        r = read()
+        err = struct.unpack(">i", r[12:16])[0]
+        if err != 0:
+            raise OSError(f"getData {path}: error {err}")
+
+
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise OSError("closed")
+        b += c
+    return b
+
+
+def restart_seconds(server, probe_path):
+    """kill -9, start again, time until a getData of `probe_path` is answered."""
+    server.kill()
+    t = time.perf_counter()
+    server.proc = server.launch(wait=False)
+    deadline = t + 600
+    while time.perf_counter() < deadline:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.kind} exited during restart:\n{server.log_text[-3000:]}")
+        try:
+            get_data_raw(server.port, probe_path)
+            return time.perf_counter() - t
+        except OSError:
+            time.sleep(0.005)
+    raise SystemExit(f"{server.kind} did not come back")
+
+
+def rss(pid):
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def start(kind, extra, heap="2g"):
+    extra = dict(extra, maxClientCnxns="0")
+    if kind == "zookeeper":
+        return servers.start_zookeeper(extra, heap=heap)
+    return servers.start_ringkeeper(extra)
+
+
+def fmt_ms(x):
+    return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:.1f} s"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rk-sizes", default="100000,1000000,5000000")
+    ap.add_argument("--zk-sizes", default="100000,1000000")
+    ap.add_argument("--restarts", type=int, default=3)
+    a = ap.parse_args()
+    if a.quick:
+        a.rk_sizes, a.zk_sizes, a.restarts = "20000", "20000", 2
+    duration, warmup = (3, 1) if a.quick else (8, 2)
+    writers_list = [1, 16, 64] if a.quick else [1, 16, 64, 256]
+    results = {"machine": os.uname().nodename, "cpus": os.cpu_count(),
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = tempfile.gettempdir()
+    med, p90 = fdatasync_latency_ms(tmp)
+    results["fdatasync_ms"] = {"p50": med, "p90": p90, "dir": tmp}
+    print(f"fdatasync of this disk ({tmp}): p50 {med:.3f} ms, p90 {p90:.3f} ms "
+          f"-> 1/fdatasync = {1e3 / med:.0f}/s", flush=True)
+
+    results["group_commit"] = {}
+    for kind in ["zookeeper", "ringkeeper"]:
+        s = start(kind, {})
+        try:
+            bench_run(s, ["--sessions", "16", "--depth", "1", "--mix", "set=100", "--keys", "1000",
+                          "--duration", "2", "--warmup", "1"])  # discarded warm-up (JIT)
+            rows = []
+            for w in writers_list:
+                r = group_commit(s, w, duration, warmup)
+                rows.append(r)
+                print(f"{kind:10} {w:4} writers: {r['txns_per_s']:9.0f} txns/s  {r['fsyncs_per_s']:7.0f} fsyncs/s  "
+                      f"{r['txns_per_fsync']:6.1f} txns/fsync  p50 {r['p50_us']} us  p99 {r['p99_us']} us", flush=True)
+            results["group_commit"][kind] = rows
+        finally:
+            s.stop()
+
+    results["restart"] = {}
+    for kind, sizes in [("ringkeeper", a.rk_sizes), ("zookeeper", a.zk_sizes)]:
+        for n in [int(x) for x in sizes.split(",") if x]:
+            s = start(kind, {}, heap="4g" if n > 1_500_000 else "2g")
+            try:
+                load_s = populate(s, n)
+                fresh = rss(s.proc.pid)
+                times = [restart_seconds(s, f"/bench/k{n - 1:010}") for _ in range(a.restarts)]
+                after = rss(s.proc.pid)
+                disk = sum(f.stat().st_size for f in s.data_dir.rglob("*") if f.is_file())
+                row = {"znodes": n, "load_s": load_s, "restart_s": times,
+                       "rss_fresh": fresh, "rss_after_restart": after, "data_dir_bytes": disk}
+                results["restart"].setdefault(kind, []).append(row)
+                print(f"{kind:10} {n:8} znodes: load {load_s:6.1f} s; restart min {fmt_ms(min(times))} "
+                      f"median {fmt_ms(statistics.median(times))}; RSS fresh {fresh['VmRSS'] / 2**20:7.1f} MiB "
+                      f"(anon {fresh['RssAnon'] / 2**20:.1f}), after restart {after['VmRSS'] / 2**20:7.1f} MiB "
+                      f"(anon {after['RssAnon'] / 2**20:.1f}, file {after['RssFile'] / 2**20:.1f})", flush=True)
+            finally:
+                s.stop()
+
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"storage-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
