@@ -184,8 +184,12 @@ pub fn scan(data: &[u8]) -> Scan {
                 end: End::Clean,
             };
         }
+        // Only zeros left (possibly fewer than a header's worth, when a segment was
+        // filled to within a few bytes of its end): the clean end of the written part.
+        // A real record's length field has a non-zero byte within its first four, so
+        // this check stops there for every record.
         let rest = &data[at..];
-        if rest.len() >= 4 && rest[..4] == [0, 0, 0, 0] && rest.iter().all(|b| *b == 0) {
+        if rest.iter().all(|b| *b == 0) {
             return Scan {
                 records,
                 valid_len: at,
@@ -284,6 +288,20 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_filled_to_within_a_header_of_its_end_ends_cleanly() {
+        let (mut data, _) = log(&[b"a".to_vec()]);
+        let valid = data.len();
+        data.extend_from_slice(&[0, 0, 0]);
+        let s = scan(&data);
+        assert_eq!(
+            (s.records.len(), s.valid_len, s.end),
+            (1, valid, End::Clean)
+        );
+        data[valid + 2] = 7;
+        assert_eq!(scan(&data).end, End::Torn { offset: valid });
+    }
+
+    #[test]
     fn preallocated_zeros_end_the_log_cleanly() {
         let (mut data, _) = log(&[b"a".to_vec(), b"bc".to_vec()]);
         let valid = data.len();
@@ -317,19 +335,16 @@ mod tests {
             let complete = ends.iter().filter(|e| **e <= cut).count();
             prop_assert_eq!(s.records.len(), complete);
             // Records are valid up to the last complete one; a complete marker after it
-            // is skipped over (it opens a write with nothing in it yet).
+            // is skipped over (it opens a write with nothing in it yet). Bytes after the
+            // valid part that are all zeros are no write at all: a clean end.
             let boundary = if complete == 0 { 0 } else { ends[complete - 1] };
             let marker_end = boundary + BATCH_MARKER_BYTES;
-            if cut == boundary {
+            let valid = if cut >= marker_end { marker_end } else { boundary };
+            prop_assert_eq!(s.valid_len, valid);
+            if data[valid..cut].iter().all(|b| *b == 0) {
                 prop_assert_eq!(s.end, End::Clean);
-                prop_assert_eq!(s.valid_len, boundary);
-            } else if cut == marker_end {
-                prop_assert_eq!(s.end, End::Clean);
-                prop_assert_eq!(s.valid_len, marker_end);
-            } else if cut > marker_end {
-                prop_assert_eq!(s.end, End::Torn { offset: marker_end });
             } else {
-                prop_assert_eq!(s.end, End::Torn { offset: boundary });
+                prop_assert_eq!(s.end, End::Torn { offset: valid });
             }
         }
 
