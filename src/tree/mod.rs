@@ -23,6 +23,49 @@ use crate::proto::codes::{
 use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Stat, WriteOp};
 pub use txn::{Applied, Trigger, Txn};
 
+/// A node's child names, sorted. Most znodes are leaves, and an empty `OrdSet` still
+/// allocates a B-tree root (about 1.6 KiB), so a leaf holds no set at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Children(Option<OrdSet<Arc<str>>>);
+
+impl Children {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().flat_map(|s| s.iter())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(name))
+    }
+
+    pub fn insert(&mut self, name: Arc<str>) {
+        self.0.get_or_insert_with(OrdSet::new).insert(name);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Some(s) = &mut self.0 {
+            s.remove(name);
+            if s.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+impl FromIterator<Arc<str>> for Children {
+    fn from_iter<I: IntoIterator<Item = Arc<str>>>(iter: I) -> Self {
+        let s: OrdSet<Arc<str>> = iter.into_iter().collect();
+        Children((!s.is_empty()).then_some(s))
+    }
+}
+
 /// One znode. `stat.num_children` and `stat.data_length` are derived on read, and
 /// `stat.cversion` is stored as ZooKeeper stores it: the number of children ever
 /// created. That counter names sequential children; the cversion clients see counts
@@ -33,7 +76,7 @@ pub struct Node {
     pub data: Option<Bytes>,
     pub acl: Arc<Vec<Acl>>,
     pub stat: Stat,
-    pub children: OrdSet<Arc<str>>,
+    pub children: Children,
 }
 
 impl Node {
@@ -464,7 +507,7 @@ impl DataTree {
                     data: data.clone(),
                     acl: node_acl.clone(),
                     stat,
-                    children: OrdSet::new(),
+                    children: Children::default(),
                 };
                 let out_stat = node.stat();
                 match node_kind(*ephemeral_owner) {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use imbl::{HashMap, OrdSet};
 use ringkeeper_storage::snapshot::{SnapSession, SnapStat, Snapshot, SnapshotWriter};
 
-use super::{node_kind, path, DataTree, Node, NodeKind};
+use super::{node_kind, path, Children, DataTree, Node, NodeKind};
 use crate::proto::jute::Reader;
 use crate::proto::{Acl, Stat};
 
@@ -131,7 +131,7 @@ impl DataTree {
                             num_children: 0,
                             pzxid: s.pzxid,
                         },
-                        children: OrdSet::new(),
+                        children: Children::default(),
                     },
                 ));
                 Ok(())
