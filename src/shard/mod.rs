@@ -585,12 +585,13 @@ async fn read_loop(
         what: "ConnectRequest",
         err,
     })?;
-    let tree = shard.tree();
-    if req.last_zxid_seen > tree.last_zxid() {
+    // What this server has made durable, which may be ahead of this shard's tree
+    // version for a moment (its reads then wait for the shard to catch up).
+    let last_zxid = shard.tree().last_zxid().max(shard.shared.last_zxid());
+    if req.last_zxid_seen > last_zxid {
         let msg = format!(
-            "Refusing session request for client {peer} as it has seen zxid 0x{:x} our last zxid is 0x{:x} client must try another server",
+            "Refusing session request for client {peer} as it has seen zxid 0x{:x} our last zxid is 0x{last_zxid:x} client must try another server",
             req.last_zxid_seen,
-            tree.last_zxid()
         );
         tracing::info!("{msg}");
         return Err(ConnError::Refused(msg));

@@ -15,7 +15,7 @@ pub mod txn;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::{HashMap, OrdSet};
+use imbl::{HashMap, OrdMap, OrdSet};
 
 use crate::proto::codes::{
     perms, CreateMode, CONTAINER_EPHEMERAL_OWNER, EXTENDED_OWNER_MASK, TTL_MAX_MS,
@@ -45,8 +45,12 @@ impl Children {
         self.0.as_ref().is_some_and(|s| s.contains(name))
     }
 
-    pub fn insert(&mut self, name: Arc<str>) {
-        self.0.get_or_insert_with(OrdSet::new).insert(name);
+    /// Adds a name; false if it was there already.
+    pub fn insert(&mut self, name: Arc<str>) -> bool {
+        self.0
+            .get_or_insert_with(OrdSet::new)
+            .insert(name)
+            .is_none()
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -127,7 +131,9 @@ pub const CONFIG_PATH: &str = "/zookeeper/config";
 
 #[derive(Debug, Clone)]
 pub struct DataTree {
-    nodes: HashMap<Arc<str>, Arc<Node>>,
+    /// By path, in path order (snapshots come out sorted, which makes loading fast,
+    /// and a B-tree costs far less memory per node than a HAMT's sparse chunks).
+    nodes: OrdMap<Arc<str>, Arc<Node>>,
     ephemerals: HashMap<i64, OrdSet<Arc<str>>>,
     containers: OrdSet<Arc<str>>,
     ttls: OrdSet<Arc<str>>,
@@ -145,7 +151,7 @@ impl DataTree {
     /// all with zeroed stats, as ZooKeeper's DataTree starts.
     pub fn new() -> DataTree {
         let mut t = DataTree {
-            nodes: HashMap::new(),
+            nodes: OrdMap::new(),
             ephemerals: HashMap::new(),
             containers: OrdSet::new(),
             ttls: OrdSet::new(),

@@ -2,12 +2,13 @@
 //! Loading does not copy node data: every node's data is a `Bytes` slice of the map.
 
 use std::collections::HashMap as StdHashMap;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::{HashMap, OrdSet};
+use imbl::{HashMap, OrdMap, OrdSet};
 use ringkeeper_storage::snapshot::{SnapSession, SnapStat, Snapshot, SnapshotWriter};
 
 use super::{node_kind, path, Children, DataTree, Node, NodeKind};
@@ -37,9 +38,10 @@ impl DataTree {
         // ACL lists are shared between nodes: write each distinct one once.
         let mut by_ptr: StdHashMap<*const Vec<Acl>, u32> = StdHashMap::new();
         let mut by_value: StdHashMap<Vec<u8>, u32> = StdHashMap::new();
-        let mut node_acl: Vec<u32> = Vec::with_capacity(self.nodes.len());
         let mut lists: Vec<Vec<u8>> = Vec::new();
-        for (_, n) in self.nodes.iter() {
+        let order = self.preorder();
+        let mut node_acl: Vec<u32> = Vec::with_capacity(order.len());
+        for (_, n) in &order {
             let idx = *by_ptr.entry(Arc::as_ptr(&n.acl)).or_insert_with(|| {
                 let mut enc = Vec::new();
                 Acl::encode_list(&n.acl, &mut enc);
@@ -56,7 +58,7 @@ impl DataTree {
         for s in sessions {
             w.session(s)?;
         }
-        for ((p, n), acl) in self.nodes.iter().zip(node_acl) {
+        for ((p, n), acl) in order.iter().zip(node_acl) {
             let st = &n.stat;
             w.node(
                 p,
@@ -76,6 +78,24 @@ impl DataTree {
             )?;
         }
         w.finish(durable)
+    }
+
+    /// Every node, parents before children and siblings in name order (depth-first
+    /// pre-order): the order snapshots are written in, which lets loading find each
+    /// node's parent on a stack instead of looking it up.
+    fn preorder(&self) -> Vec<(String, &Arc<Node>)> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut stack: Vec<String> = vec!["/".to_string()];
+        while let Some(p) = stack.pop() {
+            let Some(n) = self.nodes.get(p.as_str()) else {
+                continue;
+            };
+            let first = stack.len();
+            stack.extend(n.children.iter().map(|c| path::join(&p, c)));
+            stack[first..].reverse();
+            out.push((p, n));
+        }
+        out
     }
 
     /// Rebuilds the tree a snapshot holds, its node data served from the map.
@@ -142,34 +162,32 @@ impl DataTree {
             offset: 0,
             reason,
         };
-        // Link children to parents.
-        let index: StdHashMap<&str, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (p, _))| (&**p, i))
-            .collect();
-        if index.len() != nodes.len() {
-            return Err(bad("a path appears twice".into()));
+        // Link children to parents. Nodes come in depth-first pre-order, so a node's
+        // parent is on the stack of its ancestors.
+        if nodes.first().map(|(p, _)| &**p) != Some("/") {
+            return Err(bad("the first node is not the root".into()));
         }
-        if !index.contains_key("/") {
-            return Err(bad("no root node".into()));
-        }
-        let mut links: Vec<(usize, Arc<str>)> = Vec::with_capacity(nodes.len());
-        for (p, _) in &nodes {
-            if &**p == "/" {
-                continue;
+        let mut stack: Vec<usize> = vec![0];
+        for i in 1..nodes.len() {
+            let p = nodes[i].0.clone();
+            let parent = path::parent(&p);
+            while let Some(&top) = stack.last() {
+                if &*nodes[top].0 == parent {
+                    break;
+                }
+                stack.pop();
             }
-            let parent = *index
-                .get(path::parent(p))
-                .ok_or_else(|| bad(format!("node {p} has no parent")))?;
-            links.push((parent, Arc::from(path::name(p))));
-        }
-        drop(index);
-        for (parent, name) in links {
-            nodes[parent].1.children.insert(name);
+            let Some(&top) = stack.last() else {
+                return Err(bad(format!("node {p} does not follow its parent")));
+            };
+            let name: Arc<str> = Arc::from(path::name(&p));
+            if !nodes[top].1.children.insert(name) {
+                return Err(bad(format!("node {p} appears twice")));
+            }
+            stack.push(i);
         }
         let mut tree = DataTree {
-            nodes: HashMap::new(),
+            nodes: OrdMap::new(),
             ephemerals: HashMap::new(),
             containers: OrdSet::new(),
             ttls: OrdSet::new(),

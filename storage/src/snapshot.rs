@@ -12,6 +12,7 @@
 //!                    | version cversion aversion i32 | ephemeral owner i64 | pzxid i64)
 //! ```
 //!
+//! Nodes are in depth-first pre-order (a parent before its children, siblings by name).
 //! All integers big-endian. Node data is not copied on load: the reader hands out
 //! byte ranges of the map, which the server turns into `Bytes` sharing the map.
 //! A snapshot is written to `snapshot.<zxid>.tmp`, fsynced, renamed to
