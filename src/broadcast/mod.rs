@@ -4,9 +4,10 @@
 //! version after each step, the watch events, and the replies.
 //!
 //! Every txn is framed into the txn log's next group commit as it is applied; the
-//! entries it produced reach the shards only after that write's fdatasync returned, so
-//! no reply, watch event or tree version ever shows a txn that is not on disk. If the
-//! log fails, the core stops ordering writes: they are refused with NOTREADONLY while
+//! entries it produced reach the shards only after that durable write returned, so no
+//! reply, watch event or tree version ever shows a txn that is not on disk. If the log
+//! fails, the writes of the failed batch end in a connection loss (outcome unknown, as
+//! after a crash), the core stops ordering writes (later ones get NOTREADONLY), and
 //! reads go on from the last durable tree version.
 
 pub mod messages;
