@@ -106,7 +106,11 @@ fn main() -> ExitCode {
     install_snapshot_signal();
     let memlock = ringkeeper::server::raise_memlock_limit();
     tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
-    let shards = cfg.shards;
+    let layout = if cfg.core_on_shard && cfg.shards == 1 {
+        "1 shard with the broadcast core on its executor".to_string()
+    } else {
+        format!("{} shard(s) + 1 broadcast core", cfg.shards)
+    };
     let source = cfg.source.clone();
     let dirs = format!(
         "snapshots in {}, txn log in {}",
@@ -115,7 +119,7 @@ fn main() -> ExitCode {
     );
     let result = ringkeeper::server::run(cfg, move |addr| {
         tracing::info!(
-            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {shards} shard(s) + 1 broadcast core, config: {source}; {dirs})",
+            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {layout}, config: {source}; {dirs})",
             env!("CARGO_PKG_VERSION")
         );
     });

@@ -301,18 +301,48 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
     let core_cfg = cfg.clone();
     let core_shared = shared.clone();
     let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
-    let core = LocalExecutorBuilder::new(placement(cores - 1))
-        .name("rk-broadcast")
-        .io_memory(CORE_IO_MEMORY_BYTES)
-        .spin_before_park(spin)
-        .spawn(move || broadcast::run(core_cfg, recovered, to_core_rx, to_shard_tx, core_shared))
-        .map_err(|source| StartError::Executor {
-            name: "rk-broadcast".into(),
-            source,
-        })?;
-
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
     let mut shards = Vec::new();
+    let mut core = None;
+    if cfg.core_on_shard && cfg.shards == 1 {
+        // One executor runs the broadcast core and the only shard as two tasks.
+        let tx = to_core_tx.pop().expect("one shard");
+        let rx = to_shard_rx.pop().expect("one shard");
+        let shared = shared.clone();
+        let ready_tx = ready_tx.clone();
+        let name = "rk-shard-0".to_string();
+        let h = LocalExecutorBuilder::new(placement(0))
+            .name(&name)
+            .io_memory(CORE_IO_MEMORY_BYTES)
+            .spin_before_park(spin)
+            .spawn(move || async move {
+                glommio::spawn_local(broadcast::run(
+                    core_cfg,
+                    recovered,
+                    to_core_rx,
+                    to_shard_tx,
+                    core_shared,
+                ))
+                .detach();
+                shard::run(0, bound, shared, tx, rx, ready_tx).await
+            })
+            .map_err(|source| StartError::Executor { name, source })?;
+        shards.push(h);
+    } else {
+        core = Some(
+            LocalExecutorBuilder::new(placement(cores - 1))
+                .name("rk-broadcast")
+                .io_memory(CORE_IO_MEMORY_BYTES)
+                .spin_before_park(spin)
+                .spawn(move || {
+                    broadcast::run(core_cfg, recovered, to_core_rx, to_shard_tx, core_shared)
+                })
+                .map_err(|source| StartError::Executor {
+                    name: "rk-broadcast".into(),
+                    source,
+                })?,
+        );
+    }
     for (i, (tx, rx)) in to_core_tx.into_iter().zip(to_shard_rx).enumerate() {
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
@@ -344,7 +374,9 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
             return Err(StartError::Died(format!("rk-shard-{i}")));
         }
     }
-    core.join()
-        .map_err(|_| StartError::Died("rk-broadcast".into()))?;
+    if let Some(core) = core {
+        core.join()
+            .map_err(|_| StartError::Died("rk-broadcast".into()))?;
+    }
     Ok(())
 }

@@ -77,6 +77,10 @@ pub struct Config {
     /// two wake-ups (measured: one session's setData p50 143 -> 100 us) for at most
     /// this much CPU after each burst of work. 0 parks at once.
     pub spin_before_park_us: u64,
+    /// Run the broadcast core on the shard's executor (only with one shard): no
+    /// cross-core hand-off per write, and the other cores stay free (for clients, on a
+    /// small machine). Default: on when the machine has at most 2 cores.
+    pub core_on_shard: bool,
     /// Where the config came from, for `conf` and messages.
     pub source: String,
     /// Keys that were not recognised (each warned about once at start-up).
@@ -134,6 +138,7 @@ impl Default for Config {
             admin_server_port: 8080,
             shards: cores.saturating_sub(1).max(1),
             spin_before_park_us: 50,
+            core_on_shard: cores <= 2,
             source: "embedded default".into(),
             unknown_keys: Vec::new(),
         }
@@ -317,6 +322,9 @@ impl Config {
                     return Err(bad("must be at most 10000 (10 ms)".into()));
                 }
                 self.spin_before_park_us = n;
+            }
+            "coreOnShard" | "ringkeeper.coreOnShard" => {
+                self.core_on_shard = parse_bool(value).map_err(bad)?
             }
             "shards" | "ringkeeper.shards" => {
                 let n: usize = parse_num(value).map_err(bad)?;
