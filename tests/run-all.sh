@@ -12,7 +12,6 @@ missing=()
 [ -x /usr/lib/zookeeper/bin/cli_mt ] || missing+=(zookeeper-bin)
 command -v java >/dev/null || missing+=(default-jre-headless)
 ldconfig -p | grep -q 'libfuse.so.2' || missing+=(libfuse2)
-command -v fusermount >/dev/null || missing+=(fuse)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "run-all: need Debian packages ${missing[*]}: run as root or install them" >&2
