@@ -8,7 +8,7 @@
 //! Items without a record (a refused request, a sync) ride the same queue so they stay
 //! in order behind the writes queued before them.
 //!
-//! After a failed write or fdatasync the log is never written again (a retried fsync
+//! After a failed write (or sync) the log is never written again (a retried fsync
 //! can report success for pages the kernel already dropped): every later batch is
 //! released with the error, and the owner stops accepting writes.
 

@@ -89,7 +89,7 @@ pub struct LogWriter {
 }
 
 /// Opens a segment for writing: direct I/O unless the file system lacks it, in which
-/// case buffered writes + fdatasync (one warning per process). With `dsync` every write
+/// case buffered writes (one warning per process). With `dsync` every write
 /// returns only once it is durable (O_DSYNC: on a direct write the kernel issues the
 /// data with FUA or follows it with a cache flush), which saves a second round trip to
 /// the device per batch compared with write + fdatasync.
@@ -115,7 +115,7 @@ async fn open_segment(path: &Path, dsync: bool) -> io::Result<SegmentFile> {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
         tracing::warn!(
-            "{} does not support O_DIRECT: the txn log uses buffered writes + fdatasync (still durable)",
+            "{} does not support O_DIRECT: the txn log uses buffered O_DSYNC writes (still durable)",
             path.parent().unwrap_or(path).display()
         )
     });
@@ -172,9 +172,10 @@ impl LogWriter {
     }
 
     /// Writes `records` (framed with [`crate::record::encode_record`], zxids from
-    /// `first_zxid` on), behind a batch marker, with one write and, under forceSync, one fdatasync. Returns once
-    /// they are durable. After an error the writer must not be used again: the state of
-    /// the file is unknown and a retried fsync could report success for lost pages.
+    /// `first_zxid` on), behind a batch marker, with one write that, under forceSync
+    /// (O_DSYNC), returns once they are durable. After an error the writer must not be
+    /// used again: the state of the file is unknown and a retried sync could report
+    /// success for pages the kernel has already dropped.
     pub async fn append(&mut self, records: &[u8], first_zxid: i64) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());

@@ -12,8 +12,8 @@
 //!
 //! Each write of the log (one group commit) starts with a *batch marker*: a record with
 //! zxid [`BATCH_MARKER_ZXID`] whose payload is the byte length of the records that follow
-//! and the first zxid among them. The next write only starts after the previous one's
-//! fdatasync returned, so a damaged record followed by a valid marker is damage to a
+//! and the first zxid among them. A write only starts once the previous one has
+//! returned durable, so a damaged record followed by a valid marker is damage to a
 //! completed, acknowledged write (corruption: stop), while damage with no marker after
 //! it lies in the last write, which may have been torn by a crash (its blocks can reach
 //! the disk in any order) and was never acknowledged (truncate).

@@ -1,6 +1,6 @@
 //! Txn log segment files: `log.<base zxid, 16 hex digits>` in the log directory, each a
 //! [`SegmentHeader`] followed by records, preallocated and zero-filled so that appends
-//! neither grow the file (an fdatasync then has no size to journal) nor run out of space.
+//! neither grow the file (a sync then has no size to journal) nor run out of space.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
