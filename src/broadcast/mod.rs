@@ -896,6 +896,63 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_batch_shows_nothing_of_its_txns() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        let durable = Arc::new(core.tree().clone());
+        let mut entries = request(
+            &mut core,
+            s,
+            1,
+            CoreOp::Write(WriteOp::Create(CreateRequest {
+                kind: CreateKind::Create,
+                path: "/lost".into(),
+                data: Some(Bytes::new()),
+                acl: crate::tree::acl::open_acl_unsafe(),
+                flags: 0,
+                ttl_ms: -1,
+            })),
+        );
+        entries.extend(request(&mut core, s, 2, CoreOp::Sync { path: "/".into() }));
+        assert!(entries[0].logged && !entries[1].logged);
+        assert!(!entries[0].triggers.is_empty());
+        let out = undo_failed(entries, &durable);
+        assert_eq!(out.len(), 2);
+        // The write's outcome is unknown: its connection is closed, nothing fires, and
+        // the tree stays the durable one.
+        assert!(
+            matches!(out[0].effect, Effect::Disconnect { session_id, conn_id: 1 } if session_id == s)
+        );
+        assert!(out[0].triggers.is_empty());
+        assert!(out.iter().all(|e| e.tree.node("/lost").is_none()));
+        assert!(out
+            .iter()
+            .all(|e| e.tree.last_zxid() == durable.last_zxid()));
+        // The sync (no txn) is still answered.
+        assert!(matches!(out[1].effect, Effect::Reply { err: 0, .. }));
+        // From then on, writes are refused without a txn.
+        core.set_read_only();
+        let refused = request(
+            &mut core,
+            s,
+            3,
+            CoreOp::Write(WriteOp::Delete {
+                path: "/zookeeper".into(),
+                version: -1,
+            }),
+        );
+        assert!(!refused[0].logged);
+        assert!(
+            matches!(refused[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code())
+        );
+        assert_eq!(
+            core.take_framed().count,
+            2,
+            "only the create session and the create were framed"
+        );
+    }
+
+    #[test]
     fn reconnect_with_wrong_password_is_refused() {
         let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
