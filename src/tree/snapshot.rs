@@ -24,6 +24,35 @@ impl AsRef<[u8]> for MapOwner {
     }
 }
 
+/// Each parent's children, from paths in depth-first pre-order (a node's parent is on
+/// the stack of its ancestors): (index of the parent, its child set).
+fn child_sets(paths: &[Arc<str>]) -> Result<Vec<(usize, Children)>, String> {
+    let mut sets: Vec<(usize, Children)> = Vec::new();
+    // Stack of (node index, index in `sets` of its child set, if it has children yet).
+    let mut stack: Vec<(usize, Option<usize>)> = vec![(0, None)];
+    for (i, p) in paths.iter().enumerate().skip(1) {
+        let parent = path::parent(p);
+        while let Some(&(top, _)) = stack.last() {
+            if &*paths[top] == parent {
+                break;
+            }
+            stack.pop();
+        }
+        let Some(top) = stack.last_mut() else {
+            return Err(format!("node {p} does not follow its parent"));
+        };
+        let set = *top.1.get_or_insert_with(|| {
+            sets.push((top.0, Children::default()));
+            sets.len() - 1
+        });
+        if !sets[set].1.insert(Arc::from(path::name(p))) {
+            return Err(format!("node {p} appears twice"));
+        }
+        stack.push((i, None));
+    }
+    Ok(sets)
+}
+
 impl DataTree {
     /// Writes this version, with `sessions`, as the snapshot for its last zxid in
     /// `dir`. `durable` is asked, before the snapshot is published, whether the log
@@ -162,29 +191,34 @@ impl DataTree {
             offset: 0,
             reason,
         };
-        // Link children to parents. Nodes come in depth-first pre-order, so a node's
-        // parent is on the stack of its ancestors.
+        // Nodes come in depth-first pre-order, the root first.
         if nodes.first().map(|(p, _)| &**p) != Some("/") {
             return Err(bad("the first node is not the root".into()));
         }
-        let mut stack: Vec<usize> = vec![0];
-        for i in 1..nodes.len() {
-            let p = nodes[i].0.clone();
-            let parent = path::parent(&p);
-            while let Some(&top) = stack.last() {
-                if &*nodes[top].0 == parent {
-                    break;
-                }
-                stack.pop();
-            }
-            let Some(&top) = stack.last() else {
-                return Err(bad(format!("node {p} does not follow its parent")));
-            };
-            let name: Arc<str> = Arc::from(path::name(&p));
-            if !nodes[top].1.children.insert(name) {
-                return Err(bad(format!("node {p} appears twice")));
-            }
-            stack.push(i);
+        // Two B-trees to build: every parent's child set and the map of all nodes.
+        // They are independent until the end, so on two threads: the sets from the
+        // paths alone, the map with childless nodes, then each parent gets its set.
+        let paths: Vec<Arc<str>> = nodes.iter().map(|(p, _)| p.clone()).collect();
+        let (sets, map) = std::thread::scope(|scope| {
+            let builder = scope.spawn(move || {
+                nodes
+                    .into_iter()
+                    .map(|(p, n)| (p, Arc::new(n)))
+                    .collect::<OrdMap<Arc<str>, Arc<Node>>>()
+            });
+            let sets = child_sets(&paths);
+            let map = builder.join().expect("node map builder panicked");
+            (sets, map)
+        });
+        let sets = sets.map_err(bad)?;
+        let mut map = map;
+        for (parent, children) in sets {
+            let node = map
+                .get_mut(&*paths[parent])
+                .expect("every parent is in the map");
+            Arc::get_mut(node)
+                .expect("a freshly built node has one owner")
+                .children = children;
         }
         let mut tree = DataTree {
             nodes: OrdMap::new(),
@@ -193,7 +227,7 @@ impl DataTree {
             ttls: OrdSet::new(),
             last_zxid: snap.zxid,
         };
-        for (p, n) in &nodes {
+        for (p, n) in map.iter() {
             match node_kind(n.stat.ephemeral_owner) {
                 NodeKind::Ephemeral => {
                     tree.ephemerals
@@ -210,7 +244,7 @@ impl DataTree {
                 NodeKind::Persistent => {}
             }
         }
-        tree.nodes = nodes.into_iter().map(|(p, n)| (p, Arc::new(n))).collect();
+        tree.nodes = map;
         Ok((tree, sessions))
     }
 }
