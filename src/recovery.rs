@@ -81,17 +81,20 @@ fn load_snapshot(
     Ok(None)
 }
 
-/// Removes snapshots a crash left half-written (never renamed into place).
-fn remove_unfinished_snapshots(dir: &std::path::Path) {
+/// Removes snapshots and log segments a crash left half-made (never renamed into
+/// place).
+fn remove_unfinished(dir: &std::path::Path) {
+    use ringkeeper_storage::segment::{SEGMENT_PREFIX, TMP_SUFFIX};
+    use ringkeeper_storage::snapshot::SNAPSHOT_PREFIX;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(ringkeeper_storage::snapshot::SNAPSHOT_PREFIX) && name.ends_with(".tmp")
-        {
+        let ours = name.starts_with(SNAPSHOT_PREFIX) || name.starts_with(SEGMENT_PREFIX);
+        if ours && name.ends_with(TMP_SUFFIX) {
             match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!("removed unfinished snapshot {}", e.path().display()),
+                Ok(()) => tracing::info!("removed unfinished {}", e.path().display()),
                 Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
             }
         }
@@ -100,8 +103,9 @@ fn remove_unfinished_snapshots(dir: &std::path::Path) {
 
 pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    remove_unfinished_snapshots(&ensure_dir(cfg.snapshot_dir())?);
+    remove_unfinished(&ensure_dir(cfg.snapshot_dir())?);
     let log_dir = ensure_dir(cfg.log_dir())?;
+    remove_unfinished(&log_dir);
     let (snapshot, mut tree, mut sessions) = match load_snapshot(cfg)? {
         Some((path, tree, sessions)) => {
             let z = tree.last_zxid();

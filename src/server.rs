@@ -255,8 +255,15 @@ fn probe_listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
     let addr = SocketAddr::new(cfg.client_port_address, cfg.client_port);
-    // Fail fast on a port in use, before recovery reads anything.
-    drop(probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?);
+    // Bind once here so a port in use is reported before recovery reads anything;
+    // each shard binds its own SO_REUSEPORT listener on the same address.
+    let probe = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let bound = probe
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?
+        .as_socket()
+        .unwrap_or(addr);
+    drop(probe);
     let recovered = crate::recovery::recover(&cfg)?;
     if cfg.autopurge_purge_interval_hours > 0 {
         broadcast::purge(&cfg);
@@ -274,16 +281,6 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
             Placement::Unbound
         }
     };
-
-    // Bind once here so a port in use is reported before anything starts; each shard
-    // binds its own SO_REUSEPORT listener on the same address.
-    let probe = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-    let bound = probe
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?
-        .as_socket()
-        .unwrap_or(addr);
-    drop(probe);
 
     let mut to_core_rx = Vec::new();
     let mut to_core_tx = Vec::new();

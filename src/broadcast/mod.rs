@@ -832,6 +832,18 @@ mod tests {
         }
     }
 
+    /// A create of `path` with empty data, open ACL and `flags`.
+    fn create(path: &str, flags: i32) -> CoreOp {
+        CoreOp::Write(WriteOp::Create(CreateRequest {
+            kind: CreateKind::Create,
+            path: path.into(),
+            data: Some(Bytes::new()),
+            acl: crate::tree::acl::open_acl_unsafe(),
+            flags,
+            ttl_ms: -1,
+        }))
+    }
+
     /// One request from session `s` on connection 1; returns what it produced.
     fn request(core: &mut Core, s: i64, xid: i32, op: CoreOp) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -875,19 +887,7 @@ mod tests {
     fn close_session_deletes_ephemerals_and_fires_watches() {
         let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
-        request(
-            &mut core,
-            s,
-            1,
-            CoreOp::Write(WriteOp::Create(CreateRequest {
-                kind: CreateKind::Create,
-                path: "/eph".into(),
-                data: Some(Bytes::new()),
-                acl: crate::tree::acl::open_acl_unsafe(),
-                flags: 1,
-                ttl_ms: -1,
-            })),
-        );
+        request(&mut core, s, 1, create("/eph", 1));
         let out = request(&mut core, s, 2, CoreOp::CloseSession);
         assert!(out[0].tree.node("/eph").is_none());
         assert!(out[0].triggers.iter().any(|t| &*t.path == "/eph"));
@@ -900,19 +900,7 @@ mod tests {
         let mut core = Core::empty(Arc::new(Config::default()));
         let s = connect(&mut core);
         let durable = Arc::new(core.tree().clone());
-        let mut entries = request(
-            &mut core,
-            s,
-            1,
-            CoreOp::Write(WriteOp::Create(CreateRequest {
-                kind: CreateKind::Create,
-                path: "/lost".into(),
-                data: Some(Bytes::new()),
-                acl: crate::tree::acl::open_acl_unsafe(),
-                flags: 0,
-                ttl_ms: -1,
-            })),
-        );
+        let mut entries = request(&mut core, s, 1, create("/lost", 0));
         entries.extend(request(&mut core, s, 2, CoreOp::Sync { path: "/".into() }));
         assert!(entries[0].logged && !entries[1].logged);
         assert!(!entries[0].triggers.is_empty());

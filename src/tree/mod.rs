@@ -516,21 +516,7 @@ impl DataTree {
                     children: Children::default(),
                 };
                 let out_stat = node.stat();
-                match node_kind(*ephemeral_owner) {
-                    NodeKind::Ephemeral => {
-                        self.ephemerals
-                            .entry(*ephemeral_owner)
-                            .or_default()
-                            .insert(key.clone());
-                    }
-                    NodeKind::Container => {
-                        self.containers.insert(key.clone());
-                    }
-                    NodeKind::Ttl(_) => {
-                        self.ttls.insert(key.clone());
-                    }
-                    NodeKind::Persistent => {}
-                }
+                self.index_kind(&key, *ephemeral_owner);
                 self.nodes.insert(key, Arc::new(node));
                 triggers.push(Trigger::new(path, EventType::NodeCreated, node_acl));
                 triggers.push(Trigger::new(
@@ -599,6 +585,26 @@ impl DataTree {
                 self.ephemerals.remove(session_id);
                 Applied::Done
             }
+        }
+    }
+
+    /// Records a new node in the index its kind needs: its owner's ephemerals, the
+    /// containers or the TTL nodes.
+    fn index_kind(&mut self, path: &Arc<str>, ephemeral_owner: i64) {
+        match node_kind(ephemeral_owner) {
+            NodeKind::Ephemeral => {
+                self.ephemerals
+                    .entry(ephemeral_owner)
+                    .or_default()
+                    .insert(path.clone());
+            }
+            NodeKind::Container => {
+                self.containers.insert(path.clone());
+            }
+            NodeKind::Ttl(_) => {
+                self.ttls.insert(path.clone());
+            }
+            NodeKind::Persistent => {}
         }
     }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use imbl::{HashMap, OrdMap, OrdSet};
 use ringkeeper_storage::snapshot::{SnapSession, SnapStat, Snapshot, SnapshotWriter};
 
-use super::{node_kind, path, Children, DataTree, Node, NodeKind};
+use super::{path, Children, DataTree, Node};
 use crate::proto::jute::Reader;
 use crate::proto::{Acl, Stat};
 
@@ -228,21 +228,7 @@ impl DataTree {
             last_zxid: snap.zxid,
         };
         for (p, n) in map.iter() {
-            match node_kind(n.stat.ephemeral_owner) {
-                NodeKind::Ephemeral => {
-                    tree.ephemerals
-                        .entry(n.stat.ephemeral_owner)
-                        .or_default()
-                        .insert(p.clone());
-                }
-                NodeKind::Container => {
-                    tree.containers.insert(p.clone());
-                }
-                NodeKind::Ttl(_) => {
-                    tree.ttls.insert(p.clone());
-                }
-                NodeKind::Persistent => {}
-            }
+            tree.index_kind(p, n.stat.ephemeral_owner);
         }
         tree.nodes = map;
         Ok((tree, sessions))

@@ -46,3 +46,34 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A file name of ours: `prefix` followed by a zxid in 16 hex digits.
+pub fn zxid_name(prefix: &str, zxid: i64) -> String {
+    format!("{prefix}{zxid:016x}")
+}
+
+/// The zxid in a name made by [`zxid_name`] with `prefix`, if it is one.
+pub fn parse_zxid_name(prefix: &str, name: &str) -> Option<i64> {
+    let hex = name.strip_prefix(prefix)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(|z| z as i64)
+}
+
+/// The files in `dir` named with `prefix` and a zxid, in zxid order: (zxid, path).
+pub fn list_zxid_files(dir: &Path, prefix: &str) -> io::Result<Vec<(i64, std::path::PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(z) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| parse_zxid_name(prefix, n))
+        {
+            v.push((z, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}

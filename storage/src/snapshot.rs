@@ -27,7 +27,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use thiserror::Error;
 
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{fsync_dir, list_zxid_files, parse_zxid_name, zxid_name};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RKSNAPSH";
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -38,27 +38,17 @@ const SESSION_BYTES: usize = 8 + 4 + PASSWD_BYTES;
 const NODE_FIXED_BYTES: usize = 4 + 8 * 4 + 4 * 3 + 8 + 8;
 
 pub fn snapshot_name(zxid: i64) -> String {
-    format!("{SNAPSHOT_PREFIX}{zxid:016x}")
+    zxid_name(SNAPSHOT_PREFIX, zxid)
 }
 
 pub fn parse_snapshot_name(name: &str) -> Option<i64> {
-    let hex = name.strip_prefix(SNAPSHOT_PREFIX)?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok().map(|z| z as i64)
+    parse_zxid_name(SNAPSHOT_PREFIX, name)
 }
 
 /// The snapshots in `dir`, newest first: (zxid, path). Temp files are not listed.
 pub fn list_snapshots(dir: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if let Some(z) = e.file_name().to_str().and_then(parse_snapshot_name) {
-            v.push((z, e.path()));
-        }
-    }
-    v.sort_by(|a, b| b.cmp(a));
+    let mut v = list_zxid_files(dir, SNAPSHOT_PREFIX)?;
+    v.reverse();
     Ok(v)
 }
 
@@ -105,7 +95,11 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     pub fn create(dir: &Path, zxid: i64) -> io::Result<SnapshotWriter> {
-        let tmp = dir.join(format!("{}.tmp", snapshot_name(zxid)));
+        let tmp = dir.join(format!(
+            "{}{}",
+            snapshot_name(zxid),
+            crate::segment::TMP_SUFFIX
+        ));
         let mut f = File::create(&tmp)?;
         f.write_all(&[0u8; HEADER_BYTES])?;
         Ok(SnapshotWriter {

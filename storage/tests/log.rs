@@ -279,3 +279,20 @@ fn data_after_unwritten_space_is_not_skipped() {
     assert!(msg.contains("offset"), "{msg}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A crash while a segment is being made leaves only its temp file, which recovery
+/// does not read (a crash test once left an empty `log.<zxid>` and start-up refused).
+#[test]
+fn a_half_made_segment_is_never_under_its_final_name() {
+    let dir = test_dir("half-made");
+    write_batches(&dir, 10, 3, 1 << 20);
+    std::fs::write(dir.join("log.000000000000000b.tmp"), b"").unwrap();
+    let (seen, end) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    assert!(end.segment.unwrap().0.ends_with("log.0000000000000001"));
+    // Making the next segment over a stale temp file works.
+    let path = ringkeeper_storage::segment::create_segment(&dir, 11, 1 << 16).unwrap();
+    assert!(path.ends_with("log.000000000000000b"));
+    assert!(!dir.join("log.000000000000000b.tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
