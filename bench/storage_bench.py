@@ -19,21 +19,11 @@ Prints a table and writes bench/results/storage-<time>.json.
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import struct
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "python"))
-import servers  # noqa: E402
-
-BENCH = REPO / "target" / "release" / "ringkeeper-bench"
+from harness import REPO, bench, populate, restart_seconds, rss, start
 
 
 def fdatasync_latency_ms(directory, n=400):
@@ -68,24 +58,9 @@ def log_counters(server):
     return int(m["zk_cnt_fsynctime"]), int(m["zk_sum_sync_processor_batch_size"])
 
 
-def bench_run(server, args):
-    p = subprocess.run([str(BENCH), "run", "--addr", server.hosts, "--json"] + args,
-                       capture_output=True, text=True, timeout=600)
-    if p.returncode:
-        raise SystemExit(p.stderr)
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def populate(server, keys, value_size=100):
-    t = time.time()
-    subprocess.run([str(BENCH), "populate", "--addr", server.hosts, "--keys", str(keys),
-                    "--value-size", str(value_size)], check=True, capture_output=True, timeout=3600)
-    return time.time() - t
-
-
 def group_commit(server, writers, duration, warmup):
     f0, t0 = log_counters(server)
-    r = bench_run(server, ["--sessions", str(writers), "--depth", "1", "--mix", "set=100",
+    r = bench("run", server, ["--sessions", str(writers), "--depth", "1", "--mix", "set=100",
                            "--keys", "1000", "--value-size", "100",
                            "--duration", str(duration), "--warmup", str(warmup)])
     f1, t1 = log_counters(server)
@@ -98,68 +73,6 @@ def group_commit(server, writers, duration, warmup):
         "p50_us": r["latency_us"]["p50"],
         "p99_us": r["latency_us"]["p99"],
     }
-
-
-def get_data_raw(port, path):
-    """One getData over a fresh connection; raises OSError until the server answers."""
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-        def frame(b):
-            s.sendall(struct.pack(">i", len(b)) + b)
-
-        def read():
-            n = struct.unpack(">i", recv_exact(s, 4))[0]
-            return recv_exact(s, n)
-        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
-        read()
-        p = path.encode()
-        frame(struct.pack(">ii", 1, 4) + struct.pack(">i", len(p)) + p + b"\0")
-        r = read()
-        err = struct.unpack(">i", r[12:16])[0]
-        if err != 0:
-            raise OSError(f"getData {path}: error {err}")
-
-
-def recv_exact(s, n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise OSError("closed")
-        b += c
-    return b
-
-
-def restart_seconds(server, probe_path):
-    """kill -9, start again, time until a getData of `probe_path` is answered."""
-    server.kill()
-    t = time.perf_counter()
-    server.proc = server.launch(wait=False)
-    deadline = t + 600
-    while time.perf_counter() < deadline:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"{server.kind} exited during restart:\n{server.log_text[-3000:]}")
-        try:
-            get_data_raw(server.port, probe_path)
-            return time.perf_counter() - t
-        except OSError:
-            time.sleep(0.005)
-    raise SystemExit(f"{server.kind} did not come back")
-
-
-def rss(pid):
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def start(kind, extra, heap="2g"):
-    extra = dict(extra, maxClientCnxns="0")
-    if kind == "zookeeper":
-        return servers.start_zookeeper(extra, heap=heap)
-    return servers.start_ringkeeper(extra)
 
 
 def fmt_ms(x):
@@ -189,7 +102,7 @@ def main():
     for kind in ["zookeeper", "ringkeeper"]:
         s = start(kind, {})
         try:
-            bench_run(s, ["--sessions", "16", "--depth", "1", "--mix", "set=100", "--keys", "1000",
+            bench("run", s, ["--sessions", "16", "--depth", "1", "--mix", "set=100", "--keys", "1000",
                           "--duration", "2", "--warmup", "1"])  # discarded warm-up (JIT)
             rows = []
             for w in writers_list:

@@ -106,6 +106,8 @@ fn main() -> ExitCode {
     install_snapshot_signal();
     let memlock = ringkeeper::server::raise_memlock_limit();
     tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
+    let nofile = ringkeeper::server::raise_open_files_limit();
+    tracing::debug!("RLIMIT_NOFILE is {nofile}");
     let layout = if cfg.core_on_shard && cfg.shards == 1 {
         "1 shard with the broadcast core on its executor".to_string()
     } else {

@@ -210,27 +210,47 @@ pub enum StartError {
 /// Raises RLIMIT_MEMLOCK as far as allowed; io_uring rings and registered buffers
 /// count against it. Returns the limit in force afterwards, in bytes.
 pub fn raise_memlock_limit() -> u64 {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    raise_rlimit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY)
+}
+
+/// Raises RLIMIT_NOFILE as far as allowed (up to fs.nr_open): every client connection
+/// is a descriptor, and the default soft limit would refuse clients long before memory
+/// runs out. Returns the limit in force afterwards.
+pub fn raise_open_files_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    raise_rlimit(libc::RLIMIT_NOFILE, nr_open)
+}
+
+/// Sets `resource` to `want` (soft and hard); without the privilege to raise the hard
+/// limit, lifts the soft limit to the hard one. Returns the soft limit in force.
+fn raise_rlimit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on local structs.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+        if libc::getrlimit(resource, &mut lim) != 0 {
             return 0;
         }
-        let want = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
+        if lim.rlim_cur >= want {
+            return lim.rlim_cur;
+        }
+        let up = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want.max(lim.rlim_max),
         };
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) == 0 {
-            return u64::MAX;
+        if libc::setrlimit(resource, &up) == 0 {
+            return up.rlim_cur;
         }
         let up = libc::rlimit {
             rlim_cur: lim.rlim_max,
             rlim_max: lim.rlim_max,
         };
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &up) == 0 {
+        if libc::setrlimit(resource, &up) == 0 {
             return up.rlim_cur;
         }
         lim.rlim_cur

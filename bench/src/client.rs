@@ -1,5 +1,5 @@
-//! A blocking ZooKeeper-protocol connection built on the project's own codec: the
-//! handshake, pipelined requests, and replies read in order.
+//! A blocking ZooKeeper-protocol connection for setup steps (the parents a scenario
+//! needs), built on the project's own codec.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -15,9 +15,8 @@ pub struct Conn {
     pub session_id: i64,
 }
 
-/// One reply: its xid, error code and body bytes.
+/// One reply's error code.
 pub struct Reply {
-    pub xid: i32,
     pub err: i32,
 }
 
@@ -98,10 +97,7 @@ impl Conn {
             if h.xid == -1 || h.xid == -2 {
                 continue;
             }
-            return Ok(Reply {
-                xid: h.xid,
-                err: h.err,
-            });
+            return Ok(Reply { err: h.err });
         }
     }
 

@@ -121,8 +121,50 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 32] = {
+        use ErrorCode::*;
+        [
+            Ok,
+            SystemError,
+            RuntimeInconsistency,
+            DataInconsistency,
+            ConnectionLoss,
+            MarshallingError,
+            Unimplemented,
+            OperationTimeout,
+            BadArguments,
+            UnknownSession,
+            NewConfigNoQuorum,
+            ReconfigInProgress,
+            ApiError,
+            NoNode,
+            NoAuth,
+            BadVersion,
+            NoChildrenForEphemerals,
+            NodeExists,
+            NotEmpty,
+            SessionExpired,
+            InvalidCallback,
+            InvalidAcl,
+            AuthFailed,
+            SessionMoved,
+            NotReadOnly,
+            EphemeralOnLocalSession,
+            NoWatcher,
+            RequestTimeout,
+            ReconfigDisabled,
+            SessionClosedRequireSaslAuth,
+            QuotaExceeded,
+            ThrottledOp,
+        ]
+    };
+
     pub fn code(self) -> i32 {
         self as i32
+    }
+
+    pub fn from_i32(v: i32) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.code() == v)
     }
 
     pub fn name(self) -> &'static str {
@@ -284,3 +326,19 @@ pub const CONTAINER_EPHEMERAL_OWNER: i64 = i64::MIN;
 pub const EXTENDED_OWNER_MASK: i64 = 0xff00_0000_0000_0000u64 as i64;
 /// Largest TTL in ms that fits an extended ephemeralOwner.
 pub const TTL_MAX_MS: i64 = 0x00ff_ffff_ffff;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_round_trips_and_has_its_own_name() {
+        let mut names = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_i32(c.code()), Some(c));
+            assert!(names.insert(c.name()), "{} twice", c.name());
+        }
+        assert_eq!(ErrorCode::from_i32(-101), Some(ErrorCode::NoNode));
+        assert_eq!(ErrorCode::from_i32(-9999), None);
+    }
+}

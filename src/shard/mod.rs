@@ -36,7 +36,11 @@ use conn::{Conn, Pending};
 /// Requests one connection may have queued before the shard stops reading from it.
 pub const SESSION_OUTSTANDING_MAX: usize = 1000;
 /// Bytes read from a socket at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A connection's read buffer starts small (most sessions are idle or send small
+/// requests; 100k sessions x 64 KiB would be 6 GiB) and doubles, up to this, while
+/// reads keep filling it.
+const READ_BUF_MAX_BYTES: usize = 64 * 1024;
+const READ_BUF_MIN_BYTES: usize = 4 * 1024;
 
 pub struct Shard {
     index: usize,
@@ -123,6 +127,7 @@ pub async fn run(
         .detach();
     }
     let _ = ready.send(Ok(()));
+    let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -130,7 +135,15 @@ pub async fn run(
                 glommio::spawn_local(async move { serve(shard, stream).await }).detach();
             }
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                // Out of descriptors (EMFILE) repeats until a connection closes: say
+                // so once a second, not on every retry.
+                let now = std::time::Instant::now();
+                if last_accept_warning
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    last_accept_warning = Some(now);
+                    tracing::warn!("accept failed: {e} (clients wait in the listen queue)");
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -394,7 +407,7 @@ enum Frame {
 impl FrameReader {
     fn new(limit: usize) -> FrameReader {
         FrameReader {
-            buf: vec![0; READ_CHUNK_BYTES],
+            buf: vec![0; READ_BUF_MIN_BYTES],
             start: 0,
             end: 0,
             limit,
@@ -418,17 +431,32 @@ impl FrameReader {
                 self.start = 0;
             }
             if self.buf.len() < n {
-                self.buf.resize(n.max(READ_CHUNK_BYTES), 0);
+                self.buf.resize(n, 0);
             } else if self.end == self.buf.len() {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
+            let room = self.buf.len() - self.end;
             let got = rd.read(&mut self.buf[self.end..]).await?;
             if got == 0 {
                 return Ok(false);
             }
             self.end += got;
+            // A read that filled the buffer: more is coming, read more at a time.
+            if got == room && self.buf.len() < READ_BUF_MAX_BYTES {
+                let grown = (self.buf.len() * 2).min(READ_BUF_MAX_BYTES);
+                self.buf.resize(grown, 0);
+            }
         }
         Ok(true)
+    }
+
+    /// After a large frame, gives the memory back once the buffer is drained.
+    fn shrink_if_idle(&mut self) {
+        if self.start == self.end && self.buf.len() > READ_BUF_MAX_BYTES {
+            self.buf = vec![0; READ_BUF_MIN_BYTES];
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     async fn next(&mut self, rd: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Frame> {
@@ -450,6 +478,7 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
+        self.shrink_if_idle();
         Ok(Frame::Data(frame))
     }
 }

@@ -1,0 +1,124 @@
+"""Helpers shared by the benchmark scripts: starting either server the same way,
+running ringkeeper-bench, restart timing and RSS."""
+
+import json
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "python"))
+import servers  # noqa: E402
+
+BENCH = REPO / "target" / "release" / "ringkeeper-bench"
+
+
+def raise_nofile():
+    """Lifts this process's descriptor limit as far as allowed; servers started from
+    here inherit it (Java's ZooKeeper has no way to raise its own)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def start(kind, extra=None, heap="2g"):
+    """ZooKeeper as its operators run it (log4j INFO, fixed heap, forceSync on) or
+    ringkeeper with the same settings; no per-IP connection cap for the benchmark."""
+    extra = dict(extra or {}, maxClientCnxns="0")
+    if kind == "zookeeper":
+        return servers.start_zookeeper(extra, heap=heap)
+    return servers.start_ringkeeper(extra)
+
+
+def bench(command, server, args, timeout=900):
+    """Runs `ringkeeper-bench <command> --addr <server> ... --json`; returns its JSON."""
+    p = subprocess.run([str(BENCH), command, "--addr", server.hosts, "--json", "--quiet"] + args,
+                       capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        raise SystemExit(f"ringkeeper-bench {command} {' '.join(args)} failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def populate(server, keys, value_size=100, prefix="/bench"):
+    t = time.time()
+    bench("populate", server, ["--keys", str(keys), "--value-size", str(value_size), "--prefix", prefix],
+          timeout=3600)
+    return time.time() - t
+
+
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise OSError("closed")
+        b += c
+    return b
+
+
+def get_data_raw(port, path):
+    """One getData over a fresh connection; raises OSError until the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        def frame(b):
+            s.sendall(struct.pack(">i", len(b)) + b)
+
+        def read():
+            n = struct.unpack(">i", recv_exact(s, 4))[0]
+            return recv_exact(s, n)
+        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
+        read()
+        p = path.encode()
+        frame(struct.pack(">ii", 1, 4) + struct.pack(">i", len(p)) + p + b"\0")
+        r = read()
+        err = struct.unpack(">i", r[12:16])[0]
+        if err != 0:
+            raise OSError(f"getData {path}: error {err}")
+
+
+def restart_seconds(server, probe_path):
+    """kill -9, start again, time until a getData of `probe_path` is answered."""
+    server.kill()
+    t = time.perf_counter()
+    server.proc = server.launch(wait=False)
+    deadline = t + 600
+    while time.perf_counter() < deadline:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.kind} exited during restart:\n{server.log_text[-3000:]}")
+        try:
+            get_data_raw(server.port, probe_path)
+            return time.perf_counter() - t
+        except OSError:
+            time.sleep(0.005)
+    raise SystemExit(f"{server.kind} did not come back")
+
+
+def rss(pid):
+    """VmRSS, RssAnon and RssFile of a process, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "RssAnon", "RssFile"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine():
+    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("model name")), "?")
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {"host": os.uname().nodename, "cpus": os.cpu_count(), "cpu": model, "mem_mib": mem,
+            "kernel": os.uname().release}
