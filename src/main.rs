@@ -108,8 +108,11 @@ fn main() -> ExitCode {
     tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
     let nofile = ringkeeper::server::raise_open_files_limit();
     tracing::debug!("RLIMIT_NOFILE is {nofile}");
-    let layout = if cfg.core_on_shard && cfg.shards == 1 {
-        "1 shard with the broadcast core on its executor".to_string()
+    let layout = if cfg.core_on_shard {
+        format!(
+            "{} shard(s), the broadcast core on shard 0's executor",
+            cfg.shards
+        )
     } else {
         format!("{} shard(s) + 1 broadcast core", cfg.shards)
     };

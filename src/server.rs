@@ -321,10 +321,12 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
     let mut shards = Vec::new();
     let mut core = None;
-    if cfg.core_on_shard && cfg.shards == 1 {
-        // One executor runs the broadcast core and the only shard as two tasks.
-        let tx = to_core_tx.pop().expect("one shard");
-        let rx = to_shard_rx.pop().expect("one shard");
+    let mut first_shard = 0;
+    if cfg.core_on_shard {
+        // Shard 0's executor runs the broadcast core and shard 0 as two tasks.
+        let tx = to_core_tx.remove(0);
+        let rx = to_shard_rx.remove(0);
+        first_shard = 1;
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
         let name = "rk-shard-0".to_string();
@@ -360,7 +362,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
                 })?,
         );
     }
-    for (i, (tx, rx)) in to_core_tx.into_iter().zip(to_shard_rx).enumerate() {
+    for (i, (tx, rx)) in (first_shard..).zip(to_core_tx.into_iter().zip(to_shard_rx)) {
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
         let name = format!("rk-shard-{i}");

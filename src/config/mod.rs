@@ -70,16 +70,16 @@ pub struct Config {
     pub global_outstanding_limit: u32,
     pub admin_enable_server: bool,
     pub admin_server_port: u16,
-    /// Client shards (one executor each); the broadcast core has its own.
+    /// Client shards (one executor each).
     pub shards: usize,
     /// How long an executor polls for work before parking in the kernel. Every write
     /// crosses from a shard to the broadcast core and back; spinning briefly saves the
     /// two wake-ups (measured: one session's setData p50 143 -> 100 us) for at most
     /// this much CPU after each burst of work. 0 parks at once.
     pub spin_before_park_us: u64,
-    /// Run the broadcast core on the shard's executor (only with one shard): no
-    /// cross-core hand-off per write, and the other cores stay free (for clients, on a
-    /// small machine). Default: on when the machine has at most 2 cores.
+    /// Run the broadcast core on shard 0's executor instead of its own: no cross-core
+    /// hand-off for shard 0's writes, and no executor competing with the shards for a
+    /// core on a small machine. Default: on when the machine has at most 2 cores.
     pub core_on_shard: bool,
     /// Where the config came from, for `conf` and messages.
     pub source: String,
@@ -136,7 +136,9 @@ impl Default for Config {
             global_outstanding_limit: 1000,
             admin_enable_server: true,
             admin_server_port: 8080,
-            shards: cores.saturating_sub(1).max(1),
+            // Up to 2 cores: a shard per core, the core on shard 0's executor; above,
+            // the broadcast core gets a core of its own.
+            shards: if cores <= 2 { cores.max(1) } else { cores - 1 },
             spin_before_park_us: 50,
             core_on_shard: cores <= 2,
             source: "embedded default".into(),

@@ -199,7 +199,9 @@ def test_open_loop_paces_and_charges_a_stall_to_the_requests_it_delayed(rk):
 def test_locks_every_acquisition_is_released_and_nothing_is_left(big):
     r = bench_json("locks", "--addr", big.hosts, "--sessions", "12", "--locks", "3",
                    "--duration", "1.5", "--warmup", "0")
-    assert r["errors"] == {}
+    # The only error: a predecessor gone before its exists (the recipe lists again).
+    assert set(r["errors"]) <= {"-101"}
+    assert r["errors"] == r["by_op"]["exists"]["errors"]
     acq = r["by_op"]["acquire"]["ops"]
     assert acq > 50 and r["acquisitions"] == acq
     # Each acquisition is followed by its delete; creates never outnumber them by more

@@ -2,7 +2,9 @@
 //! ephemeral-sequential node under the lock, list the children; the lowest holds the
 //! lock, everyone else watches only its predecessor (exists + watch) and lists again
 //! when it goes. The holder keeps the lock `hold` long, deletes its node, and queues
-//! again. "acquire" is the time from the create to holding the lock.
+//! again. "acquire" is the time from the create to holding the lock. An exists that
+//! finds the predecessor already gone is answered NONODE and counted as such (it is
+//! the recipe's normal race; the contender lists again).
 
 use std::time::{Duration, Instant};
 
