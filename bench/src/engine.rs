@@ -73,7 +73,14 @@ impl Ctx<'_> {
 
     /// Records a derived event (not a request) when measuring.
     pub fn record(&mut self, name: &'static str, latency: Duration, err: i32) {
-        if self.measuring {
+        let measuring = self.measuring;
+        self.record_if(measuring, name, latency, err);
+    }
+
+    /// Records a derived event that belongs to something the workload decided to count
+    /// (say, a round that started while measuring), whatever the phase is now.
+    pub fn record_if(&mut self, counted: bool, name: &'static str, latency: Duration, err: i32) {
+        if counted {
             self.stats
                 .record(name, false, latency.as_micros() as u64, err);
         }

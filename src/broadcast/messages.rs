@@ -40,6 +40,10 @@ pub enum ToCore {
         xid: i32,
         op: CoreOp,
         auth: Arc<Vec<Id>>,
+        /// The session has reads queued ahead of this request (behind an earlier
+        /// write, or waiting for its shard to catch up): they must be answered from a
+        /// tree without this request, so its entry must follow a cut.
+        cut_before: bool,
     },
     /// Sessions that showed activity since the last report.
     Touch(Vec<i64>),
@@ -90,10 +94,18 @@ pub enum Effect {
     },
 }
 
-/// One ordered step: the tree right after it, the watch events it fires, and its effect.
+/// One ordered step: the watch events it fires, its effect and, at a cut, the tree
+/// right after it.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub tree: Arc<DataTree>,
+    /// The tree after this entry, on the entries where a shard may answer reads (a
+    /// cut); None: the next cut's tree covers this entry. Every batch ends with a cut,
+    /// and a request that has reads of its session queued ahead of it comes right
+    /// after one, so a read is never answered from a tree showing a write its session
+    /// sent after it. One tree version per cut rather than per txn: each version
+    /// shares the persistent tree, and the next txn after a version has to copy what it
+    /// touches (a session pipelining writes would otherwise cost a version per write).
+    pub tree: Option<Arc<DataTree>>,
     pub triggers: Vec<Trigger>,
     pub effect: Effect,
     /// Whether the step is a logged txn (its effect may only be released once the

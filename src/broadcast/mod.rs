@@ -144,10 +144,24 @@ impl Core {
         &self.tree
     }
 
+    /// Makes the last entry in `out` a cut: it carries the tree as it is now.
+    fn cut(&mut self, out: &mut [Entry]) {
+        if let Some(last) = out.last_mut() {
+            if last.tree.is_none() {
+                last.tree = Some(Arc::new(self.tree.clone()));
+            }
+        }
+    }
+
+    /// Ends a batch: its last entry is a cut. Call before handing `out` on.
+    pub fn finish_batch(&mut self, out: &mut [Entry]) {
+        self.cut(out);
+    }
+
     /// An entry that carries no txn.
     fn entry(&self, triggers: Vec<Trigger>, effect: Effect) -> Entry {
         Entry {
-            tree: Arc::new(self.tree.clone()),
+            tree: None,
             triggers,
             effect,
             logged: false,
@@ -168,6 +182,22 @@ impl Core {
 
     /// Orders one message; appends the resulting entries to `out`.
     pub fn step(&mut self, msg: ToCore, out: &mut Vec<Entry>) {
+        // A reconnect may move a session with pending work; a request with reads of its
+        // session queued ahead of it must not be visible to them.
+        if matches!(
+            msg,
+            ToCore::Connect { .. }
+                | ToCore::Request {
+                    cut_before: true,
+                    ..
+                }
+        ) {
+            self.cut(out);
+        }
+        self.step_inner(msg, out);
+    }
+
+    fn step_inner(&mut self, msg: ToCore, out: &mut Vec<Entry>) {
         match msg {
             ToCore::Touch(ids) => {
                 let now = self.now_ms();
@@ -188,6 +218,7 @@ impl Core {
                 xid,
                 op,
                 auth,
+                ..
             } => self.request(session_id, conn_id, xid, op, &auth, out),
         }
     }
@@ -431,6 +462,9 @@ impl Core {
     /// Expires sessions past their deadline and removes empty containers and expired
     /// TTL nodes (at most `znode.container.maxPerMinute` per minute).
     pub fn tick(&mut self, out: &mut Vec<Entry>) {
+        // Expiries and container deletions concern sessions that may have entries in
+        // this batch: start from a cut.
+        self.cut(out);
         if self.read_only {
             // Expiring a session or deleting a node would be a txn.
             return;
@@ -530,7 +564,7 @@ fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
         .filter_map(|e| {
             if !e.logged {
                 return Some(Entry {
-                    tree: durable.clone(),
+                    tree: Some(durable.clone()),
                     ..e
                 });
             }
@@ -547,7 +581,7 @@ fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
                 other => other,
             };
             Some(Entry {
-                tree: durable.clone(),
+                tree: Some(durable.clone()),
                 triggers: Vec::new(),
                 effect,
                 logged: false,
@@ -720,8 +754,8 @@ pub async fn run(
             async move {
                 let entries = match err {
                     None => {
-                        if let Some(last) = entries.last() {
-                            *durable_tree.borrow_mut() = last.tree.clone();
+                        if let Some(t) = entries.iter().rev().find_map(|e| e.tree.clone()) {
+                            *durable_tree.borrow_mut() = t;
                         }
                         entries
                     }
@@ -793,6 +827,7 @@ pub async fn run(
         if !queue.borrow().is_empty() {
             notify.notify();
         }
+        core.finish_batch(&mut entries);
         let framed = core.take_framed();
         since_snapshot += framed.count;
         if !entries.is_empty() || framed.count > 0 {
@@ -854,10 +889,52 @@ mod tests {
                 xid,
                 op,
                 auth: Arc::new(vec![]),
+                cut_before: false,
             },
             &mut out,
         );
+        core.finish_batch(&mut out);
         out
+    }
+
+    fn request_into(core: &mut Core, s: i64, op: CoreOp, cut_before: bool, out: &mut Vec<Entry>) {
+        core.step(
+            ToCore::Request {
+                session_id: s,
+                conn_id: 1,
+                xid: 1,
+                op,
+                auth: Arc::new(vec![]),
+                cut_before,
+            },
+            out,
+        );
+    }
+
+    #[test]
+    fn a_batch_has_a_tree_version_only_where_reads_wait_and_at_its_end() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let (a, b) = (connect(&mut core), connect(&mut core));
+        let mut out = Vec::new();
+        request_into(&mut core, a, create("/a1", 0), false, &mut out);
+        request_into(&mut core, a, create("/a2", 0), false, &mut out);
+        request_into(&mut core, b, create("/b1", 0), false, &mut out);
+        // a has a read queued behind /a2: it must see /a1, /a2, /b1 and not /a3.
+        request_into(&mut core, a, create("/a3", 0), true, &mut out);
+        request_into(&mut core, b, create("/b2", 0), false, &mut out);
+        core.finish_batch(&mut out);
+        let has = |e: &Entry, p: &str| e.tree.as_ref().unwrap().node(p).is_some();
+        assert_eq!(
+            out.iter().map(|e| e.tree.is_some()).collect::<Vec<_>>(),
+            [false, false, true, false, true]
+        );
+        assert!(has(&out[2], "/a2") && has(&out[2], "/b1") && !has(&out[2], "/a3"));
+        assert!(has(&out[4], "/a3") && has(&out[4], "/b2"));
+        // A new batch: a single entry is its own cut.
+        let mut next = Vec::new();
+        request_into(&mut core, a, create("/a4", 0), false, &mut next);
+        core.finish_batch(&mut next);
+        assert!(next[0].tree.is_some());
     }
 
     #[test]
@@ -889,7 +966,14 @@ mod tests {
         let s = connect(&mut core);
         request(&mut core, s, 1, create("/eph", 1));
         let out = request(&mut core, s, 2, CoreOp::CloseSession);
-        assert!(out[0].tree.node("/eph").is_none());
+        assert!(out
+            .last()
+            .unwrap()
+            .tree
+            .as_ref()
+            .unwrap()
+            .node("/eph")
+            .is_none());
         assert!(out[0].triggers.iter().any(|t| &*t.path == "/eph"));
         assert!(matches!(out[1].effect, Effect::SessionClosed { .. }));
         assert_eq!(core.session_count(), 0);
@@ -912,10 +996,9 @@ mod tests {
             matches!(out[0].effect, Effect::Disconnect { session_id, conn_id: 1 } if session_id == s)
         );
         assert!(out[0].triggers.is_empty());
-        assert!(out.iter().all(|e| e.tree.node("/lost").is_none()));
-        assert!(out
-            .iter()
-            .all(|e| e.tree.last_zxid() == durable.last_zxid()));
+        let trees: Vec<&Arc<DataTree>> = out.iter().map(|e| e.tree.as_ref().unwrap()).collect();
+        assert!(trees.iter().all(|t| t.node("/lost").is_none()));
+        assert!(trees.iter().all(|t| t.last_zxid() == durable.last_zxid()));
         // The sync (no txn) is still answered.
         assert!(matches!(out[1].effect, Effect::Reply { err: 0, .. }));
         // From then on, writes are refused without a txn.

@@ -155,8 +155,13 @@ pub async fn run(
 fn apply_batch(shard: &Shard, batch: &Batch) {
     let mut fired = Vec::new();
     let mut touched_conns: Vec<Rc<Conn>> = Vec::new();
+    // Connections whose write was answered before the shard's tree shows it: their
+    // queued reads wait for the next cut.
+    let mut drain_at_cut: Vec<Rc<Conn>> = Vec::new();
     for entry in &batch.entries {
-        *shard.tree.borrow_mut() = entry.tree.clone();
+        if let Some(tree) = &entry.tree {
+            *shard.tree.borrow_mut() = tree.clone();
+        }
         if !entry.triggers.is_empty() {
             let mut watches = shard.watches.lock().expect("watch table poisoned");
             let sessions = shard.sessions.borrow();
@@ -190,7 +195,8 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
         }
         // After the entry's watch events, so a waiting read never shows a change before
         // its session's event about it.
-        if !shard.catching_up.borrow().is_empty() {
+        let cut = entry.tree.is_some();
+        if cut && !shard.catching_up.borrow().is_empty() {
             release_caught_up(shard);
         }
         match &entry.effect {
@@ -208,6 +214,11 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                 let c = shard.conns.borrow().get(conn_id).cloned();
                 if let Some(c) = c.filter(|c| c.session_id.get() == *session_id) {
                     deliver_write_reply(shard, &c, *reply_xid, *zxid, *err, body);
+                    if cut {
+                        drain_ready(shard, &c);
+                    } else {
+                        drain_at_cut.push(c.clone());
+                    }
                     touched_conns.push(c);
                 }
             }
@@ -291,7 +302,8 @@ fn release_caught_up(shard: &Shard) {
     }
 }
 
-/// Sends a write's reply, then answers the reads that were queued behind it.
+/// Sends a write's reply; the reads queued behind it are answered (`drain_ready`) once
+/// the shard's tree shows the write.
 fn deliver_write_reply(
     shard: &Shard,
     c: &Conn,
@@ -323,7 +335,6 @@ fn deliver_write_reply(
         body,
     );
     count_sent(shard, c);
-    drain_ready(shard, c);
 }
 
 fn record_latency(shard: &Shard, c: &Conn, received: Instant) {
@@ -848,6 +859,12 @@ async fn dispatch(
         }
     };
     debug_assert!(OpCode::from_i32(op).is_some());
+    // Reads queued ahead of this write must not see it: ask for a cut before it.
+    let cut_before = c
+        .queue
+        .borrow()
+        .iter()
+        .any(|p| !matches!(p, Pending::Write { .. }));
     c.queue.borrow_mut().push_back(Pending::Write {
         xid: req_xid,
         received,
@@ -863,6 +880,7 @@ async fn dispatch(
             xid: req_xid,
             op: core_op,
             auth,
+            cut_before,
         })
         .await
         .map_err(|_| ConnError::CoreGone)

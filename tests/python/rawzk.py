@@ -96,6 +96,27 @@ class RawClient:
             if xid == self.xid:
                 return err, zxid, r
 
+    def pipeline(self, requests):
+        """Sends [(op, body), ...] in one write, then reads the replies in order;
+        returns [(err, zxid, Reader)]."""
+        xids, frames = [], b""
+        for op, body in requests:
+            self.xid += 1
+            xids.append(self.xid)
+            msg = struct.pack(">ii", self.xid, op) + body
+            frames += struct.pack(">i", len(msg)) + msg
+        self.sock.sendall(frames)
+        out = []
+        while len(out) < len(xids):
+            r = Reader(self.read_frame())
+            xid, zxid, err = r.i32(), r.i64(), r.i32()
+            if xid == -1:
+                self.events.append((r.i32(), r.i32(), r.str()))
+                continue
+            assert xid == xids[len(out)], (xid, xids)
+            out.append((err, zxid, r))
+        return out
+
     def wait_event(self):
         r = Reader(self.read_frame())
         xid, _, _ = r.i32(), r.i64(), r.i32()

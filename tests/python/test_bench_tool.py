@@ -224,7 +224,9 @@ def test_fanout_every_watcher_is_notified_each_round(big):
     assert rounds >= 3 and r["watchers"] == 100
     assert r["by_op"]["last_notify"]["ops"] == rounds
     assert r["by_op"]["notify"]["ops"] == 100 * rounds
-    assert r["by_op"]["set"]["ops"] == rounds
+    # The round in progress when the window closed has its setData counted, not
+    # its notifications.
+    assert r["by_op"]["set"]["ops"] in (rounds, rounds + 1)
     assert r["by_op"]["last_notify"]["latency_us"]["p50"] >= r["by_op"]["notify"]["latency_us"]["p50"]
 
 

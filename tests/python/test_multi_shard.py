@@ -1,6 +1,7 @@
 """Two shards (two executors, each with its own SO_REUSEPORT listener): sessions land on
 either, and watches, ephemerals, reconnects and ordering must work across them."""
 
+import struct
 import threading
 import time
 
@@ -9,7 +10,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType
 
 import servers
-from rawzk import RawClient
+from rawzk import RawClient, s_buf, s_str
 from servers import wait_for
 
 
@@ -147,3 +148,58 @@ def test_a_read_sees_every_write_acknowledged_before_it_on_any_shard(two_shards)
     finally:
         a.close()
         b.close()
+
+
+def set_data_req(path, data):
+    return 5, s_str(path) + s_buf(data) + struct.pack(">i", -1)
+
+
+def get_data_req(path):
+    return 4, s_str(path) + b"\0"
+
+
+def test_a_read_between_a_sessions_writes_sees_the_first_and_not_the_second(two_shards):
+    """Pipelined setData, getData, setData from one session: the read answers between
+    the two writes (ZooKeeper's per-session order), even when both writes commit in
+    one batch while other sessions write too."""
+    c = RawClient(two_shards.port)
+    assert c.create("/sandwich", b"")[0] == 0
+    stop = threading.Event()
+    noise = [RawClient(two_shards.port) for _ in range(4)]
+
+    def churn(n):
+        i = 0
+        while not stop.is_set():
+            n.pipeline([set_data_req("/sandwich-noise", b"x")] * 8)
+            i += 1
+
+    assert c.create("/sandwich-noise", b"")[0] == 0
+    threads = [threading.Thread(target=churn, args=(n,)) for n in noise]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(300):
+            first, second = f"a{i}".encode(), f"b{i}".encode()
+            replies = c.pipeline([set_data_req("/sandwich", first), get_data_req("/sandwich"),
+                                  set_data_req("/sandwich", second)])
+            assert [r[0] for r in replies] == [0, 0, 0]
+            assert replies[1][2].buf() == first, f"round {i}: the read saw the later write"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_a_read_waiting_for_its_shard_does_not_see_its_own_later_write(two_shards):
+    """B's read waits for B's shard to reach A's acknowledged write; B's setData sent
+    right after it must not be visible to that read."""
+    a = raw_client_on_shard(two_shards, 0)
+    b = raw_client_on_shard(two_shards, 1)
+    assert a.create("/caught", b"")[0] == 0
+    for i in range(300):
+        mine, later = f"a{i}".encode(), f"b{i}".encode()
+        assert a.set_data("/caught", mine) == 0
+        replies = b.pipeline([get_data_req("/caught"), set_data_req("/caught", later)])
+        assert replies[0][0] == 0 and replies[1][0] == 0
+        seen = replies[0][2].buf()
+        assert seen == mine, f"round {i}: the read saw {seen!r}"

@@ -1,8 +1,10 @@
 //! Watch fan-out: every session but the first sets a data watch on one znode (exists +
 //! watch); once all are set, the first session changes the znode once. "notify" is each
 //! notification's arrival after that setData was sent, "last_notify" the time to the
-//! last one — a round. Rounds repeat for the run's duration. Runs on one worker thread
-//! so that one clock and one count see the whole round.
+//! last one — a round. Rounds repeat for the run's duration; a round counts if its
+//! setData was sent while measuring, with all its notifications, and is reported only
+//! once complete. Runs on one worker thread so that one clock and one count see the
+//! whole round.
 
 use std::time::Instant;
 
@@ -25,6 +27,9 @@ pub struct FanOut {
     notified: usize,
     fired_at: Option<Instant>,
     fire_pending: bool,
+    /// Whether the round in progress counts, and its notifications' latencies so far.
+    round_counted: bool,
+    round_latencies: Vec<std::time::Duration>,
     rounds: u64,
 }
 
@@ -41,6 +46,8 @@ impl FanOut {
             notified: 0,
             fired_at: None,
             fire_pending: false,
+            round_counted: false,
+            round_latencies: Vec::new(),
             rounds: 0,
         }
     }
@@ -62,8 +69,12 @@ impl FanOut {
         if self.notified < self.watchers {
             return;
         }
-        ctx.record("last_notify", ctx.now.duration_since(t0), 0);
-        self.rounds += u64::from(ctx.measuring);
+        let counted = self.round_counted;
+        for l in self.round_latencies.drain(..) {
+            ctx.record_if(counted, "notify", l, 0);
+        }
+        ctx.record_if(counted, "last_notify", ctx.now.duration_since(t0), 0);
+        self.rounds += u64::from(counted);
         self.registered = 0;
         self.notified = 0;
         self.fired_at = None;
@@ -86,6 +97,8 @@ impl Workload for FanOut {
             }
             self.fire_pending = false;
             self.fired_at = Some(ctx.now);
+            self.round_counted = ctx.measuring;
+            self.round_latencies.clear();
             return Some((
                 "set",
                 Request::SetData {
@@ -149,7 +162,7 @@ impl Workload for FanOut {
             return;
         }
         self.notified += 1;
-        ctx.record("notify", ctx.now.duration_since(t0), 0);
+        self.round_latencies.push(ctx.now.duration_since(t0));
         self.maybe_finish_round(ctx);
     }
 
