@@ -447,7 +447,6 @@ struct Worker<W: Workload> {
     dirty: Vec<usize>,
     failed: usize,
     lost: usize,
-    live: usize,
     connecting: usize,
     to_connect: usize,
     first_start: Option<Instant>,
@@ -503,7 +502,6 @@ fn worker<W: Workload>(
         dirty: Vec::new(),
         failed: 0,
         lost: 0,
-        live: 0,
         connecting: 0,
         to_connect: 0,
         first_start: None,
@@ -803,7 +801,10 @@ impl<W: Workload> Worker<W> {
                             self.stats
                                 .record(CLOSE, false, latency.as_micros() as u64, header.err);
                         }
-                        continue;
+                        // The session is closed: no need to wait for the server to
+                        // close the connection too.
+                        self.kill(s, "closed");
+                        return;
                     }
                     if req.counted {
                         ctx.stats
@@ -818,7 +819,6 @@ impl<W: Workload> Worker<W> {
         let conn = self.sessions[s].conn.as_ref().expect("alive");
         if was_handshaking && conn.state == State::Ready {
             self.connecting -= 1;
-            self.live += 1;
             self.last_ready = Some(now);
             self.shared.sessions_ready.fetch_add(1, Ordering::Relaxed);
             if self.cfg.record_sessions {
@@ -845,10 +845,8 @@ impl<W: Workload> Worker<W> {
             }
             State::Closing => {
                 self.closing -= 1;
-                self.live -= 1;
             }
             State::Ready => {
-                self.live -= 1;
                 if self.lost == 0 && self.shared.phase() != Phase::Stopping {
                     eprintln!(
                         "ringkeeper-bench: session {} lost: {why}",

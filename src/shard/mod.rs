@@ -278,6 +278,15 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                     .remove_session(*session_id);
             }
         }
+        if cut {
+            for c in drain_at_cut.drain(..) {
+                drain_ready(shard, &c);
+            }
+        }
+    }
+    debug_assert!(drain_at_cut.is_empty(), "every batch ends with a cut");
+    for c in drain_at_cut {
+        drain_ready(shard, &c);
     }
     for c in touched_conns {
         c.flush_soon();
@@ -285,7 +294,7 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
 }
 
 /// Serves the requests that waited for this shard to reach the tree version it has
-/// just switched to (each at exactly the version it waited for, never a later one).
+/// just switched to (at the first cut at or after the version it waited for).
 fn release_caught_up(shard: &Shard) {
     let waiting = std::mem::take(&mut *shard.catching_up.borrow_mut());
     for c in waiting {

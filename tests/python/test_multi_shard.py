@@ -203,3 +203,32 @@ def test_a_read_waiting_for_its_shard_does_not_see_its_own_later_write(two_shard
         assert replies[0][0] == 0 and replies[1][0] == 0
         seen = replies[0][2].buf()
         assert seen == mine, f"round {i}: the read saw {seen!r}"
+
+
+def test_a_read_behind_a_write_is_answered_when_the_write_is(two_shards):
+    """Pipelined setData + getData while other sessions keep the core busy: the write
+    often commits in the middle of a batch, and the read behind it must be answered
+    with it (not left waiting for the session's next request)."""
+    c = RawClient(two_shards.port)
+    c.sock.settimeout(5)
+    assert c.create("/behind", b"")[0] == 0
+    assert c.create("/behind-noise", b"")[0] == 0
+    stop = threading.Event()
+    noise = [RawClient(two_shards.port) for _ in range(4)]
+
+    def churn(n):
+        while not stop.is_set():
+            n.pipeline([set_data_req("/behind-noise", b"x")] * 8)
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in noise]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(300):
+            v = f"v{i}".encode()
+            replies = c.pipeline([set_data_req("/behind", v), get_data_req("/behind")])
+            assert replies[0][0] == 0 and replies[1][2].buf() == v
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
