@@ -35,7 +35,6 @@ use conn::{Conn, Pending};
 
 /// Requests one connection may have queued before the shard stops reading from it.
 pub const SESSION_OUTSTANDING_MAX: usize = 1000;
-/// Bytes read from a socket at a time.
 /// A connection's read buffer starts small (most sessions are idle or send small
 /// requests; 100k sessions x 64 KiB would be 6 GiB) and doubles, up to this, while
 /// reads keep filling it.
