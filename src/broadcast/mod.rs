@@ -60,6 +60,8 @@ pub struct Core {
     scratch: Vec<u8>,
     /// The log failed: no more txns; writes are refused, reads go on.
     read_only: bool,
+    /// See `cut`.
+    cut_for_queued: Option<Arc<DataTree>>,
 }
 
 impl Core {
@@ -87,6 +89,7 @@ impl Core {
             framed: Framed::default(),
             scratch: Vec::new(),
             read_only: false,
+            cut_for_queued: None,
         }
     }
 
@@ -144,13 +147,28 @@ impl Core {
         &self.tree
     }
 
-    /// Makes the last entry in `out` a cut: it carries the tree as it is now.
+    /// Makes the last entry a cut: it carries the tree as it is now. With nothing in
+    /// `out`, the last entry is the one pushed before, which may still wait in the log
+    /// queue unsealed: the version is kept for `take_cut_for_queued`.
     fn cut(&mut self, out: &mut [Entry]) {
-        if let Some(last) = out.last_mut() {
-            if last.tree.is_none() {
-                last.tree = Some(Arc::new(self.tree.clone()));
+        match out.last_mut() {
+            Some(last) => {
+                if last.tree.is_none() {
+                    last.tree = Some(Arc::new(self.tree.clone()));
+                }
+            }
+            None => {
+                if self.cut_for_queued.is_none() {
+                    self.cut_for_queued = Some(Arc::new(self.tree.clone()));
+                }
             }
         }
+    }
+
+    /// The version the last queued entry must carry (if it is still queued), when a
+    /// cut was asked for before anything else was stepped since that push.
+    pub fn take_cut_for_queued(&mut self) -> Option<Arc<DataTree>> {
+        self.cut_for_queued.take()
     }
 
     /// Ends a batch: its last entry is a cut. Call before handing `out` on.
@@ -741,6 +759,11 @@ pub async fn run(
 
     let group =
         GroupCommit::<Entry>::with_stats(recovered.log_end.last_zxid, shared.log_stats.clone());
+    let core = Rc::new(std::cell::RefCell::new(Core::new(
+        cfg.clone(),
+        recovered.tree.clone(),
+        &recovered.sessions,
+    )));
     let durable_tree = Rc::new(std::cell::RefCell::new(Arc::new(recovered.tree.clone())));
     let stopped = Rc::new(std::cell::Cell::new(false));
     {
@@ -775,7 +798,12 @@ pub async fn run(
                 true
             }
         };
-        glommio::spawn_local(group.clone().run(log, release)).detach();
+        // The batch's last entry gets the tree version when the writer takes the batch:
+        // one version per durable write, however many times the core pushed meanwhile
+        // (the core is suspended then, so its tree is the one after that entry).
+        let core = core.clone();
+        let seal = move |entries: &mut Vec<Entry>| core.borrow_mut().finish_batch(entries);
+        glommio::spawn_local(group.clone().run_sealed(log, seal, release)).detach();
     }
 
     let snapshotter = Snapshotter {
@@ -786,22 +814,24 @@ pub async fn run(
         cfg: cfg.clone(),
     };
     let mut since_snapshot: u64 = recovered.log_end.replayed;
-    let mut core = Core::new(cfg.clone(), recovered.tree, &recovered.sessions);
     let mut last_tick = Instant::now();
     loop {
         notify.wait().await;
         if stopped.get() {
             return;
         }
-        if !core.read_only {
+        if !core.borrow().read_only {
             if let Some(e) = group.failed() {
                 tracing::debug!("core read-only after: {e}");
-                core.set_read_only();
+                core.borrow_mut().set_read_only();
             }
         }
         while group.queued_bytes() > QUEUED_LOG_BYTES_MAX && group.failed().is_none() {
             glommio::timer::sleep(Duration::from_micros(200)).await;
         }
+        // No await from here to the end of the iteration: the writer's seal borrows
+        // the core only while this task is suspended.
+        let mut core = core.borrow_mut();
         let mut entries = Vec::new();
         loop {
             let msgs: Vec<ToCore> = {
@@ -827,7 +857,13 @@ pub async fn run(
         if !queue.borrow().is_empty() {
             notify.notify();
         }
-        core.finish_batch(&mut entries);
+        if let Some(t) = core.take_cut_for_queued() {
+            group.update_last(|e| {
+                if e.tree.is_none() {
+                    e.tree = Some(t);
+                }
+            });
+        }
         let framed = core.take_framed();
         since_snapshot += framed.count;
         if !entries.is_empty() || framed.count > 0 {
@@ -915,6 +951,8 @@ mod tests {
     fn a_batch_has_a_tree_version_only_where_reads_wait_and_at_its_end() {
         let mut core = Core::empty(Arc::new(Config::default()));
         let (a, b) = (connect(&mut core), connect(&mut core));
+        // (each connect asked for a cut with nothing stepped: for the queued entry)
+        assert!(core.take_cut_for_queued().is_some());
         let mut out = Vec::new();
         request_into(&mut core, a, create("/a1", 0), false, &mut out);
         request_into(&mut core, a, create("/a2", 0), false, &mut out);
@@ -935,6 +973,15 @@ mod tests {
         request_into(&mut core, a, create("/a4", 0), false, &mut next);
         core.finish_batch(&mut next);
         assert!(next[0].tree.is_some());
+        assert!(core.take_cut_for_queued().is_none());
+        // A cut asked for first thing in a push belongs to the entry pushed before
+        // (still queued for the log): the version without the new request.
+        let mut third = Vec::new();
+        request_into(&mut core, a, create("/a5", 0), true, &mut third);
+        let queued = core
+            .take_cut_for_queued()
+            .expect("a version for the queued entry");
+        assert!(queued.node("/a4").is_some() && queued.node("/a5").is_none());
     }
 
     #[test]

@@ -109,6 +109,13 @@ impl<T> GroupCommit<T> {
     }
 
     /// Bytes of records waiting for the next write.
+    /// Changes the last item still queued (not yet taken by the writer), if any.
+    pub fn update_last(&self, f: impl FnOnce(&mut T)) {
+        if let Some(last) = self.pending.borrow_mut().items.last_mut() {
+            f(last);
+        }
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.pending.borrow().records.len()
     }
@@ -135,17 +142,35 @@ impl<T> GroupCommit<T> {
 
     /// Drains the queue forever: one durable write per batch, then
     /// `release(items, error)` in queue order. Returns when `release` returns false.
-    pub async fn run<F, Fut>(self: Rc<Self>, mut log: LogWriter, mut release: F) -> LogCounters
+    pub async fn run<F, Fut>(self: Rc<Self>, log: LogWriter, release: F) -> LogCounters
     where
         F: FnMut(Vec<T>, Option<Rc<LogError>>) -> Fut,
         Fut: Future<Output = bool>,
     {
+        self.run_sealed(log, |_| {}, release).await
+    }
+
+    /// `run`, with `seal(items)` called on each batch as it is taken from the queue,
+    /// before its write: the producer's last chance to finish the batch's items (the
+    /// server gives the last one the tree version once per batch, not per push).
+    pub async fn run_sealed<S, F, Fut>(
+        self: Rc<Self>,
+        mut log: LogWriter,
+        mut seal: S,
+        mut release: F,
+    ) -> LogCounters
+    where
+        S: FnMut(&mut Vec<T>),
+        F: FnMut(Vec<T>, Option<Rc<LogError>>) -> Fut,
+        Fut: Future<Output = bool>,
+    {
         loop {
-            let batch = std::mem::take(&mut *self.pending.borrow_mut());
+            let mut batch = std::mem::take(&mut *self.pending.borrow_mut());
             if batch.items.is_empty() {
                 self.notify.wait().await;
                 continue;
             }
+            seal(&mut batch.items);
             if let (Some(first), None) = (batch.first_zxid, self.failed()) {
                 self.in_flight.set(true);
                 let started = std::time::Instant::now();
