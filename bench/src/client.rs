@@ -5,7 +5,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ringkeeper::proto::{ConnectRequest, ConnectResponse, Reader, ReplyHeader, Request};
+use ringkeeper::proto::{ConnectResponse, Reader, ReplyHeader, Request};
 
 pub struct Conn {
     rd: BufReader<TcpStream>,
@@ -33,15 +33,7 @@ impl Conn {
             session_id: 0,
         };
         let mut body = Vec::new();
-        ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: 0,
-            timeout_ms,
-            session_id: 0,
-            passwd: vec![0; 16],
-            read_only: Some(false),
-        }
-        .encode(&mut body);
+        crate::conn::new_session_request(timeout_ms).encode(&mut body);
         c.write_frame(&body)?;
         c.flush()?;
         c.read_frame()?;

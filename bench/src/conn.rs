@@ -66,15 +66,7 @@ impl Conn {
             in_start: 0,
         };
         let at = c.begin_frame();
-        ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: 0,
-            timeout_ms,
-            session_id: 0,
-            passwd: vec![0; 16],
-            read_only: Some(false),
-        }
-        .encode(&mut c.out);
+        new_session_request(timeout_ms).encode(&mut c.out);
         c.end_frame(at);
         Ok(c)
     }
@@ -211,6 +203,18 @@ impl Conn {
         let start = self.in_start + 4;
         self.in_start = start + n;
         Ok(Some((start, start + n)))
+    }
+}
+
+/// The handshake of a new session (no session id, no password, not read-only).
+pub fn new_session_request(timeout_ms: i32) -> ConnectRequest {
+    ConnectRequest {
+        protocol_version: 0,
+        last_zxid_seen: 0,
+        timeout_ms,
+        session_id: 0,
+        passwd: vec![0; 16],
+        read_only: Some(false),
     }
 }
 

@@ -61,7 +61,23 @@ pub struct Ctx<'a> {
     timers: &'a mut BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(
+        now: Instant,
+        measuring: bool,
+        stats: &'a mut Stats,
+        wakes: &'a mut Vec<usize>,
+        timers: &'a mut BinaryHeap<Reverse<(Instant, usize)>>,
+    ) -> Ctx<'a> {
+        Ctx {
+            now,
+            measuring,
+            stats,
+            wakes,
+            timers,
+        }
+    }
+
     /// Session `s` (local index) has something to send again.
     pub fn wake(&mut self, s: usize) {
         self.wakes.push(s);
@@ -694,13 +710,13 @@ impl<W: Workload> Worker<W> {
                 continue;
             }
             let counted = measuring;
-            let mut ctx = Ctx {
+            let mut ctx = Ctx::new(
                 now,
                 measuring,
-                stats: &mut self.stats,
-                wakes: &mut self.wakes,
-                timers: &mut self.timers,
-            };
+                &mut self.stats,
+                &mut self.wakes,
+                &mut self.timers,
+            );
             let Some((op, req)) = self.workload.next(s, &mut ctx) else {
                 continue;
             };
@@ -770,13 +786,13 @@ impl<W: Workload> Worker<W> {
                     return;
                 }
             };
-            let mut ctx = Ctx {
+            let mut ctx = Ctx::new(
                 now,
                 measuring,
-                stats: &mut self.stats,
-                wakes: &mut self.wakes,
-                timers: &mut self.timers,
-            };
+                &mut self.stats,
+                &mut self.wakes,
+                &mut self.timers,
+            );
             match frame {
                 Frame::Pong => {}
                 Frame::Notification(body) => {
@@ -858,13 +874,13 @@ impl<W: Workload> Worker<W> {
         }
         let now = Instant::now();
         if self.shared.phase() != Phase::Stopping {
-            let mut ctx = Ctx {
+            let mut ctx = Ctx::new(
                 now,
-                measuring: false,
-                stats: &mut self.stats,
-                wakes: &mut self.wakes,
-                timers: &mut self.timers,
-            };
+                false,
+                &mut self.stats,
+                &mut self.wakes,
+                &mut self.timers,
+            );
             self.workload.on_lost(s, &mut ctx);
         }
         for req in self.sessions[s].inflight.drain(..) {
