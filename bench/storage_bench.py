@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from harness import REPO, bench, populate, restart_seconds, rss, start
 
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--rk-sizes", default="100000,1000000,5000000")
     ap.add_argument("--zk-sizes", default="100000,1000000")
     ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="where the JSON goes")
     a = ap.parse_args()
     if a.quick:
         a.rk_sizes, a.zk_sizes, a.restarts = "20000", "20000", 2
@@ -134,7 +136,7 @@ def main():
             finally:
                 s.stop()
 
-    out = REPO / "bench" / "results"
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"storage-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1))

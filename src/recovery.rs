@@ -58,7 +58,7 @@ fn load_snapshot(
     })?;
     let mut failures = Vec::new();
     for (_, path) in &snaps {
-        let loaded = Snapshot::open(path).and_then(|s| DataTree::from_snapshot(&s));
+        let loaded = Snapshot::open(path).and_then(DataTree::from_snapshot);
         match loaded {
             Ok((tree, sessions)) => return Ok(Some((path.clone(), tree, sessions))),
             Err(e) if !cfg.fallback_to_older_snapshot => {
@@ -115,6 +115,8 @@ pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     };
     let loaded = started.elapsed();
     let after = tree.last_zxid();
+    // Replay fires no watches: the triggers are made and dropped.
+    let mut triggers = Vec::new();
     let log_end = replay_log(&log_dir, after, |zxid, payload| {
         let (time, txn) =
             Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
@@ -134,7 +136,8 @@ pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
         // `apply` asserts the txn's preconditions; a txn that does not fit the state
         // means the log and snapshot disagree, which must stop recovery, not the process.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tree.apply(&txn, zxid, time, &mut Vec::new());
+            tree.apply(&txn, zxid, time, &mut triggers);
+            triggers.clear();
         }))
         .map_err(|p| {
             let what = p

@@ -619,10 +619,11 @@ struct Snapshotter {
 }
 
 impl Snapshotter {
-    fn start(&self, tree: DataTree, sessions: Vec<SnapSession>) {
+    /// Starts a snapshot of `tree` unless one is still being written; false if one is.
+    fn start(&self, tree: DataTree, sessions: Vec<SnapSession>) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
         if self.running.swap(true, AcqRel) {
-            return;
+            return false;
         }
         let running = self.running.clone();
         let durable = self.durable.clone();
@@ -673,6 +674,7 @@ impl Snapshotter {
             self.running
                 .store(false, std::sync::atomic::Ordering::Release);
         }
+        true
     }
 }
 
@@ -870,9 +872,15 @@ pub async fn run(
             group.push(&framed.bytes, framed.first_zxid, framed.count, entries);
         }
         let asked = SNAPSHOT_REQUESTED.swap(false, std::sync::atomic::Ordering::AcqRel);
+        // A snapshot due (or asked for) while the last one is still being written is
+        // taken as soon as that one ends, so the log a restart replays stays near
+        // snapCount.
         if (asked || since_snapshot >= cfg.snap_count.max(1)) && !core.read_only {
-            since_snapshot = 0;
-            snapshotter.start(core.tree().clone(), core.session_records());
+            if snapshotter.start(core.tree().clone(), core.session_records()) {
+                since_snapshot = 0;
+            } else if asked {
+                SNAPSHOT_REQUESTED.store(true, std::sync::atomic::Ordering::Release);
+            }
         }
     }
 }

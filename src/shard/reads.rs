@@ -9,7 +9,7 @@ use crate::proto::{
     ReplyHeader, Request, Response, SetWatches, WatcherEvent,
 };
 use crate::session::watches::{WatchKind, WatchTable};
-use crate::tree::{acl, DataTree};
+use crate::tree::{acl, DataTree, NodeRef};
 
 /// Everything a read needs: the tree version, the session, its identities, and the
 /// shard's watch table.
@@ -29,9 +29,9 @@ fn read_node<'t>(
     path: &str,
     perm: i32,
     auth: &[Id],
-) -> Result<&'t crate::tree::Node, ErrorCode> {
+) -> Result<NodeRef<'t>, ErrorCode> {
     let node = tree.node(path).ok_or(ErrorCode::NoNode)?;
-    if !acl::allows(&node.acl, perm, auth) {
+    if !acl::allows(node.acl(), perm, auth) {
         return Err(ErrorCode::NoAuth);
     }
     Ok(node)
@@ -64,7 +64,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                     (
                         0,
                         Response::GetData {
-                            data: n.data.clone(),
+                            data: n.data(),
                             stat: n.stat(),
                         },
                     )
@@ -78,7 +78,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                     if *watch {
                         ctx.watches.add(ctx.session_id, path, WatchKind::Child);
                     }
-                    let children: Vec<String> = n.children.iter().map(|c| c.to_string()).collect();
+                    let children: Vec<String> = n.children().map(|c| c.to_string()).collect();
                     if matches!(req, Request::GetChildren { .. }) {
                         (0, Response::Children(children))
                     } else {
@@ -96,15 +96,15 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
         }
         Request::GetAcl { path } => match ctx.tree.node(path) {
             None => fail(ErrorCode::NoNode),
-            Some(n) if !acl::allows(&n.acl, perms::READ | perms::ADMIN, ctx.auth) => {
+            Some(n) if !acl::allows(n.acl(), perms::READ | perms::ADMIN, ctx.auth) => {
                 fail(ErrorCode::NoAuth)
             }
             Some(n) => {
-                let acl_list: Vec<Acl> = if acl::allows(&n.acl, perms::ADMIN, ctx.auth) {
-                    n.acl.to_vec()
+                let acl_list: Vec<Acl> = if acl::allows(n.acl(), perms::ADMIN, ctx.auth) {
+                    n.acl().to_vec()
                 } else {
                     // Without ADMIN the digest hashes are hidden, as in ZooKeeper.
-                    n.acl
+                    n.acl()
                         .iter()
                         .map(|a| {
                             let mut a = a.clone();
@@ -150,7 +150,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                     ReadOp::GetData { path } => {
                         match read_node(ctx.tree, path, perms::READ, ctx.auth) {
                             Ok(n) => MultiResult::GetData {
-                                data: n.data.clone(),
+                                data: n.data(),
                                 stat: n.stat(),
                             },
                             Err(e) => MultiResult::Error(e.code()),
@@ -159,7 +159,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                     ReadOp::GetChildren { path } => {
                         match read_node(ctx.tree, path, perms::READ, ctx.auth) {
                             Ok(n) => MultiResult::GetChildren(
-                                n.children.iter().map(|c| c.to_string()).collect(),
+                                n.children().map(|c| c.to_string()).collect(),
                             ),
                             Err(e) => MultiResult::Error(e.code()),
                         }
@@ -247,7 +247,7 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
     let fire = |path: &str, ev: EventType, out: &mut Vec<u8>| {
         // Events about an existing node need READ on it, as live events do.
         if let Some(n) = tree.node(path) {
-            if !acl::allows(&n.acl, perms::READ, auth) {
+            if !acl::allows(n.acl(), perms::READ, auth) {
                 return;
             }
         }
@@ -265,7 +265,7 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
     for p in &w.data {
         match ctx.tree.node(p) {
             None => fire(p, EventType::NodeDeleted, out),
-            Some(n) if n.stat.mzxid > rel => fire(p, EventType::NodeDataChanged, out),
+            Some(n) if n.stored_stat().mzxid > rel => fire(p, EventType::NodeDataChanged, out),
             Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Data),
         }
     }
@@ -278,7 +278,7 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
     for p in &w.child {
         match ctx.tree.node(p) {
             None => fire(p, EventType::NodeDeleted, out),
-            Some(n) if n.stat.pzxid > rel => fire(p, EventType::NodeChildrenChanged, out),
+            Some(n) if n.stored_stat().pzxid > rel => fire(p, EventType::NodeChildrenChanged, out),
             Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Child),
         }
     }

@@ -8,6 +8,7 @@
 //! same txns on the same tree always yields the same tree.
 
 pub mod acl;
+pub mod base;
 pub mod path;
 pub mod snapshot;
 pub mod txn;
@@ -21,52 +22,143 @@ use crate::proto::codes::{
     perms, CreateMode, CONTAINER_EPHEMERAL_OWNER, EXTENDED_OWNER_MASK, TTL_MAX_MS,
 };
 use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Stat, WriteOp};
+use base::BaseTree;
 pub use txn::{Applied, Trigger, Txn};
 
 /// A node's child names, sorted. Most znodes are leaves, and an empty `OrdSet` still
-/// allocates a B-tree root (about 1.6 KiB), so a leaf holds no set at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Children(Option<OrdSet<Arc<str>>>);
+/// allocates a B-tree root (about 1.6 KiB), so a leaf holds no set at all. A node that
+/// came from the base snapshot keeps its children there and records only the changes.
+#[derive(Debug, Clone, Default)]
+pub struct Children {
+    base: Option<Box<BaseChildren>>,
+    /// Children added since the base (all of them, for a node not from the base).
+    own: Option<OrdSet<Arc<str>>>,
+}
+
+#[derive(Debug, Clone)]
+struct BaseChildren {
+    /// The node's index in the base tree, and its child count there.
+    node: u32,
+    count: u32,
+    /// Those of the base's children deleted since.
+    removed: OrdSet<Arc<str>>,
+}
 
 impl Children {
+    fn of_base(node: u32, count: u32) -> Children {
+        Children {
+            base: (count > 0).then(|| {
+                Box::new(BaseChildren {
+                    node,
+                    count,
+                    removed: OrdSet::new(),
+                })
+            }),
+            own: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |s| s.len())
+        self.own.as_ref().map_or(0, |s| s.len())
+            + self
+                .base
+                .as_ref()
+                .map_or(0, |b| b.count as usize - b.removed.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.len() == 0
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.0.iter().flat_map(|s| s.iter())
+    /// The names, sorted. `base` MUST be the tree this node's base children are in.
+    pub fn iter<'a>(&'a self, base: Option<&'a BaseTree>) -> impl Iterator<Item = &'a str> {
+        let from_base = self.base.as_ref().into_iter().flat_map(move |b| {
+            let tree = base.expect("a node from the base is read with its base");
+            tree.children(b.node)
+                .map(move |i| tree.name(i))
+                .filter(move |n| b.removed.is_empty() || !b.removed.contains(*n))
+        });
+        MergeSorted::new(
+            from_base,
+            self.own.iter().flat_map(|s| s.iter().map(|n| &**n)),
+        )
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.as_ref().is_some_and(|s| s.contains(name))
+    fn contains(&self, base: Option<&BaseTree>, name: &str) -> bool {
+        self.own.as_ref().is_some_and(|s| s.contains(name))
+            || self.base.as_ref().is_some_and(|b| {
+                !b.removed.contains(name)
+                    && base
+                        .expect("a node from the base is read with its base")
+                        .has_child(b.node, name)
+            })
     }
 
-    /// Adds a name; false if it was there already.
-    pub fn insert(&mut self, name: Arc<str>) -> bool {
-        self.0
-            .get_or_insert_with(OrdSet::new)
-            .insert(name)
-            .is_none()
-    }
-
-    pub fn remove(&mut self, name: &str) {
-        if let Some(s) = &mut self.0 {
-            s.remove(name);
-            if s.is_empty() {
-                self.0 = None;
+    /// Adds a name that is not a child.
+    fn insert(&mut self, base: Option<&BaseTree>, name: Arc<str>) {
+        debug_assert!(!self.contains(base, &name));
+        if let Some(b) = &mut self.base {
+            if b.removed.remove(&*name).is_some() {
+                return;
             }
         }
+        self.own.get_or_insert_with(OrdSet::new).insert(name);
+    }
+
+    /// Removes a name that is a child.
+    fn remove(&mut self, name: &str) {
+        if let Some(s) = &mut self.own {
+            if s.remove(name).is_some() {
+                if s.is_empty() {
+                    self.own = None;
+                }
+                return;
+            }
+        }
+        let b = self
+            .base
+            .as_mut()
+            .expect("a removed child is an own or a base child");
+        b.removed.insert(Arc::from(name));
     }
 }
 
 impl FromIterator<Arc<str>> for Children {
     fn from_iter<I: IntoIterator<Item = Arc<str>>>(iter: I) -> Self {
         let s: OrdSet<Arc<str>> = iter.into_iter().collect();
-        Children((!s.is_empty()).then_some(s))
+        Children {
+            base: None,
+            own: (!s.is_empty()).then_some(s),
+        }
+    }
+}
+
+/// Two sorted, disjoint sequences as one sorted sequence.
+struct MergeSorted<'a, A: Iterator<Item = &'a str>, B: Iterator<Item = &'a str>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<'a, A: Iterator<Item = &'a str>, B: Iterator<Item = &'a str>> MergeSorted<'a, A, B> {
+    fn new(a: A, b: B) -> Self {
+        MergeSorted {
+            a: a.peekable(),
+            b: b.peekable(),
+        }
+    }
+}
+
+impl<'a, A: Iterator<Item = &'a str>, B: Iterator<Item = &'a str>> Iterator
+    for MergeSorted<'a, A, B>
+{
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) if x.as_bytes() > y.as_bytes() => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
     }
 }
 
@@ -83,14 +175,104 @@ pub struct Node {
     pub children: Children,
 }
 
+/// The stat clients see, from the stored one (see [`Node`]).
+fn reported_stat(stored: Stat, data_length: usize, children: usize) -> Stat {
+    let children = children as i32;
+    Stat {
+        data_length: data_length as i32,
+        num_children: children,
+        cversion: stored.cversion.wrapping_mul(2).wrapping_sub(children),
+        ..stored
+    }
+}
+
 impl Node {
     pub fn stat(&self) -> Stat {
-        let children = self.children.len() as i32;
-        Stat {
-            data_length: self.data.as_ref().map_or(0, |d| d.len() as i32),
-            num_children: children,
-            cversion: self.stat.cversion.wrapping_mul(2).wrapping_sub(children),
-            ..self.stat
+        reported_stat(
+            self.stat,
+            self.data.as_ref().map_or(0, |d| d.len()),
+            self.children.len(),
+        )
+    }
+}
+
+/// A node of a tree version, wherever it lives (the overlay or the base snapshot).
+#[derive(Clone, Copy)]
+pub struct NodeRef<'a> {
+    base: Option<&'a BaseTree>,
+    at: At<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Own(&'a Node),
+    Base(u32),
+}
+
+impl<'a> NodeRef<'a> {
+    fn base(&self) -> &'a BaseTree {
+        self.base.expect("a base node is read with its base")
+    }
+
+    pub fn data(&self) -> Option<Bytes> {
+        match self.at {
+            At::Own(n) => n.data.clone(),
+            At::Base(i) => self.base().data(i),
+        }
+    }
+
+    pub fn acl(&self) -> &'a Arc<Vec<Acl>> {
+        match self.at {
+            At::Own(n) => &n.acl,
+            At::Base(i) => self.base().acl(i),
+        }
+    }
+
+    /// The stat as stored (see [`Node`]).
+    pub fn stored_stat(&self) -> Stat {
+        match self.at {
+            At::Own(n) => n.stat,
+            At::Base(i) => self.base().stat(i),
+        }
+    }
+
+    /// The stat clients see.
+    pub fn stat(&self) -> Stat {
+        match self.at {
+            At::Own(n) => n.stat(),
+            At::Base(i) => {
+                let b = self.base();
+                reported_stat(b.stat(i), b.data_len(i), b.children(i).len())
+            }
+        }
+    }
+
+    pub fn data_len(&self) -> usize {
+        match self.at {
+            At::Own(n) => n.data.as_ref().map_or(0, |d| d.len()),
+            At::Base(i) => self.base().data_len(i),
+        }
+    }
+
+    pub fn child_count(&self) -> usize {
+        match self.at {
+            At::Own(n) => n.children.len(),
+            At::Base(i) => self.base().children(i).len(),
+        }
+    }
+
+    pub fn has_children(&self) -> bool {
+        self.child_count() > 0
+    }
+
+    /// The child names, sorted.
+    pub fn children(&self) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+        match self.at {
+            At::Own(n) => Box::new(n.children.iter(self.base)),
+            At::Base(i) => {
+                let b = self.base();
+                Box::new(b.children(i).map(move |c| b.name(c)))
+            }
         }
     }
 }
@@ -129,15 +311,37 @@ pub const ZOOKEEPER_PATH: &str = "/zookeeper";
 pub const QUOTA_PATH: &str = "/zookeeper/quota";
 pub const CONFIG_PATH: &str = "/zookeeper/config";
 
+/// The overlay's view of the nodes it holds, by path: a node, or None for a base node
+/// deleted since (a B-tree costs far less memory per node than a HAMT's sparse chunks).
+type Overlay = OrdMap<Arc<str>, Option<Arc<Node>>>;
+
+/// A tree version: the base snapshot it was recovered from, if any, read in place,
+/// under an overlay of every node created or changed since. A path the overlay does
+/// not hold is the base's; every base path deleted since is in the overlay as None.
 #[derive(Debug, Clone)]
 pub struct DataTree {
-    /// By path, in path order (snapshots come out sorted, which makes loading fast,
-    /// and a B-tree costs far less memory per node than a HAMT's sparse chunks).
-    nodes: OrdMap<Arc<str>, Arc<Node>>,
+    base: Option<Arc<BaseTree>>,
+    nodes: Overlay,
+    node_count: usize,
+    data_size: u64,
     ephemerals: HashMap<i64, OrdSet<Arc<str>>>,
     containers: OrdSet<Arc<str>>,
     ttls: OrdSet<Arc<str>>,
     last_zxid: i64,
+}
+
+/// The overlay's node at `path`, copied up from the base on first change.
+fn node_mut<'a>(
+    nodes: &'a mut Overlay,
+    base: Option<&BaseTree>,
+    path: &str,
+) -> Option<&'a mut Node> {
+    if !nodes.contains_key(path) {
+        let base = base?;
+        let node = base.to_node(base.lookup(path)?);
+        nodes.insert(Arc::from(path), Some(Arc::new(node)));
+    }
+    nodes.get_mut(path)?.as_mut().map(Arc::make_mut)
 }
 
 impl Default for DataTree {
@@ -151,7 +355,13 @@ impl DataTree {
     /// all with zeroed stats, as ZooKeeper's DataTree starts.
     pub fn new() -> DataTree {
         let mut t = DataTree {
+            base: None,
             nodes: OrdMap::new(),
+            node_count: 4,
+            data_size: ["/", ZOOKEEPER_PATH, QUOTA_PATH, CONFIG_PATH]
+                .iter()
+                .map(|p| p.len() as u64)
+                .sum(),
             ephemerals: HashMap::new(),
             containers: OrdSet::new(),
             ttls: OrdSet::new(),
@@ -168,14 +378,37 @@ impl DataTree {
         };
         // These children are added without create txns, so their parents report a
         // negative cversion (0 creates * 2 - children), exactly as ZooKeeper does.
-        t.nodes.insert(Arc::from("/"), mk(&open, &["zookeeper"]));
         t.nodes
-            .insert(Arc::from(ZOOKEEPER_PATH), mk(&open, &["quota", "config"]));
-        t.nodes.insert(Arc::from(QUOTA_PATH), mk(&open, &[]));
+            .insert(Arc::from("/"), Some(mk(&open, &["zookeeper"])));
+        t.nodes.insert(
+            Arc::from(ZOOKEEPER_PATH),
+            Some(mk(&open, &["quota", "config"])),
+        );
+        t.nodes.insert(Arc::from(QUOTA_PATH), Some(mk(&open, &[])));
         // ZooKeeper sets this node's ACL with version -1, which leaves aversion at -1.
         let mut config = mk(&Arc::new(acl::read_acl_unsafe()), &[]);
         Arc::make_mut(&mut config).stat.aversion = -1;
-        t.nodes.insert(Arc::from(CONFIG_PATH), config);
+        t.nodes.insert(Arc::from(CONFIG_PATH), Some(config));
+        t
+    }
+
+    /// The tree a snapshot holds, read in place: nothing is loaded but the indices
+    /// of its ephemeral, container and TTL nodes.
+    pub fn from_base(base: BaseTree) -> DataTree {
+        let mut t = DataTree {
+            node_count: base.node_count(),
+            data_size: base.data_size(),
+            last_zxid: base.zxid(),
+            nodes: OrdMap::new(),
+            ephemerals: HashMap::new(),
+            containers: OrdSet::new(),
+            ttls: OrdSet::new(),
+            base: None,
+        };
+        for i in base.specials() {
+            t.index_kind(&Arc::from(base.path(i)), base.stat(i).ephemeral_owner);
+        }
+        t.base = Some(Arc::new(base));
         t
     }
 
@@ -183,39 +416,101 @@ impl DataTree {
         self.last_zxid
     }
 
-    pub fn node(&self, path: &str) -> Option<&Arc<Node>> {
-        self.nodes.get(path)
+    pub fn node(&self, path: &str) -> Option<NodeRef<'_>> {
+        let base = self.base.as_deref();
+        match self.nodes.get(path) {
+            Some(Some(n)) => Some(NodeRef {
+                base,
+                at: At::Own(n),
+            }),
+            Some(None) => None,
+            None => base?.lookup(path).map(|i| NodeRef {
+                base,
+                at: At::Base(i),
+            }),
+        }
+    }
+
+    /// Calls `f` on every node with its path, in path order (bytewise): the overlay's
+    /// nodes merged with the base's, which is already in that order.
+    pub fn for_each_node<E>(
+        &self,
+        mut f: impl FnMut(&str, NodeRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let base = self.base.as_deref();
+        let base_len = base.map_or(0, |b| b.node_count() as u32);
+        let mut overlay = self.nodes.iter().peekable();
+        let mut next_base: u32 = 0;
+        loop {
+            let from_base = base
+                .filter(|_| next_base < base_len)
+                .map(|b| b.path(next_base));
+            let from_overlay = overlay.peek().map(|(k, _)| &***k);
+            let overlay_first = match (from_overlay, from_base) {
+                (None, None) => return Ok(()),
+                (Some(k), Some(b)) => {
+                    if k == b {
+                        next_base += 1;
+                    }
+                    k.as_bytes() <= b.as_bytes()
+                }
+                (o, _) => o.is_some(),
+            };
+            if overlay_first {
+                let (k, v) = overlay.next().expect("peeked");
+                if let Some(n) = v {
+                    f(
+                        k,
+                        NodeRef {
+                            base,
+                            at: At::Own(n),
+                        },
+                    )?;
+                }
+            } else {
+                let i = next_base;
+                next_base += 1;
+                f(
+                    from_base.expect("the base is next"),
+                    NodeRef {
+                        base,
+                        at: At::Base(i),
+                    },
+                )?;
+            }
+        }
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.node(path).is_some()
     }
 
     pub fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.node_count
     }
 
     /// The node count ZooKeeper reports (srvr, mntr): its map holds the root under both
     /// "" and "/", so it counts one more than there are znodes.
     pub fn reported_node_count(&self) -> usize {
-        self.nodes.len() + 1
+        self.node_count + 1
     }
 
     /// Sum of the sizes of every node's path and data (mntr's approximate data size).
     pub fn approximate_data_size(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, |d| d.len())) as u64)
-            .sum()
+        self.data_size
     }
 
     /// Number of descendants of `path`, itself excluded (getAllChildrenNumber).
     pub fn descendant_count(&self, path: &str) -> usize {
-        let Some(node) = self.nodes.get(path) else {
+        let Some(node) = self.node(path) else {
             return 0;
         };
         let mut count = 0;
-        let mut stack: Vec<String> = node.children.iter().map(|c| path::join(path, c)).collect();
+        let mut stack: Vec<String> = node.children().map(|c| path::join(path, c)).collect();
         while let Some(p) = stack.pop() {
             count += 1;
-            if let Some(n) = self.nodes.get(p.as_str()) {
-                stack.extend(n.children.iter().map(|c| path::join(&p, c)));
+            if let Some(n) = self.node(&p) {
+                stack.extend(n.children().map(|c| path::join(&p, c)));
             }
         }
         count
@@ -245,16 +540,17 @@ impl DataTree {
     pub fn cleanup_candidates(&self, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
         for p in self.containers.iter() {
-            if let Some(n) = self.nodes.get(p) {
-                if n.stat.cversion > 0 && n.children.is_empty() {
+            if let Some(n) = self.node(p) {
+                if n.stored_stat().cversion > 0 && !n.has_children() {
                     out.push(p.to_string());
                 }
             }
         }
         for p in self.ttls.iter() {
-            if let Some(n) = self.nodes.get(p) {
-                if let NodeKind::Ttl(ttl) = node_kind(n.stat.ephemeral_owner) {
-                    if n.children.is_empty() && ttl != 0 && now_ms - n.stat.mtime > ttl {
+            if let Some(n) = self.node(p) {
+                let st = n.stored_stat();
+                if let NodeKind::Ttl(ttl) = node_kind(st.ephemeral_owner) {
+                    if !n.has_children() && ttl != 0 && now_ms - st.mtime > ttl {
                         out.push(p.to_string());
                     }
                 }
@@ -263,12 +559,12 @@ impl DataTree {
         out
     }
 
-    fn get_or(&self, path: &str, err: ErrorCode) -> Result<&Arc<Node>, ErrorCode> {
-        self.nodes.get(path).ok_or(err)
+    fn get_or(&self, path: &str, err: ErrorCode) -> Result<NodeRef<'_>, ErrorCode> {
+        self.node(path).ok_or(err)
     }
 
-    fn check(node: &Node, perm: i32, who: &Requester) -> Result<(), ErrorCode> {
-        if acl::allows(&node.acl, perm, who.auth) {
+    fn check(node: &NodeRef, perm: i32, who: &Requester) -> Result<(), ErrorCode> {
+        if acl::allows(node.acl(), perm, who.auth) {
             Ok(())
         } else {
             Err(ErrorCode::NoAuth)
@@ -294,10 +590,10 @@ impl DataTree {
                     return Err(ErrorCode::BadArguments);
                 }
                 let parent = self.get_or(path::parent(path), ErrorCode::NoNode)?;
-                Self::check(parent, perms::DELETE, who)?;
+                Self::check(&parent, perms::DELETE, who)?;
                 let node = self.get_or(path, ErrorCode::NoNode)?;
-                Self::check_version(node.stat.version, *version)?;
-                if !node.children.is_empty() {
+                Self::check_version(node.stored_stat().version, *version)?;
+                if node.has_children() {
                     return Err(ErrorCode::NotEmpty);
                 }
                 Ok(Txn::Delete { path: path.clone() })
@@ -309,19 +605,20 @@ impl DataTree {
             } => {
                 path::validate(path).map_err(|_| ErrorCode::BadArguments)?;
                 let node = self.get_or(path, ErrorCode::NoNode)?;
-                Self::check(node, perms::WRITE, who)?;
-                Self::check_version(node.stat.version, *version)?;
+                Self::check(&node, perms::WRITE, who)?;
+                let current = node.stored_stat().version;
+                Self::check_version(current, *version)?;
                 Ok(Txn::SetData {
                     path: path.clone(),
                     data: data.clone(),
-                    version: node.stat.version.wrapping_add(1),
+                    version: current.wrapping_add(1),
                 })
             }
             WriteOp::Check { path, version } => {
                 path::validate(path).map_err(|_| ErrorCode::BadArguments)?;
                 let node = self.get_or(path, ErrorCode::NoNode)?;
-                Self::check(node, perms::READ, who)?;
-                Self::check_version(node.stat.version, *version)?;
+                Self::check(&node, perms::READ, who)?;
+                Self::check_version(node.stored_stat().version, *version)?;
                 Ok(Txn::Check { path: path.clone() })
             }
         }
@@ -337,22 +634,23 @@ impl DataTree {
         path::validate(path).map_err(|_| ErrorCode::BadArguments)?;
         let acl = acl::fixup(acl_in, who.auth)?;
         let node = self.get_or(path, ErrorCode::NoNode)?;
-        Self::check(node, perms::ADMIN, who)?;
-        Self::check_version(node.stat.aversion, version)?;
+        Self::check(&node, perms::ADMIN, who)?;
+        let current = node.stored_stat().aversion;
+        Self::check_version(current, version)?;
         Ok(Txn::SetAcl {
             path: path.to_owned(),
             acl,
-            aversion: node.stat.aversion.wrapping_add(1),
+            aversion: current.wrapping_add(1),
         })
     }
 
     /// Deletion of an empty container or expired TTL node by the cleaner.
     pub fn prepare_delete_container(&self, path: &str) -> Result<Txn, ErrorCode> {
         let node = self.get_or(path, ErrorCode::NoNode)?;
-        if !node.children.is_empty() {
+        if node.has_children() {
             return Err(ErrorCode::NotEmpty);
         }
-        match node_kind(node.stat.ephemeral_owner) {
+        match node_kind(node.stored_stat().ephemeral_owner) {
             NodeKind::Container | NodeKind::Ttl(_) => Ok(Txn::Delete {
                 path: path.to_owned(),
             }),
@@ -393,16 +691,17 @@ impl DataTree {
             None => unreachable!("checked above"),
         };
         let parent = self.get_or(parent_path, ErrorCode::NoNode)?;
-        Self::check(parent, perms::CREATE, who)?;
+        Self::check(&parent, perms::CREATE, who)?;
+        let parent_stat = parent.stored_stat();
         let mut path = c.path.clone();
         if mode.sequential {
-            path.push_str(&format!("{:010}", parent.stat.cversion));
+            path.push_str(&format!("{:010}", parent_stat.cversion));
         }
         path::validate(&path).map_err(|_| ErrorCode::BadArguments)?;
-        if self.nodes.contains_key(path.as_str()) {
+        if self.exists(&path) {
             return Err(ErrorCode::NodeExists);
         }
-        if node_kind(parent.stat.ephemeral_owner) == NodeKind::Ephemeral {
+        if node_kind(parent_stat.ephemeral_owner) == NodeKind::Ephemeral {
             return Err(ErrorCode::NoChildrenForEphemerals);
         }
         let ephemeral_owner = if mode.container {
@@ -419,7 +718,7 @@ impl DataTree {
             data: c.data.clone(),
             acl,
             ephemeral_owner,
-            parent_cversion: parent.stat.cversion.wrapping_add(1),
+            parent_cversion: parent_stat.cversion.wrapping_add(1),
         })
     }
 
@@ -486,16 +785,20 @@ impl DataTree {
                 let parent_path = path::parent(path);
                 let name: Arc<str> = Arc::from(path::name(path));
                 let key: Arc<str> = Arc::from(path.as_str());
-                let parent = self
-                    .nodes
-                    .get_mut(parent_path)
+                let base = self.base.as_deref();
+                let p = node_mut(&mut self.nodes, base, parent_path)
                     .expect("create txn applied without its parent");
-                let p = Arc::make_mut(parent);
-                p.children.insert(name);
+                p.children.insert(base, name);
                 p.stat.cversion = *parent_cversion;
                 p.stat.pzxid = zxid;
                 let parent_acl = p.acl.clone();
-                let node_acl = Arc::new(acl.clone());
+                // Most nodes have their parent's ACL: share its list instead of
+                // holding a copy per node.
+                let node_acl = if *parent_acl == *acl {
+                    parent_acl.clone()
+                } else {
+                    Arc::new(acl.clone())
+                };
                 let stat = Stat {
                     czxid: zxid,
                     mzxid: zxid,
@@ -517,8 +820,14 @@ impl DataTree {
                 };
                 let out_stat = node.stat();
                 self.index_kind(&key, *ephemeral_owner);
-                self.nodes.insert(key, Arc::new(node));
-                triggers.push(Trigger::new(path, EventType::NodeCreated, node_acl));
+                self.node_count += 1;
+                self.data_size += (path.len() + data.as_ref().map_or(0, |d| d.len())) as u64;
+                self.nodes.insert(key.clone(), Some(Arc::new(node)));
+                triggers.push(Trigger {
+                    path: key,
+                    event: EventType::NodeCreated,
+                    acl: node_acl,
+                });
                 triggers.push(Trigger::new(
                     parent_path,
                     EventType::NodeChildrenChanged,
@@ -538,11 +847,11 @@ impl DataTree {
                 data,
                 version,
             } => {
-                let node = self
-                    .nodes
-                    .get_mut(path.as_str())
+                let n = node_mut(&mut self.nodes, self.base.as_deref(), path)
                     .expect("setData txn applied to a missing node");
-                let n = Arc::make_mut(node);
+                let old_len = n.data.as_ref().map_or(0, |d| d.len());
+                self.data_size =
+                    self.data_size + data.as_ref().map_or(0, |d| d.len()) as u64 - old_len as u64;
                 n.data = data.clone();
                 n.stat.version = *version;
                 n.stat.mzxid = zxid;
@@ -559,11 +868,8 @@ impl DataTree {
                 acl,
                 aversion,
             } => {
-                let node = self
-                    .nodes
-                    .get_mut(path.as_str())
+                let n = node_mut(&mut self.nodes, self.base.as_deref(), path)
                     .expect("setACL txn applied to a missing node");
-                let n = Arc::make_mut(node);
                 n.acl = Arc::new(acl.clone());
                 n.stat.aversion = *aversion;
                 Applied::Stat(n.stat())
@@ -609,17 +915,31 @@ impl DataTree {
     }
 
     fn delete_node(&mut self, path: &str, zxid: i64, triggers: &mut Vec<Trigger>) {
-        let node = self
-            .nodes
-            .remove(path)
-            .expect("delete txn applied to a missing node");
-        assert!(
-            node.children.is_empty(),
-            "delete txn for a node with children"
-        );
-        match node_kind(node.stat.ephemeral_owner) {
+        let (owner, acl, data_len) = {
+            let node = self
+                .node(path)
+                .expect("delete txn applied to a missing node");
+            assert!(!node.has_children(), "delete txn for a node with children");
+            (
+                node.stored_stat().ephemeral_owner,
+                node.acl().clone(),
+                node.data_len(),
+            )
+        };
+        if self.base.as_ref().is_some_and(|b| b.lookup(path).is_some()) {
+            match self.nodes.get_mut(path) {
+                Some(slot) => *slot = None,
+                None => {
+                    self.nodes.insert(Arc::from(path), None);
+                }
+            }
+        } else {
+            self.nodes.remove(path);
+        }
+        self.node_count -= 1;
+        self.data_size -= (path.len() + data_len) as u64;
+        match node_kind(owner) {
             NodeKind::Ephemeral => {
-                let owner = node.stat.ephemeral_owner;
                 let now_empty = match self.ephemerals.get_mut(&owner) {
                     Some(set) => {
                         set.remove(path);
@@ -641,8 +961,7 @@ impl DataTree {
         }
         let parent_path = path::parent(path);
         let mut parent_acl = Arc::new(Vec::new());
-        if let Some(parent) = self.nodes.get_mut(parent_path) {
-            let p = Arc::make_mut(parent);
+        if let Some(p) = node_mut(&mut self.nodes, self.base.as_deref(), parent_path) {
             parent_acl = p.acl.clone();
             p.children.remove(path::name(path));
             // The stored cversion counts creates only (see Node); the reported one
@@ -651,7 +970,7 @@ impl DataTree {
                 p.stat.pzxid = zxid;
             }
         }
-        triggers.push(Trigger::new(path, EventType::NodeDeleted, node.acl.clone()));
+        triggers.push(Trigger::new(path, EventType::NodeDeleted, acl));
         triggers.push(Trigger::new(
             parent_path,
             EventType::NodeChildrenChanged,

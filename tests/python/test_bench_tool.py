@@ -248,6 +248,22 @@ def test_storm_connects_and_closes_every_session(big):
     assert servers.wait_for(lambda: int(mntr(big)["zk_num_alive_connections"]) <= before)
 
 
+def test_storage_bench_runs_end_to_end(tmp_path):
+    """The storage benchmark, cut down: group commit and restart on both servers."""
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, str(repo / "bench" / "storage_bench.py"), "--quick",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (out,) = tmp_path.glob("storage-*.json")
+    res = json.loads(out.read_text())
+    for kind in ("zookeeper", "ringkeeper"):
+        rows = res["group_commit"][kind]
+        assert [r["writers"] for r in rows] == [1, 16, 64]
+        assert all(r["txns_per_s"] > 0 and r["fsyncs_per_s"] > 0 for r in rows)
+        (restart,) = res["restart"][kind]
+        assert restart["znodes"] == 20000 and len(restart["restart_s"]) == 2
+
+
 def test_compare_runs_end_to_end(tmp_path):
     """The comparison command itself, cut down: both servers, a few scenarios, the
     table, JSON and picture written."""
