@@ -19,6 +19,8 @@ Prints a table and writes bench/results/storage-<time>.json.
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
 import tempfile
 import time
@@ -50,6 +52,22 @@ def fdatasync_latency_ms(directory, n=400):
 
 def mntr(server):
     return dict(l.split("\t", 1) for l in server.four("mntr").splitlines() if "\t" in l)
+
+
+def settle_snapshot(server, timeout=900):
+    """ringkeeper only: asks for snapshots (SIGUSR1) until one holds the last txn, so a
+    restart has no log to replay (the state before a planned restart)."""
+    last = int(re.search(r"Zxid: 0x([0-9a-f]+)", server.four("srvr")).group(1), 16)
+    snap_dir = server.data_dir / "ringkeeper"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        zxids = [int(p.name.split(".")[1], 16) for p in snap_dir.glob("snapshot.*")
+                 if not p.name.endswith(".tmp")]
+        if zxids and max(zxids) >= last:
+            return
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        time.sleep(1)
+    raise SystemExit(f"no snapshot reached zxid {last:#x} in {timeout} s")
 
 
 def log_counters(server):
@@ -125,12 +143,19 @@ def main():
                 fresh = rss(s.proc.pid)
                 times = [restart_seconds(s, f"/bench/k{n - 1:010}") for _ in range(a.restarts)]
                 after = rss(s.proc.pid)
+                settled = []
+                if kind == "ringkeeper":
+                    settle_snapshot(s)
+                    settled = [restart_seconds(s, f"/bench/k{n - 1:010}") for _ in range(a.restarts)]
                 disk = sum(f.stat().st_size for f in s.data_dir.rglob("*") if f.is_file())
                 row = {"znodes": n, "load_s": load_s, "restart_s": times,
+                       "restart_no_log_s": settled,
                        "rss_fresh": fresh, "rss_after_restart": after, "data_dir_bytes": disk}
                 results["restart"].setdefault(kind, []).append(row)
+                no_log = (f" (log replayed; with a current snapshot: min {fmt_ms(min(settled))} "
+                          f"median {fmt_ms(statistics.median(settled))})") if settled else ""
                 print(f"{kind:10} {n:8} znodes: load {load_s:6.1f} s; restart min {fmt_ms(min(times))} "
-                      f"median {fmt_ms(statistics.median(times))}; RSS fresh {fresh['VmRSS'] / 2**20:7.1f} MiB "
+                      f"median {fmt_ms(statistics.median(times))}{no_log}; RSS fresh {fresh['VmRSS'] / 2**20:7.1f} MiB "
                       f"(anon {fresh['RssAnon'] / 2**20:.1f}), after restart {after['VmRSS'] / 2**20:7.1f} MiB "
                       f"(anon {after['RssAnon'] / 2**20:.1f}, file {after['RssFile'] / 2**20:.1f})", flush=True)
             finally:

@@ -262,6 +262,7 @@ def test_storage_bench_runs_end_to_end(tmp_path):
         assert all(r["txns_per_s"] > 0 and r["fsyncs_per_s"] > 0 for r in rows)
         (restart,) = res["restart"][kind]
         assert restart["znodes"] == 20000 and len(restart["restart_s"]) == 2
+        assert len(restart["restart_no_log_s"]) == (2 if kind == "ringkeeper" else 0)
 
 
 def test_compare_runs_end_to_end(tmp_path):
