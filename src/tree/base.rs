@@ -117,6 +117,11 @@ impl BaseTree {
         })
     }
 
+    /// Node `i`'s data, borrowed from the map.
+    pub fn data_slice(&self, i: u32) -> Option<&[u8]> {
+        self.snap.node(i).data.map(|r| &self.snap.map()[r])
+    }
+
     pub fn acl(&self, i: u32) -> &Arc<Vec<Acl>> {
         &self.acls[self.snap.node(i).acl as usize]
     }

@@ -221,6 +221,14 @@ impl<'a> NodeRef<'a> {
         }
     }
 
+    /// The data, borrowed (no reference count touched).
+    pub fn data_slice(&self) -> Option<&'a [u8]> {
+        match self.at {
+            At::Own(n) => n.data.as_deref(),
+            At::Base(i) => self.base().data_slice(i),
+        }
+    }
+
     pub fn acl(&self) -> &'a Arc<Vec<Acl>> {
         match self.at {
             At::Own(n) => &n.acl,

@@ -46,7 +46,7 @@ impl DataTree {
             let st = n.stored_stat();
             w.node(&NodeRecord {
                 path,
-                data: n.data().as_deref(),
+                data: n.data_slice(),
                 acl,
                 child_count: n.child_count() as u32,
                 stat: SnapStat {

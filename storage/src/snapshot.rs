@@ -180,8 +180,11 @@ pub struct SnapshotWriter {
     heap: SectionWriter,
     children_at: u64,
     children: Vec<u32>,
-    /// Runs of the parents written so far, by path.
-    runs: HashMap<String, Run>,
+    /// Runs of the parents written so far, and their index by path.
+    runs: Vec<Run>,
+    run_of: HashMap<String, u32>,
+    /// The parent of the last node written and its run (siblings come in a row).
+    last_parent: Option<(String, u32)>,
     /// Slots of the children section handed out to runs so far.
     runs_end: u32,
     last_path: String,
@@ -233,7 +236,9 @@ impl SnapshotWriter {
             sessions_crc: crc32c::crc32c(&enc),
             children_at,
             children: vec![0; (node_count - 1) as usize],
-            runs: HashMap::new(),
+            runs: Vec::new(),
+            run_of: HashMap::new(),
+            last_parent: None,
             runs_end: 0,
             last_path: String::new(),
             specials: Vec::new(),
@@ -279,9 +284,17 @@ impl SnapshotWriter {
             }
             let cut = n.path.rfind('/').unwrap_or(0);
             let parent = if cut == 0 { "/" } else { &n.path[..cut] };
-            let run = self
-                .runs
-                .get_mut(parent)
+            let k = match &self.last_parent {
+                Some((p, k)) if p == parent => Some(*k),
+                _ => self.run_of.get(parent).copied(),
+            };
+            if let Some(k) = k {
+                if self.last_parent.as_ref().is_none_or(|(p, _)| p != parent) {
+                    self.last_parent = Some((parent.to_string(), k));
+                }
+            }
+            let run = k
+                .map(|k| &mut self.runs[k as usize])
                 .filter(|r| r.next < r.end)
                 .ok_or_else(|| {
                     invalid(format!(
@@ -302,13 +315,12 @@ impl SnapshotWriter {
                 )));
             }
             self.runs_end = end as u32;
-            self.runs.insert(
-                n.path.to_string(),
-                Run {
-                    next: first_child,
-                    end: self.runs_end,
-                },
-            );
+            self.run_of
+                .insert(n.path.to_string(), self.runs.len() as u32);
+            self.runs.push(Run {
+                next: first_child,
+                end: self.runs_end,
+            });
         }
         let data_len = match n.data {
             None => -1,
@@ -370,7 +382,8 @@ impl SnapshotWriter {
                 self.written, self.node_count
             )));
         }
-        if let Some((p, _)) = self.runs.iter().find(|(_, r)| r.next < r.end) {
+        let short = |k: &u32| self.runs[*k as usize].next < self.runs[*k as usize].end;
+        if let Some((p, _)) = self.run_of.iter().find(|(_, k)| short(k)) {
             return Err(invalid(format!(
                 "{p} announced more children than followed"
             )));
@@ -437,6 +450,19 @@ pub enum SnapshotError {
         offset: u64,
         reason: String,
     },
+}
+
+/// What a snapshot's header says: its counts and where each section starts and ends
+/// (sessions, table, children, heap, specials, ACL lists).
+#[derive(Clone, Copy)]
+struct Layout {
+    zxid: i64,
+    nodes: u64,
+    acls: u64,
+    data_size: u64,
+    heap_len: u64,
+    starts: [usize; 6],
+    ends: [usize; 6],
 }
 
 /// A validated, memory-mapped snapshot.
@@ -558,11 +584,68 @@ impl Snapshot {
             "specials",
             "ACL lists",
         ];
-        for k in 0..6 {
-            if crc32c::crc32c(&b[starts[k]..ends[k]]) != crcs[k] {
-                return Err(bad(starts[k], format!("{} checksum mismatch", names[k])));
-            }
+        // The heap, the largest section, is checked on a second thread while this one
+        // checks the rest and the table's structure: the checks are the only part of
+        // opening that grows with the snapshot.
+        const HEAP: usize = 3;
+        let heap_ok = || crc32c::crc32c(&b[starts[HEAP]..ends[HEAP]]) == crcs[HEAP];
+        let (heap_ok, rest) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("rk-snap-check".into())
+                .spawn_scoped(scope, heap_ok);
+            let rest = (|| {
+                for k in (0..6).filter(|k| *k != HEAP) {
+                    if crc32c::crc32c(&b[starts[k]..ends[k]]) != crcs[k] {
+                        return Err(bad(starts[k], format!("{} checksum mismatch", names[k])));
+                    }
+                }
+                let layout = Layout {
+                    zxid,
+                    nodes,
+                    acls,
+                    data_size,
+                    heap_len,
+                    starts,
+                    ends,
+                };
+                Snapshot::read_sections(&path, &map, &layout)
+            })();
+            let heap_ok = match helper {
+                Ok(h) => h.join().expect("the checksum thread does not panic"),
+                Err(_) => heap_ok(),
+            };
+            (heap_ok, rest)
+        });
+        if !heap_ok {
+            return Err(bad(
+                starts[HEAP],
+                format!("{} checksum mismatch", names[HEAP]),
+            ));
         }
+        rest
+    }
+
+    /// Parses the sessions and ACL lists and checks the table, once their checksums held.
+    fn read_sections(
+        path: &Path,
+        map: &Arc<Mmap>,
+        layout: &Layout,
+    ) -> Result<Snapshot, SnapshotError> {
+        let Layout {
+            zxid,
+            nodes,
+            acls,
+            data_size,
+            heap_len,
+            starts,
+            ends,
+        } = *layout;
+        let b = &map[..];
+        let bad = |offset: usize, reason: String| SnapshotError::Bad {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
         let session_list = b[starts[0]..ends[0]]
             .chunks_exact(SESSION_BYTES)
             .map(|s| SnapSession {
@@ -586,7 +669,7 @@ impl Snapshot {
             return Err(bad(at, "bytes after the last ACL list".into()));
         }
         let snap = Snapshot {
-            path,
+            path: path.to_path_buf(),
             zxid,
             node_count: nodes as u32,
             data_size,
