@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ringkeeper_storage::snapshot::{ChildRun, SnapSession, Snapshot, SnapshotError};
+use ringkeeper_storage::snapshot::{ChildRun, SnapSession, SnapStat, Snapshot, SnapshotError};
 
 use super::{Children, Node};
 use crate::proto::jute::Reader;
@@ -128,20 +128,17 @@ impl BaseTree {
 
     /// The stat as stored (see [`Node`]): data length and child count are 0.
     pub fn stat(&self, i: u32) -> Stat {
-        let s = self.snap.node(i).stat;
-        Stat {
-            czxid: s.czxid,
-            mzxid: s.mzxid,
-            ctime: s.ctime,
-            mtime: s.mtime,
-            version: s.version,
-            cversion: s.cversion,
-            aversion: s.aversion,
-            ephemeral_owner: s.ephemeral_owner,
-            data_length: 0,
-            num_children: 0,
-            pzxid: s.pzxid,
-        }
+        stored_stat(self.snap.node(i).stat)
+    }
+
+    /// The stat clients see, from one read of the record.
+    pub fn reported_stat(&self, i: u32) -> Stat {
+        let n = self.snap.node(i);
+        super::reported_stat(
+            stored_stat(n.stat),
+            n.data.map_or(0, |r| r.len()),
+            n.child_count as usize,
+        )
     }
 
     pub fn data_len(&self, i: u32) -> usize {
@@ -157,5 +154,23 @@ impl BaseTree {
             stat: self.stat(i),
             children: Children::of_base(i, self.children(i).len() as u32),
         }
+    }
+}
+
+/// A snapshot's stat as the tree stores it (see [`Node`]): data length and child
+/// count are derived on read, so 0 here.
+fn stored_stat(s: SnapStat) -> Stat {
+    Stat {
+        czxid: s.czxid,
+        mzxid: s.mzxid,
+        ctime: s.ctime,
+        mtime: s.mtime,
+        version: s.version,
+        cversion: s.cversion,
+        aversion: s.aversion,
+        ephemeral_owner: s.ephemeral_owner,
+        data_length: 0,
+        num_children: 0,
+        pzxid: s.pzxid,
     }
 }

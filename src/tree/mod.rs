@@ -248,10 +248,7 @@ impl<'a> NodeRef<'a> {
     pub fn stat(&self) -> Stat {
         match self.at {
             At::Own(n) => n.stat(),
-            At::Base(i) => {
-                let b = self.base();
-                reported_stat(b.stat(i), b.data_len(i), b.children(i).len())
-            }
+            At::Base(i) => self.base().reported_stat(i),
         }
     }
 

@@ -538,7 +538,7 @@ impl Snapshot {
             return Err(bad(0, "header checksum mismatch".into()));
         }
         let zxid = be_i64(b, 16);
-        let [nodes, sessions, acls, specials, acl_len, heap_len, data_size] =
+        let [nodes, _, acls, specials, acl_len, heap_len, data_size] =
             std::array::from_fn(|i| be_u64(b, 24 + 8 * i));
         let crcs: [u32; 6] = std::array::from_fn(|i| be_u32(b, 80 + 4 * i));
         if nodes == 0 || nodes > SNAPSHOT_NODES_MAX || specials > nodes || acls > acl_len {
@@ -548,33 +548,19 @@ impl Snapshot {
             ));
         }
         // Section offsets, checked against the file's length before any is read.
-        let mut ends = [0u64; 6];
-        let mut at = Some(HEADER_BYTES as u64);
-        for (k, len) in [
-            sessions.checked_mul(SESSION_BYTES as u64),
-            Some(nodes * NODE_RECORD_BYTES as u64),
-            Some((nodes - 1) * 4),
-            Some(heap_len),
-            Some(specials * 4),
-            Some(acl_len),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            at = at.zip(len).and_then(|(a, l)| a.checked_add(l));
-            ends[k] = at.unwrap_or(u64::MAX);
-        }
-        if at != Some(b.len() as u64) {
+        let ends = section_ends(b);
+        let described = ends.map(|e| e[5]);
+        if described != Some(b.len() as u64) {
             return Err(bad(
                 HEADER_BYTES,
                 format!(
                     "file is {} bytes, its header describes {} (truncated or extended file)",
                     b.len(),
-                    at.map_or("more than 2^64".to_string(), |e| e.to_string())
+                    described.map_or("more than 2^64".to_string(), |e| e.to_string())
                 ),
             ));
         }
-        let ends = ends.map(|e| e as usize);
+        let ends = ends.expect("checked").map(|e| e as usize);
         let starts = [HEADER_BYTES, ends[0], ends[1], ends[2], ends[3], ends[4]];
         let names = [
             "sessions",
@@ -959,6 +945,29 @@ impl<'a> Iterator for ChildRun<'a> {
     }
 }
 
+/// Where each section ends (sessions, table, children, heap, specials, ACL lists), as
+/// the header at the start of `b` (at least `HEADER_BYTES` long) describes them; None
+/// if that overflows.
+fn section_ends(b: &[u8]) -> Option<[u64; 6]> {
+    let w = |i: usize| be_u64(b, 24 + 8 * i);
+    let (nodes, sessions, specials, acl_len, heap_len) = (w(0), w(1), w(3), w(4), w(5));
+    let lens = [
+        sessions.checked_mul(SESSION_BYTES as u64)?,
+        nodes.checked_mul(NODE_RECORD_BYTES as u64)?,
+        nodes.checked_sub(1)?.checked_mul(4)?,
+        heap_len,
+        specials.checked_mul(4)?,
+        acl_len,
+    ];
+    let mut ends = [0u64; 6];
+    let mut at = HEADER_BYTES as u64;
+    for (k, len) in lens.into_iter().enumerate() {
+        at = at.checked_add(len)?;
+        ends[k] = at;
+    }
+    Some(ends)
+}
+
 /// Recomputes every checksum of a snapshot image, so that damage made on purpose
 /// reaches the structural checks (fuzzing and tests only; a server never writes a
 /// snapshot this way). False, untouched, if the header does not describe the image.
@@ -967,29 +976,14 @@ pub fn reseal(b: &mut [u8]) -> bool {
     if b.len() < HEADER_BYTES {
         return false;
     }
-    let w = |i: usize| be_u64(b, 24 + 8 * i);
-    let (nodes, sessions, specials, acl_len, heap_len) = (w(0), w(1), w(3), w(4), w(5));
-    let lens = [
-        sessions.checked_mul(SESSION_BYTES as u64),
-        nodes.checked_mul(NODE_RECORD_BYTES as u64),
-        nodes.checked_sub(1).and_then(|n| n.checked_mul(4)),
-        Some(heap_len),
-        specials.checked_mul(4),
-        Some(acl_len),
-    ];
-    let mut at = Some(HEADER_BYTES as u64);
-    for len in lens {
-        at = at.zip(len).and_then(|(a, l)| a.checked_add(l));
-    }
-    if at != Some(b.len() as u64) {
+    let Some(ends) = section_ends(b).filter(|e| e[5] == b.len() as u64) else {
         return false;
-    }
+    };
     let mut at = HEADER_BYTES;
-    for (k, len) in lens.iter().enumerate() {
-        let len = len.expect("checked") as usize;
-        let crc = crc32c::crc32c(&b[at..at + len]);
+    for (k, end) in ends.iter().enumerate() {
+        let crc = crc32c::crc32c(&b[at..*end as usize]);
         b[80 + 4 * k..84 + 4 * k].copy_from_slice(&crc.to_be_bytes());
-        at += len;
+        at = *end as usize;
     }
     let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
     b[HEADER_CRC_AT..HEADER_BYTES].copy_from_slice(&crc.to_be_bytes());
@@ -1033,6 +1027,13 @@ mod tests {
             w.node(&n).unwrap();
         }
         w.finish(|| true).unwrap().unwrap()
+    }
+
+    /// A writer with no sessions and one ACL list, for `nodes` nodes.
+    fn writer(dir: &Path, zxid: i64, nodes: u64) -> SnapshotWriter {
+        let mut w = SnapshotWriter::create(dir, zxid, &[], nodes).unwrap();
+        w.acl_list(b"a");
+        w
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -1179,8 +1180,7 @@ mod tests {
                 "more children than there are nodes",
             ),
         ] {
-            let mut w = SnapshotWriter::create(&d, 1, &[], 3).unwrap();
-            w.acl_list(b"a");
+            let mut w = writer(&d, 1, 3);
             let e = nodes
                 .iter()
                 .try_for_each(|n| w.node(n))
@@ -1188,8 +1188,7 @@ mod tests {
                 .to_string();
             assert!(e.contains(says), "{says}: {e}");
         }
-        let mut w = SnapshotWriter::create(&d, 2, &[], 3).unwrap();
-        w.acl_list(b"a");
+        let mut w = writer(&d, 2, 3);
         for n in [rec("/", None, 2), rec("/a", None, 0), rec("/b", None, 0)] {
             w.node(&n).unwrap();
         }
@@ -1200,8 +1199,7 @@ mod tests {
     #[test]
     fn a_writer_given_fewer_nodes_than_announced_publishes_nothing() {
         let d = temp_dir("few");
-        let mut w = SnapshotWriter::create(&d, 3, &[], 2).unwrap();
-        w.acl_list(b"a");
+        let mut w = writer(&d, 3, 2);
         w.node(&rec("/", None, 1)).unwrap();
         assert!(w.finish(|| true).is_err());
         assert!(std::fs::read_dir(&d).unwrap().next().is_none());
@@ -1211,8 +1209,7 @@ mod tests {
     #[test]
     fn a_snapshot_whose_txns_never_became_durable_is_not_published() {
         let d = temp_dir("nd");
-        let mut w = SnapshotWriter::create(&d, 9, &[], 1).unwrap();
-        w.acl_list(b"a");
+        let mut w = writer(&d, 9, 1);
         w.node(&rec("/", None, 0)).unwrap();
         assert_eq!(w.finish(|| false).unwrap(), None);
         assert!(std::fs::read_dir(&d).unwrap().next().is_none());
