@@ -11,6 +11,7 @@
 //! reads go on from the last durable tree version.
 
 pub mod messages;
+mod rebase;
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -27,6 +28,7 @@ use crate::session::table::{Session, SessionTable, PASSWD_BYTES};
 use crate::tree::{Applied, DataTree, Requester, Trigger, Txn};
 use crate::util::Notify;
 use messages::{Batch, CoreOp, Effect, Entry, Granted, ToCore};
+use rebase::Rebase;
 use ringkeeper_storage::group::GroupCommit;
 use ringkeeper_storage::log::{LogError, LogOptions, LogWriter};
 use ringkeeper_storage::record::encode_record;
@@ -145,6 +147,12 @@ impl Core {
 
     pub fn tree(&self) -> &DataTree {
         &self.tree
+    }
+
+    /// Takes `tree`, the same state as the working tree, in its place (see `rebase`).
+    fn replace_tree(&mut self, tree: DataTree) {
+        debug_assert_eq!(tree.last_zxid(), self.tree.last_zxid());
+        self.tree = tree;
     }
 
     /// Makes the last entry a cut: it carries the tree as it is now. With nothing in
@@ -609,9 +617,11 @@ fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
 }
 
 /// Writes a snapshot of `tree` on its own thread, published once the log holds its
-/// zxid; then purges by retention if that is due.
+/// zxid; then rebuilds the tree on it (see `rebase`) and purges by retention if that
+/// is due.
 struct Snapshotter {
     running: Arc<std::sync::atomic::AtomicBool>,
+    rebase: Arc<Rebase>,
     durable: Arc<std::sync::atomic::AtomicI64>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     last_purge: Arc<std::sync::Mutex<Instant>>,
@@ -625,6 +635,8 @@ impl Snapshotter {
         if self.running.swap(true, AcqRel) {
             return false;
         }
+        self.rebase.begin();
+        let rebase = self.rebase.clone();
         let running = self.running.clone();
         let durable = self.durable.clone();
         let failed = self.failed.clone();
@@ -645,7 +657,7 @@ impl Snapshotter {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 });
-                match r {
+                match &r {
                     Ok(Some(p)) => tracing::info!(
                         "snapshot {} written: {} znodes, {} sessions, in {} ms",
                         p.display(),
@@ -661,6 +673,10 @@ impl Snapshotter {
                     ),
                 }
                 drop(tree);
+                match r {
+                    Ok(Some(p)) => rebase.rebuild(&p),
+                    _ => rebase.cancel(),
+                }
                 let hours = cfg.autopurge_purge_interval_hours as u64;
                 let mut last = last_purge.lock().expect("last_purge poisoned");
                 if hours > 0 && last.elapsed() >= Duration::from_secs(hours * 3600) {
@@ -671,6 +687,7 @@ impl Snapshotter {
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the snapshot thread: {e}");
+            self.rebase.cancel();
             self.running
                 .store(false, std::sync::atomic::Ordering::Release);
         }
@@ -810,6 +827,7 @@ pub async fn run(
 
     let snapshotter = Snapshotter {
         running: Arc::default(),
+        rebase: Arc::default(),
         durable: group.durable_zxid(),
         failed: group.failed_flag(),
         last_purge: Arc::new(std::sync::Mutex::new(Instant::now())),
@@ -834,6 +852,11 @@ pub async fn run(
         // No await from here to the end of the iteration: the writer's seal borrows
         // the core only while this task is suspended.
         let mut core = core.borrow_mut();
+        if !core.read_only {
+            if let Some(t) = snapshotter.rebase.finish(core.tree()) {
+                core.replace_tree(t);
+            }
+        }
         let mut entries = Vec::new();
         loop {
             let msgs: Vec<ToCore> = {
@@ -867,6 +890,7 @@ pub async fn run(
             });
         }
         let framed = core.take_framed();
+        snapshotter.rebase.record(&framed.bytes);
         since_snapshot += framed.count;
         if !entries.is_empty() || framed.count > 0 {
             group.push(&framed.bytes, framed.first_zxid, framed.count, entries);

@@ -494,6 +494,17 @@ impl DataTree {
         self.node_count
     }
 
+    /// Nodes in the base snapshot (0 without one), deleted or not.
+    pub fn base_node_count(&self) -> usize {
+        self.base.as_ref().map_or(0, |b| b.node_count())
+    }
+
+    /// Entries in the overlay: nodes created or changed since the base, and deleted
+    /// base nodes.
+    pub fn overlay_len(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// The node count ZooKeeper reports (srvr, mntr): its map holds the root under both
     /// "" and "/", so it counts one more than there are znodes.
     pub fn reported_node_count(&self) -> usize {

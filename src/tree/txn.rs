@@ -80,6 +80,34 @@ impl Trigger {
 
 /// The encoding of a txn as the log stores it: its wall-clock time, then a tag and the
 /// txn's fields in jute. Replaying `(zxid, time, txn)` in zxid order rebuilds the tree.
+impl super::DataTree {
+    /// Applies a txn as the log holds it (see `Txn::encode_logged`), replayed after a
+    /// snapshot: at recovery, and when the core's tree is rebuilt on a new snapshot.
+    /// `apply` asserts the txn's preconditions; a txn that does not fit the tree means
+    /// the log and the snapshot disagree, which is an error here, not a panic.
+    pub fn apply_logged(
+        &mut self,
+        zxid: i64,
+        payload: &[u8],
+        triggers: &mut Vec<Trigger>,
+    ) -> Result<Txn, String> {
+        let (time, txn) =
+            Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.apply(&txn, zxid, time, triggers);
+        }))
+        .map_err(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("does not fit the recovered tree ({what})")
+        })?;
+        Ok(txn)
+    }
+}
+
 mod codec {
     use bytes::BufMut;
 

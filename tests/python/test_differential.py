@@ -321,3 +321,35 @@ def test_same_results_as_zookeeper_across_restarts(seed):
         b.stop()
         zk.stop()
         rk.stop()
+
+
+@pytest.mark.parametrize("seed", range(200, 200 + max(2, SEEDS // 4)))
+def test_same_results_as_zookeeper_with_the_tree_rebased_on_each_snapshot(seed):
+    """The same sequences with a snapshot every 7 txns: after each one the server
+    rebuilds its tree on the snapshot and swaps it in (the overlay then holds only what
+    changed since). The answers must stay ZooKeeper's throughout, the rebuilt tree must
+    match the core's every time, and a snapshot written from a rebased tree must bring
+    back the same tree after a kill -9."""
+    zk, rk = servers.start_zookeeper(), servers.start_ringkeeper({"snapCount": "7"})
+    a, b = Side(zk), Side(rk)
+    try:
+        root = f"/rebase{seed}"
+        for side in (a, b):
+            side.anon.create(root)
+        for i, (who, op) in enumerate(gen_ops(seed, root)):
+            ra, rb = run_op(a, who, op), run_op(b, who, op)
+            assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+        assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
+        log = rk.log_text
+        assert "not rebasing" not in log, log[-3000:]
+        assert log.count("tree rebased") >= 5, f"too few rebases:\n{log[-3000:]}"
+        snapshot_now(rk)
+        rk.restart()
+        for c in (b.anon, b.alice):
+            assert servers.wait_for(lambda: answers(c), 20), "kazoo did not reconnect"
+        assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ after the restart"
+    finally:
+        a.stop()
+        b.stop()
+        zk.stop()
+        rk.stop()
