@@ -123,7 +123,12 @@ struct SectionWriter {
     buf: Vec<u8>,
     crc: u32,
     len: u64,
+    /// Where this section's data is known to be on disk up to (see `flush`).
+    settled: u64,
 }
+
+/// How far a snapshot's writeback may trail its writes (see `SectionWriter::flush`).
+const WRITEBACK_LAG_BYTES: u64 = 8 << 20;
 
 impl SectionWriter {
     fn new(file: &File, at: u64) -> io::Result<SectionWriter> {
@@ -133,6 +138,7 @@ impl SectionWriter {
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             crc: 0,
             len: 0,
+            settled: at,
         })
     }
 
@@ -148,11 +154,45 @@ impl SectionWriter {
     /// Writes the buffer out; the checksum is taken here, over the whole buffer (per
     /// `put` it cost ~10% of writing a snapshot: a hundred bytes at a time is the
     /// slow path of crc32c).
+    ///
+    /// Each buffer's writeback starts as soon as it is written, and the writer waits for
+    /// what it wrote `WRITEBACK_LAG_BYTES` before: the snapshot reaches the disk as it
+    /// is made. Left to the final fsync (or to the kernel's own writeback), hundreds of
+    /// megabytes would land on the disk at once, and the txn log's synchronous writes
+    /// would queue behind them (a 90/10 load with a snapshot every 5,000 txns had a
+    /// p99 of ~110 ms that way, ~11 ms without snapshots). Durability is still the
+    /// fsync in `finish`; this only paces the disk.
     fn flush(&mut self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
         self.crc = crc32c::crc32c_append(self.crc, &self.buf);
         self.file.write_all_at(&self.buf, self.at)?;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: sync_file_range on an fd we own, over a range of the file.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.at as libc::off64_t,
+                self.buf.len() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
         self.at += self.buf.len() as u64;
         self.buf.clear();
+        if self.at - self.settled > WRITEBACK_LAG_BYTES {
+            let upto = self.at - WRITEBACK_LAG_BYTES;
+            // SAFETY: as above. Errors are left to the fsync that makes it durable.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.settled as libc::off64_t,
+                    (upto - self.settled) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+            self.settled = upto;
+        }
         Ok(())
     }
 }
