@@ -27,6 +27,10 @@ use crate::tree::DataTree;
 /// this: the core applies the rest itself, which stalls it for about a millisecond.
 const CATCH_UP_RECORDS: usize = 512;
 
+/// Rounds of catching up before giving up: replaying is cheaper than ordering, so the
+/// rounds shrink quickly unless writes outpace the replay (then no rebase this time).
+const CATCH_UP_ROUNDS: usize = 64;
+
 #[derive(Default)]
 pub struct Rebase {
     /// The log records of the txns the core applied since the zxid of the snapshot
@@ -80,13 +84,23 @@ impl Rebase {
                 return;
             }
         };
+        let mut rounds = 0;
         loop {
             let Some(chunk) = self.drain() else {
                 return;
             };
+            rounds += 1;
             match apply_records(&mut tree, &chunk) {
                 Ok(n) if n < CATCH_UP_RECORDS => break,
-                Ok(_) => {}
+                Ok(_) if rounds < CATCH_UP_ROUNDS => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        "not rebasing onto {}: still {n} txns behind after {rounds} rounds",
+                        path.display()
+                    );
+                    self.cancel();
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!("not rebasing onto {}: {e}", path.display());
                     self.cancel();
