@@ -163,35 +163,41 @@ impl SectionWriter {
     /// p99 of ~110 ms that way, ~11 ms without snapshots). Durability is still the
     /// fsync in `finish`; this only paces the disk.
     fn flush(&mut self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         self.crc = crc32c::crc32c_append(self.crc, &self.buf);
         self.file.write_all_at(&self.buf, self.at)?;
-        let fd = self.file.as_raw_fd();
-        // SAFETY: sync_file_range on an fd we own, over a range of the file.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                self.at as libc::off64_t,
-                self.buf.len() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        self.writeback(self.at, self.buf.len() as u64, libc::SYNC_FILE_RANGE_WRITE)?;
         self.at += self.buf.len() as u64;
         self.buf.clear();
         if self.at - self.settled > WRITEBACK_LAG_BYTES {
             let upto = self.at - WRITEBACK_LAG_BYTES;
-            // SAFETY: as above. Errors are left to the fsync that makes it durable.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    self.settled as libc::off64_t,
-                    (upto - self.settled) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-            }
+            self.writeback(
+                self.settled,
+                upto - self.settled,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )?;
             self.settled = upto;
+        }
+        Ok(())
+    }
+
+    /// `sync_file_range` over `len` bytes from `at`. Its error must not be dropped:
+    /// waiting on writeback consumes a write error for this open file, so the fsync
+    /// that publishes the snapshot would not see it again.
+    fn writeback(&self, at: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sync_file_range on an fd we own, over a range of the file.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                at as libc::off64_t,
+                len as libc::off64_t,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
