@@ -224,6 +224,12 @@ def test_system_nodes_agree(pair):
         b.stop()
 
 
+def same_result(a, b, seed, i, who, op):
+    """Runs step `i` of a sequence on both servers; their answers must be the same."""
+    ra, rb = run_op(a, who, op), run_op(b, who, op)
+    assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+
+
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_same_results_as_zookeeper(pair, seed):
     zk, rk = pair
@@ -233,8 +239,7 @@ def test_same_results_as_zookeeper(pair, seed):
         for side in (a, b):
             side.anon.create(root)
         for i, (who, op) in enumerate(gen_ops(seed, root)):
-            ra, rb = run_op(a, who, op), run_op(b, who, op)
-            assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+            same_result(a, b, seed, i, who, op)
             if i % 25 == 24:
                 ea, eb = a.drained_events(), b.drained_events()
                 assert eb == ea, f"seed {seed} by step {i}: watch events differ\n zookeeper:  {ea}\n ringkeeper: {eb}"
@@ -313,8 +318,7 @@ def test_same_results_as_zookeeper_across_restarts(seed):
                     # A round trip, not kazoo's state flag: that can still read
                     # "connected" before kazoo has seen the old connection close.
                     assert servers.wait_for(lambda: answers(c), 20), "kazoo did not reconnect"
-            ra, rb = run_op(a, who, op), run_op(b, who, op)
-            assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+            same_result(a, b, seed, i, who, op)
         assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
     finally:
         a.stop()
@@ -337,8 +341,7 @@ def test_same_results_as_zookeeper_with_the_tree_rebased_on_each_snapshot(seed):
         for side in (a, b):
             side.anon.create(root)
         for i, (who, op) in enumerate(gen_ops(seed, root)):
-            ra, rb = run_op(a, who, op), run_op(b, who, op)
-            assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
+            same_result(a, b, seed, i, who, op)
         assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
         log = rk.log_text
         assert "not rebasing" not in log, log[-3000:]
