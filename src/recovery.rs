@@ -81,31 +81,73 @@ fn load_snapshot(
     Ok(None)
 }
 
-/// Removes snapshots and log segments a crash left half-made (never renamed into
-/// place).
-fn remove_unfinished(dir: &std::path::Path) {
+/// What a half-made file is renamed to before it is removed: still a temp name (a crash
+/// before the removal leaves it for the next start), unique to this run.
+fn discard_name(name: &str) -> String {
+    use ringkeeper_storage::segment::TMP_SUFFIX;
+    let stem = name.strip_suffix(TMP_SUFFIX).unwrap_or(name);
+    format!("{stem}.discard-{}{TMP_SUFFIX}", std::process::id())
+}
+
+/// Sets aside the snapshots and log segments a crash left half-made (never renamed into
+/// place) and removes them on a background thread. Removing a large file that reached
+/// the disk takes ext4 about 0.7 s per GB, and a server killed while it wrote a big
+/// snapshot leaves one; start-up should not wait for that. Each file is renamed first,
+/// so a temp file this run makes under the same name is never touched.
+fn discard_unfinished(dirs: &[PathBuf]) {
     use ringkeeper_storage::segment::{SEGMENT_PREFIX, TMP_SUFFIX};
     use ringkeeper_storage::snapshot::SNAPSHOT_PREFIX;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with(SNAPSHOT_PREFIX) || name.starts_with(SEGMENT_PREFIX);
-        if ours && name.ends_with(TMP_SUFFIX) {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => tracing::info!("removed unfinished {}", e.path().display()),
-                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+    let mut doomed = Vec::new();
+    let mut seen = Vec::new();
+    for dir in dirs {
+        if seen.contains(dir) {
+            continue;
+        }
+        seen.push(dir.clone());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(SNAPSHOT_PREFIX) || name.starts_with(SEGMENT_PREFIX);
+            if !ours || !name.ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            if name.contains(".discard-") {
+                doomed.push(e.path());
+                continue;
+            }
+            let to = dir.join(discard_name(&name));
+            match std::fs::rename(e.path(), &to) {
+                Ok(()) => doomed.push(to),
+                Err(err) => tracing::warn!("cannot set aside {}: {err}", e.path().display()),
             }
         }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    let remove = move || {
+        for p in doomed {
+            match std::fs::remove_file(&p) {
+                Ok(()) => tracing::info!("removed unfinished {}", p.display()),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", p.display()),
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("rk-discard".into())
+        .spawn(remove)
+    {
+        tracing::warn!("cannot start a thread to remove unfinished files ({e}); they stay until the next start");
     }
 }
 
 pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    remove_unfinished(&ensure_dir(cfg.snapshot_dir())?);
+    let snap_dir = ensure_dir(cfg.snapshot_dir())?;
     let log_dir = ensure_dir(cfg.log_dir())?;
-    remove_unfinished(&log_dir);
+    discard_unfinished(&[snap_dir, log_dir.clone()]);
     let (snapshot, mut tree, mut sessions) = match load_snapshot(cfg)? {
         Some((path, tree, sessions)) => {
             let z = tree.last_zxid();
