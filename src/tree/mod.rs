@@ -25,6 +25,13 @@ use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Sta
 use base::BaseTree;
 pub use txn::{Applied, Trigger, Txn};
 
+/// A path or a child name as the overlay and the child sets hold it. Names of up to 23
+/// bytes (most ZooKeeper names, and most paths) are stored inline, so the B-tree
+/// searches every write and every replayed txn makes compare bytes held in the B-tree
+/// node itself instead of following a pointer per comparison; longer ones are shared
+/// on the heap as before.
+pub type Name = smol_str::SmolStr;
+
 /// A node's child names, sorted. Most znodes are leaves, and an empty `OrdSet` still
 /// allocates a B-tree root (about 1.6 KiB), so a leaf holds no set at all. A node that
 /// came from the base snapshot keeps its children there and records only the changes.
@@ -32,7 +39,7 @@ pub use txn::{Applied, Trigger, Txn};
 pub struct Children {
     base: Option<Box<BaseChildren>>,
     /// Children added since the base (all of them, for a node not from the base).
-    own: Option<OrdSet<Arc<str>>>,
+    own: Option<OrdSet<Name>>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,7 +48,7 @@ struct BaseChildren {
     node: u32,
     count: u32,
     /// Those of the base's children deleted since.
-    removed: OrdSet<Arc<str>>,
+    removed: OrdSet<Name>,
 }
 
 impl Children {
@@ -95,10 +102,10 @@ impl Children {
     }
 
     /// Adds a name that is not a child.
-    fn insert(&mut self, base: Option<&BaseTree>, name: Arc<str>) {
+    fn insert(&mut self, base: Option<&BaseTree>, name: Name) {
         debug_assert!(!self.contains(base, &name));
         if let Some(b) = &mut self.base {
-            if b.removed.remove(&*name).is_some() {
+            if b.removed.remove(name.as_str()).is_some() {
                 return;
             }
         }
@@ -119,13 +126,13 @@ impl Children {
             .base
             .as_mut()
             .expect("a removed child is an own or a base child");
-        b.removed.insert(Arc::from(name));
+        b.removed.insert(Name::new(name));
     }
 }
 
-impl FromIterator<Arc<str>> for Children {
-    fn from_iter<I: IntoIterator<Item = Arc<str>>>(iter: I) -> Self {
-        let s: OrdSet<Arc<str>> = iter.into_iter().collect();
+impl FromIterator<Name> for Children {
+    fn from_iter<I: IntoIterator<Item = Name>>(iter: I) -> Self {
+        let s: OrdSet<Name> = iter.into_iter().collect();
         Children {
             base: None,
             own: (!s.is_empty()).then_some(s),
@@ -318,7 +325,7 @@ pub const CONFIG_PATH: &str = "/zookeeper/config";
 
 /// The overlay's view of the nodes it holds, by path: a node, or None for a base node
 /// deleted since (a B-tree costs far less memory per node than a HAMT's sparse chunks).
-type Overlay = OrdMap<Arc<str>, Option<Arc<Node>>>;
+type Overlay = OrdMap<Name, Option<Arc<Node>>>;
 
 /// A tree version: the base snapshot it was recovered from, if any, read in place,
 /// under an overlay of every node created or changed since. A path the overlay does
@@ -344,7 +351,7 @@ fn node_mut<'a>(
     if !nodes.contains_key(path) {
         let base = base?;
         let node = base.to_node(base.lookup(path)?);
-        nodes.insert(Arc::from(path), Some(Arc::new(node)));
+        nodes.insert(Name::new(path), Some(Arc::new(node)));
     }
     nodes.get_mut(path)?.as_mut().map(Arc::make_mut)
 }
@@ -378,22 +385,22 @@ impl DataTree {
                 data: Some(Bytes::new()),
                 acl: acl.clone(),
                 stat: Stat::default(),
-                children: children.iter().map(|c| Arc::from(*c)).collect(),
+                children: children.iter().map(Name::new).collect(),
             })
         };
         // These children are added without create txns, so their parents report a
         // negative cversion (0 creates * 2 - children), exactly as ZooKeeper does.
         t.nodes
-            .insert(Arc::from("/"), Some(mk(&open, &["zookeeper"])));
+            .insert(Name::new("/"), Some(mk(&open, &["zookeeper"])));
         t.nodes.insert(
-            Arc::from(ZOOKEEPER_PATH),
+            Name::new(ZOOKEEPER_PATH),
             Some(mk(&open, &["quota", "config"])),
         );
-        t.nodes.insert(Arc::from(QUOTA_PATH), Some(mk(&open, &[])));
+        t.nodes.insert(Name::new(QUOTA_PATH), Some(mk(&open, &[])));
         // ZooKeeper sets this node's ACL with version -1, which leaves aversion at -1.
         let mut config = mk(&Arc::new(acl::read_acl_unsafe()), &[]);
         Arc::make_mut(&mut config).stat.aversion = -1;
-        t.nodes.insert(Arc::from(CONFIG_PATH), Some(config));
+        t.nodes.insert(Name::new(CONFIG_PATH), Some(config));
         t
     }
 
@@ -799,7 +806,7 @@ impl DataTree {
                 parent_cversion,
             } => {
                 let parent_path = path::parent(path);
-                let name: Arc<str> = Arc::from(path::name(path));
+                let name = Name::new(path::name(path));
                 let key: Arc<str> = Arc::from(path.as_str());
                 let base = self.base.as_deref();
                 let p = node_mut(&mut self.nodes, base, parent_path)
@@ -838,7 +845,8 @@ impl DataTree {
                 self.index_kind(&key, *ephemeral_owner);
                 self.node_count += 1;
                 self.data_size += (path.len() + data.as_ref().map_or(0, |d| d.len())) as u64;
-                self.nodes.insert(key.clone(), Some(Arc::new(node)));
+                self.nodes
+                    .insert(Name::from(key.clone()), Some(Arc::new(node)));
                 triggers.push(Trigger {
                     path: key,
                     event: EventType::NodeCreated,
@@ -946,7 +954,7 @@ impl DataTree {
             match self.nodes.get_mut(path) {
                 Some(slot) => *slot = None,
                 None => {
-                    self.nodes.insert(Arc::from(path), None);
+                    self.nodes.insert(Name::new(path), None);
                 }
             }
         } else {
