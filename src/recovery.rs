@@ -100,10 +100,12 @@ fn discard_unfinished(dirs: &[PathBuf]) {
     let mut doomed = Vec::new();
     let mut seen = Vec::new();
     for dir in dirs {
-        if seen.contains(dir) {
+        // dataDir and dataLogDir are often one directory, perhaps by two names.
+        let same = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if seen.contains(&same) {
             continue;
         }
-        seen.push(dir.clone());
+        seen.push(same);
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
