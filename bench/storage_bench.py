@@ -3,7 +3,12 @@ with their data on the same file system and forceSync on:
 
 1. group commit: txns/s and fsyncs/s with 1, 16, 64, 256 concurrent writers (setData,
    closed loop, one request in flight per session); the batching factor is txns per
-   fsync. Compared with 1/(fdatasync latency) of this disk, measured here first.
+   fsync. Compared with 1/(fdatasync latency) of this disk, measured here first, and
+   with what the same server does for reads on the same connections: a getData round
+   trip with one session, and getData/s with 64 sessions. A write needs a read's round
+   trip plus its sync, and at least a read's CPU, so these bound what group commit can
+   reach on this machine: a single writer cannot beat (sync + read round trip) / sync,
+   and 64 writers cannot beat reads/s x sync.
 2. restart: time from starting the process to answering a getData, after kill -9, with
    N znodes of 100 bytes (ringkeeper: 100k, 1M, 5M; ZooKeeper: 100k, 1M by default).
 3. memory: RSS of the server holding N znodes after a fresh load and after a restart
@@ -94,6 +99,23 @@ def group_commit(server, writers, duration, warmup):
     }
 
 
+def read_bounds(server, fsync_ms):
+    """What the same server does for getData on the same kind of connections: the
+    floor of a single writer's latency and the ceiling of 64 writers' throughput, as
+    multiples of one fdatasync."""
+    args = ["--depth", "1", "--mix", "get=100", "--keys", "1000", "--value-size", "100",
+            "--duration", "4", "--warmup", "1"]
+    one = bench("run", server, ["--sessions", "1"] + args)
+    many = bench("run", server, ["--sessions", "64"] + args)
+    rtt_us = one["latency_us"]["p50"]
+    return {
+        "read_p50_us_1_session": rtt_us,
+        "reads_per_s_64_sessions": many["ops_per_s"],
+        "single_writer_floor_x_fsync": (fsync_ms * 1e3 + rtt_us) / (fsync_ms * 1e3),
+        "writers_64_ceiling_x_fsync_rate": many["ops_per_s"] * fsync_ms / 1e3,
+    }
+
+
 def fmt_ms(x):
     return f"{x * 1e3:.0f} ms" if x < 10 else f"{x:.1f} s"
 
@@ -131,6 +153,12 @@ def main():
                 print(f"{kind:10} {w:4} writers: {r['txns_per_s']:9.0f} txns/s  {r['fsyncs_per_s']:7.0f} fsyncs/s  "
                       f"{r['txns_per_fsync']:6.1f} txns/fsync  p50 {r['p50_us']} us  p99 {r['p99_us']} us", flush=True)
             results["group_commit"][kind] = rows
+            b = read_bounds(s, med)
+            results.setdefault("read_bounds", {})[kind] = b
+            print(f"{kind:10} bounds from reads: 1 session getData p50 {b['read_p50_us_1_session']} us "
+                  f"-> a single writer cannot beat {b['single_writer_floor_x_fsync']:.2f}x one fdatasync; "
+                  f"64 sessions {b['reads_per_s_64_sessions']:.0f} getData/s "
+                  f"= {b['writers_64_ceiling_x_fsync_rate']:.1f}x 1/fdatasync", flush=True)
         finally:
             s.stop()
 

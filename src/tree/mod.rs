@@ -26,7 +26,7 @@ use base::BaseTree;
 pub use txn::{Applied, Trigger, Txn};
 
 /// A path or a child name as the overlay and the child sets hold it. Names of up to 23
-/// bytes (most ZooKeeper names, and most paths) are stored inline, so the B-tree
+/// bytes (most child names, and short paths) are stored inline, so the B-tree
 /// searches every write and every replayed txn makes compare bytes held in the B-tree
 /// node itself instead of following a pointer per comparison; longer ones are shared
 /// on the heap as before.
