@@ -75,6 +75,23 @@ def settle_snapshot(server, timeout=900):
     raise SystemExit(f"no snapshot reached zxid {last:#x} in {timeout} s")
 
 
+def replayed_txns(server):
+    """ringkeeper only: how many logged txns the last start replayed (its recovery line),
+    which is what a restart right after a load spends its time on."""
+    found = re.findall(r"(?:then|znodes from) (\d+) logged txns", server.log_text)
+    return int(found[-1]) if found else 0
+
+
+def restarts(server, probe_path, n):
+    """n restarts: their times and, for ringkeeper, the txns each replayed."""
+    times, replayed = [], []
+    for _ in range(n):
+        times.append(restart_seconds(server, probe_path))
+        if server.kind == "ringkeeper":
+            replayed.append(replayed_txns(server))
+    return times, replayed
+
+
 def log_counters(server):
     m = mntr(server)
     if server.kind == "ringkeeper":
@@ -169,18 +186,19 @@ def main():
             try:
                 load_s = populate(s, n)
                 fresh = rss(s.proc.pid)
-                times = [restart_seconds(s, f"/bench/k{n - 1:010}") for _ in range(a.restarts)]
+                times, replayed = restarts(s, f"/bench/k{n - 1:010}", a.restarts)
                 after = rss(s.proc.pid)
                 settled = []
                 if kind == "ringkeeper":
                     settle_snapshot(s)
-                    settled = [restart_seconds(s, f"/bench/k{n - 1:010}") for _ in range(a.restarts)]
+                    settled, _ = restarts(s, f"/bench/k{n - 1:010}", a.restarts)
                 disk = sum(f.stat().st_size for f in s.data_dir.rglob("*") if f.is_file())
-                row = {"znodes": n, "load_s": load_s, "restart_s": times,
+                row = {"znodes": n, "load_s": load_s, "restart_s": times, "replayed_txns": replayed,
                        "restart_no_log_s": settled,
                        "rss_fresh": fresh, "rss_after_restart": after, "data_dir_bytes": disk}
                 results["restart"].setdefault(kind, []).append(row)
-                no_log = (f" (log replayed; with a current snapshot: min {fmt_ms(min(settled))} "
+                no_log = (f" (replaying {'/'.join(str(r) for r in replayed)} txns; "
+                          f"with a current snapshot: min {fmt_ms(min(settled))} "
                           f"median {fmt_ms(statistics.median(settled))})") if settled else ""
                 print(f"{kind:10} {n:8} znodes: load {load_s:6.1f} s; restart min {fmt_ms(min(times))} "
                       f"median {fmt_ms(statistics.median(times))}{no_log}; RSS fresh {fresh['VmRSS'] / 2**20:7.1f} MiB "
