@@ -44,6 +44,14 @@ def assert_nodes(port, prefix, n, data=b"x" * 50):
     c.close()
 
 
+def write_then_snapshot(srv, prefix, snapshots_after):
+    """Writes 20 nodes under `prefix`, asks for a snapshot (SIGUSR1) and waits until
+    `snapshots_after` snapshots are published."""
+    write_nodes(srv.port, prefix, 20)
+    os.kill(srv.proc.pid, signal.SIGUSR1)
+    assert wait_for(lambda: len(snapshots(srv)) == snapshots_after, 10)
+
+
 def restart_expecting_failure(srv):
     """Restarts and expects start-up to stop; returns the server's log of that attempt."""
     srv.kill()
@@ -107,12 +115,8 @@ def test_damage_inside_the_log_stops_start_up_naming_file_and_offset():
 def test_damaged_snapshot_stops_start_up_unless_told_to_fall_back():
     srv = start_ringkeeper()
     try:
-        write_nodes(srv.port, "/a", 20)
-        os.kill(srv.proc.pid, signal.SIGUSR1)
-        assert wait_for(lambda: len(snapshots(srv)) == 1, 10)
-        write_nodes(srv.port, "/b", 20)
-        os.kill(srv.proc.pid, signal.SIGUSR1)
-        assert wait_for(lambda: len(snapshots(srv)) == 2, 10)
+        write_then_snapshot(srv, "/a", 1)
+        write_then_snapshot(srv, "/b", 2)
         write_nodes(srv.port, "/c", 20)
         newest = snapshots(srv)[-1]
         srv.kill()
@@ -135,9 +139,7 @@ def test_damaged_snapshot_stops_start_up_unless_told_to_fall_back():
 def test_truncated_snapshot_is_reported():
     srv = start_ringkeeper()
     try:
-        write_nodes(srv.port, "/a", 20)
-        os.kill(srv.proc.pid, signal.SIGUSR1)
-        assert wait_for(lambda: len(snapshots(srv)) == 1, 10)
+        write_then_snapshot(srv, "/a", 1)
         srv.kill()
         snap = snapshots(srv)[-1]
         snap.write_bytes(snap.read_bytes()[:-7])
@@ -150,9 +152,7 @@ def test_truncated_snapshot_is_reported():
 def test_half_made_files_of_a_crash_are_removed_and_never_read():
     srv = start_ringkeeper()
     try:
-        write_nodes(srv.port, "/a", 20)
-        os.kill(srv.proc.pid, signal.SIGUSR1)
-        assert wait_for(lambda: len(snapshots(srv)) == 1, 10)
+        write_then_snapshot(srv, "/a", 1)
         write_nodes(srv.port, "/b", 20)
         srv.kill()
         d = srv.data_dir / "ringkeeper"
