@@ -7,6 +7,7 @@
 
 pub mod broadcast;
 pub mod config;
+pub mod listen;
 pub mod proto;
 pub mod recovery;
 pub mod server;

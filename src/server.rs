@@ -11,10 +11,12 @@ use std::time::{Instant, SystemTime};
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringkeeper_storage::dirlock::DirLock;
 use thiserror::Error;
 
 use crate::broadcast;
 use crate::config::Config;
+use crate::listen;
 use crate::session::watches::WatchTable;
 use crate::shard;
 
@@ -63,21 +65,30 @@ impl ShardStats {
     }
 }
 
-/// What `cons` shows about one connection.
+/// What `cons` shows about one connection (ZooKeeper's ServerCnxn stats).
 pub struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     pub established: SystemTime,
     pub session_id: AtomicI64,
     pub timeout_ms: AtomicI32,
+    /// Packets in and out, as ZooKeeper counts them: the handshake and every request
+    /// (pings too) in; its answer, every reply and every watch event out.
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    /// The xid of the last request that was not a special one (ping, auth,
+    /// setWatches); -1 before the first.
     pub last_cxid: AtomicI32,
     pub last_zxid: AtomicI64,
     pub last_op: AtomicI32,
     pub queued: AtomicI64,
+    /// When the last reply went out, in ms of the monotonic clock (as ZooKeeper's
+    /// `lresp`, which is System.nanoTime() in ms).
+    pub last_response_ms: AtomicU64,
+    pub last_latency_us: AtomicU64,
     pub lat_sum_us: AtomicU64,
     pub lat_count: AtomicU64,
+    pub lat_min_us: AtomicU64,
     pub lat_max_us: AtomicU64,
 }
 
@@ -95,21 +106,40 @@ impl ConnInfo {
             last_zxid: AtomicI64::new(-1),
             last_op: AtomicI32::new(-1),
             queued: AtomicI64::new(0),
+            last_response_ms: AtomicU64::new(0),
+            last_latency_us: AtomicU64::new(0),
             lat_sum_us: AtomicU64::new(0),
             lat_count: AtomicU64::new(0),
+            lat_min_us: AtomicU64::new(u64::MAX),
             lat_max_us: AtomicU64::new(0),
         }
+    }
+
+    /// `crst`: back to the figures of a new connection (ZooKeeper's resetStats).
+    pub fn reset_stats(&self) {
+        self.received.store(0, Relaxed);
+        self.sent.store(0, Relaxed);
+        self.last_cxid.store(-1, Relaxed);
+        self.last_zxid.store(-1, Relaxed);
+        self.last_op.store(-1, Relaxed);
+        self.last_response_ms.store(0, Relaxed);
+        self.last_latency_us.store(0, Relaxed);
+        self.lat_sum_us.store(0, Relaxed);
+        self.lat_count.store(0, Relaxed);
+        self.lat_min_us.store(u64::MAX, Relaxed);
+        self.lat_max_us.store(0, Relaxed);
     }
 }
 
 pub struct ServerShared {
     pub cfg: Arc<Config>,
     pub started: Instant,
+    /// The monotonic clock's reading at `started`, in ms.
+    started_monotonic_ms: u64,
     pub shard_stats: Vec<ShardStats>,
     pub watch_tables: Vec<Arc<Mutex<WatchTable>>>,
     pub conns: Mutex<BTreeMap<u64, Arc<ConnInfo>>>,
     conns_per_ip: Mutex<HashMap<IpAddr, u32>>,
-    sessions: Mutex<Vec<(i64, i32)>>,
     last_zxid: AtomicI64,
     /// The tree recovery rebuilt: what shards serve until the first commit.
     pub initial_tree: Arc<crate::tree::DataTree>,
@@ -127,9 +157,9 @@ impl ServerShared {
             watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
             cfg,
             started: Instant::now(),
+            started_monotonic_ms: monotonic_ms(),
             conns: Mutex::default(),
             conns_per_ip: Mutex::default(),
-            sessions: Mutex::default(),
         }
     }
 
@@ -167,12 +197,10 @@ impl ServerShared {
         self.conns.lock().expect("conns poisoned").len()
     }
 
-    pub fn publish_sessions(&self, s: Vec<(i64, i32)>) {
-        *self.sessions.lock().expect("sessions poisoned") = s;
-    }
-
-    pub fn sessions(&self) -> Vec<(i64, i32)> {
-        self.sessions.lock().expect("sessions poisoned").clone()
+    /// `at` on the monotonic clock, in ms (what ZooKeeper's Time.currentElapsedTime
+    /// would have read then).
+    pub fn monotonic_ms_at(&self, at: Instant) -> u64 {
+        self.started_monotonic_ms + at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     /// The last durable zxid, set before the batch that carries it reaches any shard.
@@ -186,6 +214,16 @@ impl ServerShared {
     }
 }
 
+/// CLOCK_MONOTONIC in ms (the clock Instant reads).
+fn monotonic_ms() -> u64 {
+    // SAFETY: clock_gettime fills a local struct.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error(
@@ -196,10 +234,22 @@ pub enum StartError {
         name: String,
         source: glommio::GlommioError<()>,
     },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
+    #[error("{0}")]
+    Listen(#[from] listen::ListenError),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "{key} {} is in use: {source}. Two servers on one data directory would corrupt \
+         it: stop the other server, or give this one a {key} of its own",
+        dir.display()
+    )]
+    Locked {
+        key: &'static str,
+        dir: std::path::PathBuf,
+        source: ringkeeper_storage::dirlock::DirLockError,
     },
     #[error("executor {0} stopped unexpectedly")]
     Died(String),
@@ -257,33 +307,45 @@ fn raise_rlimit(resource: libc::__rlimit_resource_t, want: libc::rlim_t) -> u64 
     }
 }
 
-/// Binds the client address the way the shards will (SO_REUSEADDR so a restart is not
-/// blocked by the previous run's TIME_WAIT connections, SO_REUSEPORT so every shard can
-/// listen on it), to report a port in use before anything starts.
-fn probe_listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    use socket2::{Domain, Socket, Type};
-    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sk.set_reuse_address(true)?;
-    sk.set_reuse_port(true)?;
-    sk.bind(&addr.into())?;
-    sk.listen(1)?;
-    Ok(sk)
+/// Locks dataDir's and dataLogDir's storage directories (once if they are one
+/// directory by two names) for the life of the process.
+fn lock_storage_dirs(cfg: &Config) -> Result<Vec<DirLock>, StartError> {
+    let mut locks: Vec<DirLock> = Vec::new();
+    let mut seen = Vec::new();
+    for (key, dir) in [
+        ("dataDir", cfg.snapshot_dir()),
+        ("dataLogDir", cfg.log_dir()),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let same = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        if seen.contains(&same) {
+            continue;
+        }
+        seen.push(same);
+        let lock = DirLock::acquire(&dir).map_err(|source| StartError::Locked {
+            key,
+            dir: dir.clone(),
+            source,
+        })?;
+        locks.push(lock);
+    }
+    Ok(locks)
 }
 
 /// Starts the broadcast core and the shards, binds the client port, and blocks until
 /// the server stops. `ready` is called with the bound address once clients can connect.
 pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
+    // Held until the process ends: the kernel drops them however it ends.
+    let _dir_locks = lock_storage_dirs(&cfg)?;
     let addr = SocketAddr::new(cfg.client_port_address, cfg.client_port);
-    // Bind once here so a port in use is reported before recovery reads anything;
-    // each shard binds its own SO_REUSEPORT listener on the same address.
-    let probe = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-    let bound = probe
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?
-        .as_socket()
-        .unwrap_or(addr);
-    drop(probe);
+    // The port is taken before recovery reads anything, so a port in use is reported
+    // at once and no second server can join it while this one recovers.
+    let (listeners, bound) = listen::bind_shard_listeners(addr, cfg.shards)?;
+    let mut listeners = listeners.into_iter();
     let recovered = crate::recovery::recover(&cfg)?;
     if cfg.autopurge_purge_interval_hours > 0 {
         broadcast::purge(&cfg);
@@ -318,7 +380,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
     let core_cfg = cfg.clone();
     let core_shared = shared.clone();
     let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let mut shards = Vec::new();
     let mut core = None;
     let mut first_shard = 0;
@@ -330,6 +392,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
         let name = "rk-shard-0".to_string();
+        let listener = listeners.next().expect("one listener per shard");
         let h = LocalExecutorBuilder::new(placement(0))
             .name(&name)
             .io_memory(CORE_IO_MEMORY_BYTES)
@@ -343,7 +406,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
                     core_shared,
                 ))
                 .detach();
-                shard::run(0, bound, shared, tx, rx, ready_tx).await
+                shard::run(0, listener, shared, tx, rx, ready_tx).await
             })
             .map_err(|source| StartError::Executor { name, source })?;
         shards.push(h);
@@ -366,25 +429,19 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
         let name = format!("rk-shard-{i}");
+        let listener = listeners.next().expect("one listener per shard");
         let h = LocalExecutorBuilder::new(placement(i % cores))
             .name(&name)
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(spin)
-            .spawn(move || shard::run(i, bound, shared, tx, rx, ready_tx))
+            .spawn(move || shard::run(i, listener, shared, tx, rx, ready_tx))
             .map_err(|source| StartError::Executor { name, source })?;
         shards.push(h);
     }
     drop(ready_tx);
     for _ in 0..cfg.shards {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
-                return Err(StartError::Listen {
-                    addr: bound,
-                    source,
-                })
-            }
-            Err(_) => return Err(StartError::Died("shard".into())),
+        if ready_rx.recv().is_err() {
+            return Err(StartError::Died("shard".into()));
         }
     }
     ready(bound);

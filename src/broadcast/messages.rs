@@ -47,6 +47,18 @@ pub enum ToCore {
     },
     /// Sessions that showed activity since the last report.
     Touch(Vec<i64>),
+    /// The session table as it is now, for the four-letter words (`dump`, `mntr`):
+    /// every session whose handshake was answered before this was sent is in it.
+    Sessions(futures_channel::oneshot::Sender<Vec<SessionSummary>>),
+}
+
+/// One live session, as the four-letter words show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session_id: i64,
+    pub timeout_ms: i32,
+    /// When it expires unless it shows activity first (ms since the Unix epoch).
+    pub expires_at_wall_ms: i64,
 }
 
 /// A granted session, as sent back in the ConnectResponse.

@@ -27,7 +27,7 @@ use crate::server::ServerShared;
 use crate::session::table::{Session, SessionTable, PASSWD_BYTES};
 use crate::tree::{Applied, DataTree, Requester, Trigger, Txn};
 use crate::util::Notify;
-use messages::{Batch, CoreOp, Effect, Entry, Granted, ToCore};
+use messages::{Batch, CoreOp, Effect, Entry, Granted, SessionSummary, ToCore};
 use rebase::Rebase;
 use ringkeeper_storage::group::GroupCommit;
 use ringkeeper_storage::log::{LogError, LogOptions, LogWriter};
@@ -230,6 +230,10 @@ impl Core {
                 for id in ids {
                     self.sessions.touch(id, now);
                 }
+            }
+            ToCore::Sessions(reply) => {
+                // The asker may have gone (its connection closed): nothing to do then.
+                let _ = reply.send(self.session_summaries());
             }
             ToCore::Connect {
                 shard,
@@ -533,13 +537,20 @@ impl Core {
         self.sessions.len()
     }
 
-    pub fn session_summaries(&self) -> Vec<(i64, i32)> {
-        let mut v: Vec<(i64, i32)> = self
+    /// The live sessions, by id.
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        let now = self.now_ms();
+        let wall_now = wall_ms();
+        let mut v: Vec<SessionSummary> = self
             .sessions
             .iter()
-            .map(|(id, s)| (*id, s.timeout_ms))
+            .map(|(id, s)| SessionSummary {
+                session_id: *id,
+                timeout_ms: s.timeout_ms,
+                expires_at_wall_ms: wall_now + s.deadline_ms.saturating_sub(now) as i64,
+            })
             .collect();
-        v.sort();
+        v.sort_by_key(|s| s.session_id);
         v
     }
 }
@@ -877,7 +888,6 @@ pub async fn run(
         if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
             last_tick = Instant::now();
             core.tick(&mut entries);
-            shared.publish_sessions(core.session_summaries());
         }
         if !queue.borrow().is_empty() {
             notify.notify();

@@ -394,30 +394,23 @@ impl Config {
         vec![
             format!("clientPort={}", self.client_port),
             format!("secureClientPort=-1"),
-            format!("dataDir={}", self.data_dir.display()),
-            format!("dataDirSize={}", dir_size(&self.data_dir)),
-            format!(
-                "dataLogDir={}",
-                self.data_log_dir
-                    .as_ref()
-                    .unwrap_or(&self.data_dir)
-                    .display()
-            ),
-            format!(
-                "dataLogSize={}",
-                dir_size(self.data_log_dir.as_ref().unwrap_or(&self.data_dir))
-            ),
+            // The directories the files are in, as ZooKeeper names its version-2.
+            format!("dataDir={}", self.snapshot_dir().display()),
+            format!("dataDirSize={}", dir_size(&self.snapshot_dir())),
+            format!("dataLogDir={}", self.log_dir().display()),
+            format!("dataLogSize={}", dir_size(&self.log_dir())),
             format!("tickTime={}", self.tick_time_ms),
             format!("maxClientCnxns={}", self.max_client_cnxns),
             format!("minSessionTimeout={}", self.min_session_timeout_ms()),
             format!("maxSessionTimeout={}", self.max_session_timeout_ms()),
-            format!("clientPortListenBacklog=-1"),
+            format!("clientPortListenBacklog={}", crate::listen::LISTEN_BACKLOG),
             format!("serverId=0"),
         ]
     }
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// The bytes of the files in `p` (not below it), 0 if it cannot be read.
+pub fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| {
             rd.filter_map(Result::ok)

@@ -211,55 +211,41 @@ impl WatchTable {
         out.dedup();
     }
 
+    /// Registrations of every kind (a session watching one path two ways counts twice).
     pub fn watch_count(&self) -> usize {
         self.count
     }
 
-    pub fn watched_path_count(&self) -> usize {
-        let mut paths: HashSet<&Arc<str>> = HashSet::new();
-        for m in [
-            &self.by_path.data,
-            &self.by_path.child,
-            &self.by_path.persistent,
-            &self.by_path.recursive,
-        ] {
-            paths.extend(m.keys());
+    /// The (session, path) pairs ZooKeeper's watch manager of `side` would hold.
+    /// ZooKeeper keeps two per tree: dataWatches (getData/exists watches) and
+    /// childWatches (getChildren watches); addWatch registers a persistent or a
+    /// persistent-recursive watch with both (3.8). A session watching a path counts
+    /// once per manager, whatever kinds it holds there. The four-letter words report
+    /// through these views so that their figures read as ZooKeeper's do.
+    pub fn zookeeper_view(&self, side: WatchSide) -> impl Iterator<Item = (i64, &str)> + '_ {
+        self.by_session.iter().flat_map(move |(sid, paths)| {
+            paths
+                .iter()
+                .filter(move |(_, kinds)| kinds.iter().any(|k| side.holds(*k)))
+                .map(move |(p, _)| (*sid, &**p))
+        })
+    }
+}
+
+/// One of ZooKeeper's two watch managers (see [`WatchTable::zookeeper_view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchSide {
+    Data,
+    Child,
+}
+
+impl WatchSide {
+    fn holds(self, kind: WatchKind) -> bool {
+        match kind {
+            WatchKind::Data => self == WatchSide::Data,
+            WatchKind::Child => self == WatchSide::Child,
+            WatchKind::Persistent | WatchKind::PersistentRecursive => true,
         }
-        paths.len()
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.by_session.len()
-    }
-
-    /// session -> watched paths (`wchc`).
-    pub fn by_session(&self) -> Vec<(i64, Vec<String>)> {
-        let mut v: Vec<(i64, Vec<String>)> = self
-            .by_session
-            .iter()
-            .map(|(s, p)| (*s, p.keys().map(|k| k.to_string()).collect()))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// path -> watching sessions (`wchp`).
-    pub fn by_path(&self) -> BTreeMap<String, Vec<i64>> {
-        let mut m: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for map in [
-            &self.by_path.data,
-            &self.by_path.child,
-            &self.by_path.persistent,
-            &self.by_path.recursive,
-        ] {
-            for (p, set) in map {
-                let e = m.entry(p.to_string()).or_default();
-                e.extend(set.iter().copied());
-                e.sort_unstable();
-                e.dedup();
-            }
-        }
-        m
     }
 }
 
@@ -289,7 +275,8 @@ mod tests {
         t.add(1, "/a", WatchKind::Child);
         assert_eq!(fire(&mut t, "/a", EventType::NodeDeleted), vec![1]);
         assert_eq!(t.watch_count(), 0);
-        assert!(t.by_session().is_empty());
+        assert_eq!(t.zookeeper_view(WatchSide::Data).count(), 0);
+        assert_eq!(t.zookeeper_view(WatchSide::Child).count(), 0);
     }
 
     #[test]
@@ -311,6 +298,32 @@ mod tests {
         assert!(fire(&mut t, "/a/b", EventType::NodeCreated).is_empty());
         assert!(t.remove_type(3, "/a", WatcherType::Any));
         assert!(!t.remove_type(3, "/a", WatcherType::Any));
+    }
+
+    #[test]
+    fn zookeeper_views_count_a_path_once_per_manager() {
+        let mut t = WatchTable::default();
+        t.add(1, "/a", WatchKind::Data);
+        t.add(1, "/a", WatchKind::Persistent);
+        t.add(1, "/b", WatchKind::Child);
+        t.add(2, "/r", WatchKind::PersistentRecursive);
+        let view = |side| {
+            let mut v: Vec<(i64, String)> = t
+                .zookeeper_view(side)
+                .map(|(s, p)| (s, p.to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        let pairs = |v: &[(i64, &str)]| -> Vec<(i64, String)> {
+            v.iter().map(|(s, p)| (*s, p.to_string())).collect()
+        };
+        assert_eq!(view(WatchSide::Data), pairs(&[(1, "/a"), (2, "/r")]));
+        assert_eq!(
+            view(WatchSide::Child),
+            pairs(&[(1, "/a"), (1, "/b"), (2, "/r")])
+        );
+        assert_eq!(t.watch_count(), 4);
     }
 
     #[test]

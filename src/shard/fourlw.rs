@@ -1,11 +1,15 @@
 //! Four-letter words on the client port, in the shapes ZooKeeper prints them so that
 //! existing scripts and monitoring keep parsing them.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
 use super::Shard;
+use crate::broadcast::messages::{SessionSummary, ToCore};
+use crate::config::dir_size;
+use crate::session::watches::WatchSide;
 
 /// The version string clients and scripts see.
 pub fn version() -> String {
@@ -140,29 +144,46 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
 fn cons(shard: &Shard) -> String {
     let mut s = String::new();
     for c in shard.shared.conns.lock().expect("conns poisoned").values() {
-        let est = c
-            .established
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let n = c.lat_count.load(Relaxed);
-        let avg = c.lat_sum_us.load(Relaxed).checked_div(n).unwrap_or(0) / 1000;
-        let _ = writeln!(
+        let session_id = c.session_id.load(Relaxed);
+        let _ = write!(
             s,
-            " /{}[1](queued={},recved={},sent={},sid=0x{:x},lop={},est={},to={},lcxid=0x{:x},lzxid=0x{:x},lresp={},llat=0,minlat=0,avglat={},maxlat={})",
+            " /{}[{}](queued={},recved={},sent={}",
             c.peer,
+            if session_id != 0 { 1 } else { 0 },
             c.queued.load(Relaxed),
             c.received.load(Relaxed),
-            c.sent.load(Relaxed),
-            c.session_id.load(Relaxed),
-            op_name(c.last_op.load(Relaxed)),
-            est,
-            c.timeout_ms.load(Relaxed),
-            c.last_cxid.load(Relaxed),
-            c.last_zxid.load(Relaxed),
-            est,
-            avg,
-            c.lat_max_us.load(Relaxed) / 1000
+            c.sent.load(Relaxed)
         );
+        // ZooKeeper shows the rest only for a connection with a session.
+        if session_id != 0 {
+            let est = c
+                .established
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let _ = write!(
+                s,
+                ",sid=0x{session_id:x},lop={},est={est},to={}",
+                op_name(c.last_op.load(Relaxed)),
+                c.timeout_ms.load(Relaxed),
+            );
+            let last_cxid = c.last_cxid.load(Relaxed);
+            if last_cxid >= 0 {
+                let _ = write!(s, ",lcxid=0x{last_cxid:x}");
+            }
+            let n = c.lat_count.load(Relaxed);
+            let min_us = c.lat_min_us.load(Relaxed);
+            let _ = write!(
+                s,
+                ",lzxid=0x{:x},lresp={},llat={},minlat={},avglat={},maxlat={}",
+                c.last_zxid.load(Relaxed),
+                c.last_response_ms.load(Relaxed),
+                c.last_latency_us.load(Relaxed) / 1000,
+                if min_us == u64::MAX { 0 } else { min_us / 1000 },
+                c.lat_sum_us.load(Relaxed).checked_div(n).unwrap_or(0) / 1000,
+                c.lat_max_us.load(Relaxed) / 1000
+            );
+        }
+        s.push_str(")\n");
     }
     s.push('\n');
     s
@@ -179,19 +200,192 @@ fn watch_tables(
         .collect()
 }
 
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
+/// `envi`: the keys of ZooKeeper's that mean something for a native server, with
+/// Java's spelling of the values (os.name "Linux", os.arch "amd64").
+fn envi(shards: usize) -> String {
+    // SAFETY: uname fills a local struct with NUL-terminated strings.
+    let (os_name, os_version) = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) == 0 {
+            let field = |f: &[libc::c_char]| {
+                std::ffi::CStr::from_ptr(f.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            (field(&u.sysname), field(&u.release))
+        } else {
+            (std::env::consts::OS.to_string(), String::new())
+        }
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "i386",
+        other => other,
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let (user, home) = current_user();
+    format!(
+        "Environment:\nzookeeper.version={}\nhost.name={}\njava.version=n/a (ringkeeper is native)\nos.name={os_name}\nos.arch={arch}\nos.version={os_version}\nuser.name={}\nuser.home={}\nuser.dir={cwd}\nringkeeper.shards={shards}\n",
+        version(),
+        host.trim(),
+        user,
+        home,
+    )
+}
+
+/// The effective user's name and home directory, from the password database as Java
+/// reads user.name and user.home (empty if it has no entry).
+fn current_user() -> (String, String) {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: getpwuid_r writes the entry's strings into buf (of the length given)
+    // and sets `found` to point at `pw` on success.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() {
+            return (String::new(), String::new());
+        }
+        let text =
+            |p: *const libc::c_char| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        (text(pw.pw_name), text(pw.pw_dir))
+    }
+}
+
+/// `wchc` (each session, then the paths it watches) or `wchp` (each path, then the
+/// sessions watching it) over ZooKeeper's data watches, ending with the blank line
+/// ZooKeeper's end with.
+fn watch_list(shard: &Shard, by_path: bool) -> String {
+    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for w in watch_tables(shard) {
+        for (sid, p) in w.zookeeper_view(WatchSide::Data) {
+            let (sid, p) = (format!("0x{sid:x}"), p.to_string());
+            let (key, item) = if by_path { (p, sid) } else { (sid, p) };
+            groups.entry(key).or_default().insert(item);
+        }
+    }
+    let mut s = String::new();
+    for (key, items) in groups {
+        let _ = writeln!(s, "{key}");
+        for item in items {
+            let _ = writeln!(s, "\t{item}");
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// The broadcast core's session table (empty if the core has stopped).
+async fn sessions(shard: &Shard) -> Vec<SessionSummary> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    if shard.to_core.send(ToCore::Sessions(tx)).await.is_err() {
+        return Vec::new();
+    }
+    rx.await.unwrap_or_default()
+}
+
+/// A wall-clock time (ms since the epoch) as Java's Date.toString prints it in the
+/// local time zone: "Mon Nov 30 03:35:19 UTC 2026".
+fn java_date(wall_ms: i64) -> String {
+    let secs = (wall_ms / 1000) as libc::time_t;
+    let mut buf = [0u8; 64];
+    // SAFETY: localtime_r fills a local struct; strftime writes at most buf.len()
+    // bytes into buf and returns how many (0 on failure).
+    let n = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return wall_ms.to_string();
+        }
+        libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%a %b %d %H:%M:%S %Z %Y".as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// ZooKeeper's ExpiryQueue dump: "Sets (K)/(N):", then each set of elements that expire
+/// at one time, earliest first.
+fn expiry_sets(out: &mut String, elems: Vec<(i64, String)>) {
+    let mut sets: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let n = elems.len();
+    for (at, e) in elems {
+        sets.entry(at).or_default().push(e);
+    }
+    let _ = writeln!(out, "Sets ({})/({n}):", sets.len());
+    for (at, elems) in sets {
+        let _ = writeln!(out, "{} expire at {}:", elems.len(), java_date(at));
+        for e in elems {
+            let _ = writeln!(out, "\t{e}");
+        }
+    }
+}
+
+/// `dump`, as a standalone ZooKeeper prints it. Sessions expire on their own
+/// deadlines here rather than in tickTime buckets, so a set is the sessions that
+/// expire at the same millisecond. A connection expires with its session; one
+/// without a session is closed once its handshake is overdue.
+fn dump(shard: &Shard, sessions: Vec<SessionSummary>) -> String {
+    let mut s = String::from("SessionTracker dump:\nSession ");
+    let expiry: HashMap<i64, i64> = sessions
+        .iter()
+        .map(|x| (x.session_id, x.expires_at_wall_ms))
+        .collect();
+    expiry_sets(
+        &mut s,
+        sessions
+            .iter()
+            .map(|x| (x.expires_at_wall_ms, format!("0x{:x}", x.session_id)))
+            .collect(),
+    );
+    let eph = shard.tree().all_ephemerals();
+    let _ = writeln!(
+        s,
+        "ephemeral nodes dump:\nSessions with Ephemerals ({}):",
+        eph.len()
+    );
+    for (sid, paths) in eph {
+        let _ = writeln!(s, "0x{sid:x}:");
+        for p in paths {
+            let _ = writeln!(s, "\t{p}");
+        }
+    }
+    s.push_str("Connections dump:\nConnections ");
+    let conns = shard
+        .shared
+        .conns
+        .lock()
+        .expect("conns poisoned")
+        .values()
+        .map(|c| {
+            let sid = c.session_id.load(Relaxed);
+            let at = expiry.get(&sid).copied().unwrap_or_else(|| {
+                let est = c
+                    .established
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                est + super::SESSIONLESS_CONN_TIMEOUT.as_millis() as i64
+            });
+            (at, format!("ip: /{} sessionId: 0x{sid:x}", c.peer))
         })
-        .unwrap_or(0)
+        .collect();
+    expiry_sets(&mut s, conns);
+    s
 }
 
 /// The answer to a (whitelisted) four-letter word.
-pub fn answer(shard: &Shard, word: &str) -> String {
+pub async fn answer(shard: &Shard, word: &str) -> String {
     let cfg = &shard.shared.cfg;
     match word {
         "ruok" => "imok".into(),
@@ -202,11 +396,7 @@ pub fn answer(shard: &Shard, word: &str) -> String {
         "cons" => cons(shard),
         "crst" => {
             for c in shard.shared.conns.lock().expect("conns poisoned").values() {
-                c.received.store(0, Relaxed);
-                c.sent.store(0, Relaxed);
-                c.lat_sum_us.store(0, Relaxed);
-                c.lat_count.store(0, Relaxed);
-                c.lat_max_us.store(0, Relaxed);
+                c.reset_stats();
             }
             "Connection stats reset.\n".into()
         }
@@ -216,26 +406,20 @@ pub fn answer(shard: &Shard, word: &str) -> String {
             }
             "Server stats reset.\n".into()
         }
-        "envi" => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let cwd = std::env::current_dir()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            format!(
-                "Environment:\nzookeeper.version={}\nhost.name={}\njava.version=n/a (ringkeeper is native)\nos.name={}\nos.arch={}\nuser.dir={}\nringkeeper.shards={}\n",
-                version(),
-                host.trim(),
-                std::env::consts::OS,
-                std::env::consts::ARCH,
-                cwd,
-                cfg.shards
-            )
-        }
+        "envi" => envi(cfg.shards),
         "mntr" => {
+            let global_sessions = sessions(shard).await.len();
             let t = totals(shard);
             let tree = shard.tree();
+            // ZooKeeper's figure: its data and child watch managers' sizes added up.
             let tables = watch_tables(shard);
-            let watches: usize = tables.iter().map(|w| w.watch_count()).sum();
+            let watches: usize = tables
+                .iter()
+                .map(|w| {
+                    w.zookeeper_view(WatchSide::Data).count()
+                        + w.zookeeper_view(WatchSide::Child).count()
+                })
+                .sum();
             drop(tables);
             let ephemerals: usize = tree.all_ephemerals().iter().map(|(_, p)| p.len()).sum();
             let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
@@ -267,10 +451,7 @@ pub fn answer(shard: &Shard, word: &str) -> String {
                 "zk_uptime",
                 shard.shared.started.elapsed().as_millis().to_string(),
             );
-            kv(
-                "zk_global_sessions",
-                shard.shared.sessions().len().to_string(),
-            );
+            kv("zk_global_sessions", global_sessions.to_string());
             kv("zk_last_proposal_size", "-1".into());
             // ringkeeper's own: connections per shard, so the spread is visible.
             let mut per_shard = vec![0usize; cfg.shards];
@@ -295,68 +476,36 @@ pub fn answer(shard: &Shard, word: &str) -> String {
             }
             s
         }
+        // The watch words show ZooKeeper's data watch manager, as ZooKeeper's do:
+        // getData/exists watches and persistent ones, not getChildren watches.
         "wchs" => {
-            let tables = watch_tables(shard);
-            let conns: usize = tables.iter().map(|w| w.session_count()).sum();
-            let paths: usize = tables.iter().map(|w| w.watched_path_count()).sum();
-            let total: usize = tables.iter().map(|w| w.watch_count()).sum();
-            format!("{conns} connections watching {paths} paths\nTotal watches:{total}\n")
-        }
-        "wchc" => {
-            let mut s = String::new();
+            let mut sessions = BTreeSet::new();
+            let mut paths = BTreeSet::new();
+            let mut total = 0;
             for w in watch_tables(shard) {
-                for (sid, paths) in w.by_session() {
-                    let _ = writeln!(s, "0x{sid:x}");
-                    for p in paths {
-                        let _ = writeln!(s, "\t{p}");
-                    }
+                for (sid, p) in w.zookeeper_view(WatchSide::Data) {
+                    sessions.insert(sid);
+                    paths.insert(p.to_string());
+                    total += 1;
                 }
             }
-            s
-        }
-        "wchp" => {
-            let mut s = String::new();
-            for w in watch_tables(shard) {
-                for (p, sids) in w.by_path() {
-                    let _ = writeln!(s, "{p}");
-                    for sid in sids {
-                        let _ = writeln!(s, "\t0x{sid:x}");
-                    }
-                }
-            }
-            s
-        }
-        "dump" => {
-            let sessions = shard.shared.sessions();
-            let mut s = format!(
-                "SessionTracker dump:\nGlobal Sessions({}):\n",
-                sessions.len()
-            );
-            for (sid, to) in sessions {
-                let _ = writeln!(s, "0x{sid:x}\t{to}ms");
-            }
-            let eph = shard.tree().all_ephemerals();
-            let _ = writeln!(
-                s,
-                "ephemeral nodes dump:\nSessions with Ephemerals ({}):",
-                eph.len()
-            );
-            for (sid, paths) in eph {
-                let _ = writeln!(s, "0x{sid:x}:");
-                for p in paths {
-                    let _ = writeln!(s, "\t{p}");
-                }
-            }
-            s
-        }
-        "dirs" => {
-            let log_dir = cfg.data_log_dir.as_ref().unwrap_or(&cfg.data_dir);
             format!(
-                "datadir_size: {}\nlogdir_size: {}\n",
-                dir_bytes(&cfg.data_dir),
-                dir_bytes(log_dir)
+                "{} connections watching {} paths\nTotal watches:{total}\n",
+                sessions.len(),
+                paths.len()
             )
         }
+        "wchc" => watch_list(shard, false),
+        "wchp" => watch_list(shard, true),
+        "dump" => {
+            let sessions = sessions(shard).await;
+            dump(shard, sessions)
+        }
+        "dirs" => format!(
+            "datadir_size: {}\nlogdir_size: {}\n",
+            dir_size(&cfg.snapshot_dir()),
+            dir_size(&cfg.log_dir())
+        ),
         other => format!("{other} is not supported by ringkeeper.\n"),
     }
 }

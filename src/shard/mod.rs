@@ -11,6 +11,7 @@ pub mod reads;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,9 @@ pub const SESSION_OUTSTANDING_MAX: usize = 1000;
 /// reads keep filling it.
 const READ_BUF_MAX_BYTES: usize = 64 * 1024;
 const READ_BUF_MIN_BYTES: usize = 4 * 1024;
+/// How long a new connection may take to send its handshake or four-letter word
+/// (ZooKeeper's zookeeper.nio.sessionlessCnxnTimeout, 10 s by default).
+pub const SESSIONLESS_CONN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Shard {
     index: usize,
@@ -68,19 +72,15 @@ impl Shard {
 /// Runs shard `index` until the process ends.
 pub async fn run(
     index: usize,
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     shared: Arc<ServerShared>,
     to_core: SharedSender<ToCore>,
     from_core: SharedReceiver<Arc<Batch>>,
-    ready: std::sync::mpsc::Sender<Result<(), std::io::Error>>,
+    ready: std::sync::mpsc::Sender<()>,
 ) {
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(std::io::Error::other(e.to_string())));
-            return;
-        }
-    };
+    // SAFETY: the descriptor is a bound, listening TCP socket that this call takes
+    // over (into_raw_fd gives up the std listener's ownership).
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let shard = Rc::new(Shard {
         index,
         watches: shared.watch_tables[index].clone(),
@@ -125,7 +125,7 @@ pub async fn run(
         })
         .detach();
     }
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(());
     let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
@@ -187,6 +187,7 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                                 path: t.path.to_string(),
                             },
                         );
+                        count_sent(shard, c, 1);
                         touched_conns.push(c.clone());
                     }
                 }
@@ -342,20 +343,33 @@ fn deliver_write_reply(
         },
         body,
     );
-    count_sent(shard, c);
+    count_sent(shard, c, 1);
 }
 
 fn record_latency(shard: &Shard, c: &Conn, received: Instant) {
-    let us = received.elapsed().as_micros() as u64;
+    let now = Instant::now();
+    let us = now.saturating_duration_since(received).as_micros() as u64;
     shard.stats().record_latency(us);
-    c.info.lat_sum_us.fetch_add(us, Relaxed);
-    c.info.lat_count.fetch_add(1, Relaxed);
-    c.info.lat_max_us.fetch_max(us, Relaxed);
+    let info = &c.info;
+    info.last_response_ms
+        .store(shard.shared.monotonic_ms_at(now), Relaxed);
+    info.last_latency_us.store(us, Relaxed);
+    info.lat_sum_us.fetch_add(us, Relaxed);
+    info.lat_count.fetch_add(1, Relaxed);
+    info.lat_min_us.fetch_min(us, Relaxed);
+    info.lat_max_us.fetch_max(us, Relaxed);
 }
 
-fn count_sent(shard: &Shard, c: &Conn) {
-    shard.stats().packets_sent.fetch_add(1, Relaxed);
-    c.info.sent.fetch_add(1, Relaxed);
+/// Counts `frames` packets sent on `c` (replies, watch events, the handshake's answer).
+fn count_sent(shard: &Shard, c: &Conn, frames: u64) {
+    shard.stats().packets_sent.fetch_add(frames, Relaxed);
+    c.info.sent.fetch_add(frames, Relaxed);
+}
+
+/// Counts one packet received on `c` (a request, the handshake, a four-letter word).
+fn count_received(shard: &Shard, c: &Conn) {
+    shard.stats().packets_received.fetch_add(1, Relaxed);
+    c.info.received.fetch_add(1, Relaxed);
 }
 
 /// Answers queued reads (and ready replies) up to the next pending write.
@@ -381,7 +395,7 @@ fn drain_ready(shard: &Shard, c: &Conn) {
             }
             Some(Pending::Ready { frame, close_after }) => {
                 c.out.borrow_mut().extend_from_slice(&frame);
-                count_sent(shard, c);
+                count_sent(shard, c, 1);
                 if close_after {
                     c.close();
                 }
@@ -404,9 +418,9 @@ fn answer_read(shard: &Shard, c: &Conn, req_xid: i32, req: &Request) {
         auth: &auth,
         watches: &mut watches,
     };
-    reads::execute(&mut ctx, req_xid, req, &mut c.out.borrow_mut());
+    let frames = reads::execute(&mut ctx, req_xid, req, &mut c.out.borrow_mut());
     c.info.last_zxid.store(tree.last_zxid(), Relaxed);
-    count_sent(shard, c);
+    count_sent(shard, c, frames);
 }
 
 /// Reads whole frames from a socket, keeping any partial frame for the next call.
@@ -524,7 +538,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 tracing::debug!("connection {peer}: {e}");
             }
             c.close();
-            std::future::pending::<()>().await;
+            // The writer sends what is queued, then ends the connection.
+            std::future::pending().await
         }
     };
     let writer = {
@@ -550,12 +565,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     *out = data;
                 }
             }
-            let _ = wr.close().await;
+            wr
         }
     };
-    futures_lite::future::or(reader, writer).await;
+    let mut wr = futures_lite::future::or(reader, writer).await;
     // The connection is gone; its session lives on until it expires or the client
-    // reconnects, but its watches go with the connection, as in ZooKeeper.
+    // reconnects, but its watches go with the connection, as in ZooKeeper. It leaves
+    // the registry before its socket closes: a client that saw the close and then asks
+    // `cons` or `srvr` does not find it there.
     shard.conns.borrow_mut().remove(&id);
     let sid = c.session_id.get();
     let owned = shard
@@ -580,6 +597,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .count();
     shard.stats().outstanding.fetch_sub(pending as i64, Relaxed);
     shard.shared.release(&info);
+    let _ = wr.close().await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -597,6 +615,38 @@ enum ConnError {
     Refused(String),
     #[error("the broadcast core has stopped")]
     CoreGone,
+    #[error("no handshake within {0:?}")]
+    HandshakeOverdue(Duration),
+}
+
+/// What a new connection opens with.
+enum Opening {
+    FourLetterWord(&'static str),
+    /// The ConnectRequest's frame.
+    Handshake(Vec<u8>),
+    Closed,
+}
+
+async fn read_opening(
+    frames: &mut FrameReader,
+    rd: &mut (impl AsyncReadExt + Unpin),
+    peer: SocketAddr,
+) -> Result<Opening, ConnError> {
+    if !frames.fill(rd, 4).await? {
+        return Ok(Opening::Closed);
+    }
+    let first: [u8; 4] = frames.buffered()[..4].try_into().expect("4 bytes");
+    if let Some(word) = four_letter_word(first) {
+        return Ok(Opening::FourLetterWord(word));
+    }
+    match frames.next(rd).await? {
+        Frame::Data(f) => Ok(Opening::Handshake(f)),
+        Frame::Eof => Ok(Opening::Closed),
+        Frame::TooLarge(n) => {
+            tracing::warn!("Closing connection to {peer}: Packet len {n} is out of range!");
+            Err(ConnError::TooLarge(n))
+        }
+    }
 }
 
 async fn read_loop(
@@ -607,28 +657,31 @@ async fn read_loop(
     let limit = shard.shared.cfg.frame_bytes_limit();
     let mut frames = FrameReader::new(limit);
     let peer = c.info.peer;
-    // A four-letter word instead of a handshake.
-    if !frames.fill(rd, 4).await? {
-        return Ok(());
-    }
-    let first: [u8; 4] = frames.buffered()[..4].try_into().expect("4 bytes");
-    if let Some(word) = four_letter_word(first) {
-        let text = if shard.shared.cfg.four_letter_word_enabled(word) {
-            fourlw::answer(shard, word)
-        } else {
-            format!("{word} is not executed because it is not in the whitelist.\n")
-        };
-        c.out.borrow_mut().extend_from_slice(text.as_bytes());
-        return Ok(());
-    }
-    let frame = match frames.next(rd).await? {
-        Frame::Data(f) => f,
-        Frame::Eof => return Ok(()),
-        Frame::TooLarge(n) => {
-            tracing::warn!("Closing connection to {peer}: Packet len {n} is out of range!");
-            return Err(ConnError::TooLarge(n));
-        }
+    // A connection that sends neither a handshake nor a four-letter word in time is
+    // closed, as ZooKeeper closes its session-less connections.
+    let overdue = async {
+        glommio::timer::sleep(SESSIONLESS_CONN_TIMEOUT).await;
+        Err(ConnError::HandshakeOverdue(SESSIONLESS_CONN_TIMEOUT))
     };
+    let opening = futures_lite::future::or(read_opening(&mut frames, rd, peer), overdue).await?;
+    let frame = match opening {
+        Opening::Closed => return Ok(()),
+        Opening::FourLetterWord(word) => {
+            count_received(shard, c);
+            let text = if shard.shared.cfg.four_letter_word_enabled(word) {
+                fourlw::answer(shard, word).await
+            } else {
+                format!("{word} is not executed because it is not in the whitelist.\n")
+            };
+            c.out.borrow_mut().extend_from_slice(text.as_bytes());
+            // Counted once answered, as ZooKeeper does: the next word's figures
+            // include this answer, this word's own do not.
+            count_sent(shard, c, 1);
+            return Ok(());
+        }
+        Opening::Handshake(frame) => frame,
+    };
+    count_received(shard, c);
     let req = ConnectRequest::decode(&frame).map_err(|err| ConnError::Malformed {
         what: "ConnectRequest",
         err,
@@ -674,6 +727,7 @@ async fn read_loop(
         let len = (out.len() - start - 4) as i32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
+    count_sent(shard, c, 1);
     c.flush_soon();
     let Some(g) = granted else {
         tracing::info!(
@@ -706,8 +760,7 @@ async fn read_loop(
             return Ok(());
         }
         c.touched.set(true);
-        shard.stats().packets_received.fetch_add(1, Relaxed);
-        c.info.received.fetch_add(1, Relaxed);
+        count_received(shard, c);
         let (header, req) = match Request::decode(&frame) {
             Ok(r) => r,
             Err(DecodeError::UnknownOpCode(op)) if frame.len() >= 8 => {
@@ -735,7 +788,11 @@ async fn read_loop(
                 });
             }
         };
-        c.info.last_cxid.store(header.xid, Relaxed);
+        // Special xids (ping, auth, setWatches) are negative: `cons` shows the last
+        // real request's, as ZooKeeper does.
+        if header.xid >= 0 {
+            c.info.last_cxid.store(header.xid, Relaxed);
+        }
         c.info.last_op.store(header.op, Relaxed);
         dispatch(shard, c, header.xid, header.op, req).await?;
     }
@@ -745,7 +802,7 @@ async fn read_loop(
 fn enqueue_ready(shard: &Shard, c: &Conn, frame: Vec<u8>, close_after: bool) {
     if c.queue.borrow().is_empty() {
         c.out.borrow_mut().extend_from_slice(&frame);
-        count_sent(shard, c);
+        count_sent(shard, c, 1);
         if close_after {
             c.close();
         }

@@ -38,8 +38,11 @@ fn read_node<'t>(
 }
 
 /// Executes a read and appends its reply frame (and any events it fires) to `out`.
-pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec<u8>) {
+/// Answers one read into `out`; returns the frames written (the reply, and the watch
+/// events a setWatches fires at once).
+pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec<u8>) -> u64 {
     let zxid = ctx.tree.last_zxid();
+    let mut events = 0;
     let (err, body) = match req {
         Request::Ping => (0, Response::Empty),
         Request::Exists { path, watch } => {
@@ -200,7 +203,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
             }
         }
         Request::SetWatches(w) => {
-            set_watches(ctx, w, out);
+            events = set_watches(ctx, w, out);
             (0, Response::Empty)
         }
         Request::WhoAmI => {
@@ -237,13 +240,15 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
         },
         &body,
     );
+    1 + events
 }
 
 /// Re-registers a reconnecting client's watches, firing at once those whose change
-/// it missed (DataTree.setWatches).
-fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
+/// it missed (DataTree.setWatches). Returns the events fired.
+fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) -> u64 {
     let auth = ctx.auth;
     let tree = ctx.tree;
+    let fired = std::cell::Cell::new(0);
     let fire = |path: &str, ev: EventType, out: &mut Vec<u8>| {
         // Events about an existing node need READ on it, as live events do.
         if let Some(n) = tree.node(path) {
@@ -251,6 +256,7 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
                 return;
             }
         }
+        fired.set(fired.get() + 1);
         put_event_frame(
             out,
             -1,
@@ -289,6 +295,7 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) {
         ctx.watches
             .add(ctx.session_id, p, WatchKind::PersistentRecursive);
     }
+    fired.get()
 }
 
 /// Handles an auth packet; returns the identities to add, or AUTHFAILED.

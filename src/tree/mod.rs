@@ -189,7 +189,19 @@ fn reported_stat(stored: Stat, data_length: usize, children: usize) -> Stat {
         data_length: data_length as i32,
         num_children: children,
         cversion: stored.cversion.wrapping_mul(2).wrapping_sub(children),
+        ephemeral_owner: client_ephemeral_owner(stored.ephemeral_owner),
         ..stored
+    }
+}
+
+/// The ephemeralOwner clients see: the owning session of an ephemeral node, else 0.
+/// Containers and TTL nodes keep their kind in the stored field, as ZooKeeper does,
+/// and ZooKeeper (3.5.3+) reports 0 for them: clients take `ephemeralOwner != 0` to
+/// mean "ephemeral".
+fn client_ephemeral_owner(stored: i64) -> i64 {
+    match node_kind(stored) {
+        NodeKind::Ephemeral => stored,
+        NodeKind::Persistent | NodeKind::Container | NodeKind::Ttl(_) => 0,
     }
 }
 

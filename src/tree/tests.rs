@@ -250,6 +250,46 @@ fn ttl_nodes_expire_after_ttl_without_children() {
     assert_eq!(t.prepare(&c, &no_ext), Err(ErrorCode::Unimplemented));
 }
 
+#[test]
+fn clients_see_ephemeral_owner_zero_for_containers_and_ttl_nodes() {
+    let mut t = DataTree::new();
+    let kinds = [
+        ("/c", CreateKind::Container, 4, -1),
+        ("/t", CreateKind::Ttl, 5, 60_000),
+        ("/e", CreateKind::Create2, 1, -1),
+    ];
+    for (path, kind, flags, ttl_ms) in kinds {
+        let op = WriteOp::Create(CreateRequest {
+            kind,
+            path: path.into(),
+            data: Some(Bytes::new()),
+            acl: acl::open_acl_unsafe(),
+            flags,
+            ttl_ms,
+        });
+        let Ok(Applied::Created { stat, .. }) = run(&mut t, &op) else {
+            panic!("{path} was not created");
+        };
+        let want = if path == "/e" { 0x42 } else { 0 };
+        assert_eq!(stat.ephemeral_owner, want, "create2 stat of {path}");
+    }
+    let set = |p: &str| WriteOp::SetData {
+        path: p.into(),
+        data: Some(Bytes::from_static(b"x")),
+        version: -1,
+    };
+    assert!(matches!(run(&mut t, &set("/c")), Ok(Applied::Stat(st)) if st.ephemeral_owner == 0));
+    // The kind is still stored (it decides expiry) and still read from the snapshot.
+    let (base, _) = through_snapshot(&t, &[]);
+    for tree in [&t, &base] {
+        for (path, want) in [("/c", 0), ("/t", 0), ("/e", 0x42)] {
+            let n = tree.node(path).unwrap();
+            assert_eq!(n.stat().ephemeral_owner, want, "{path}");
+            assert_ne!(n.stored_stat().ephemeral_owner, 0, "{path} keeps its kind");
+        }
+    }
+}
+
 proptest! {
     /// Replaying the txns of a random op sequence on a fresh tree gives the same tree.
     #[test]

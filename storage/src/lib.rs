@@ -1,6 +1,7 @@
 //! ringkeeper's storage: the txn log (framing, group-committed io_uring writer,
 //! recovery scan) and memory-mapped snapshots, with the file-system helpers they share.
 
+pub mod dirlock;
 pub mod fsutil;
 pub mod group;
 pub mod log;

@@ -96,6 +96,17 @@ class RawClient:
             if xid == self.xid:
                 return err, zxid, r
 
+    def ping(self):
+        """A ping (xid -2, as clients send it); returns the reply's (xid, err)."""
+        self.send_frame(struct.pack(">ii", -2, 11))
+        while True:
+            r = Reader(self.read_frame())
+            xid, _, err = r.i32(), r.i64(), r.i32()
+            if xid == -1:
+                self.events.append((r.i32(), r.i32(), r.str()))
+                continue
+            return xid, err
+
     def pipeline(self, requests):
         """Sends [(op, body), ...] in one write, then reads the replies in order;
         returns [(err, zxid, Reader)]."""
@@ -132,6 +143,16 @@ class RawClient:
             body += struct.pack(">q", ttl)
         err, _, r = self.call(op, body)
         return err, (r.str() if err == 0 else None)
+
+    def create2(self, path, data=b"", flags=0, ttl=None):
+        """create2, createContainer (flags 4) or createTTL (ttl given): returns
+        (err, (path, stat) or None)."""
+        op = 21 if ttl is not None else (19 if flags == 4 else 15)
+        body = s_str(path) + s_buf(data) + OPEN_ACL + struct.pack(">i", flags)
+        if ttl is not None:
+            body += struct.pack(">q", ttl)
+        err, _, r = self.call(op, body)
+        return err, ((r.str(), r.stat()) if err == 0 else None)
 
     def exists(self, path, watch=False):
         err, _, r = self.call(3, s_str(path) + (b"\1" if watch else b"\0"))

@@ -107,7 +107,9 @@ COMMON_CFG = {
 }
 
 
-def start_ringkeeper(extra=None, shards=None):
+def start_ringkeeper(extra=None, shards=None, wait=True):
+    """ringkeeper with its own temp dir (and port, unless `extra` names one); with
+    wait=False, returns at once, without waiting for it to serve."""
     if not RINGKEEPER_BIN.exists():
         raise RuntimeError(f"{RINGKEEPER_BIN} is missing: build it with cargo build --release")
     tmp = tempfile.TemporaryDirectory(prefix="rk-test-")
@@ -131,7 +133,7 @@ def start_ringkeeper(extra=None, shards=None):
             _wait_ready(proc, port, log_path, "ringkeeper")
         return proc
 
-    server = Server(launch(), port, tmp, "ringkeeper", restart=launch)
+    server = Server(launch(wait), port, tmp, "ringkeeper", restart=launch)
     server.launch = launch
     return server
 
@@ -144,9 +146,9 @@ log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} - %-5p [%t:%C{{1}}@%L
 """
 
 
-def start_zookeeper(extra=None, heap="512m"):
+def start_zookeeper(extra=None, heap="512m", wait=True):
     """Apache ZooKeeper standalone, started as its operators do: log4j at INFO, a
-    fixed heap, forceSync on."""
+    fixed heap, forceSync on. With wait=False, returns at once."""
     if not ZOOKEEPER_JAR.exists():
         raise RuntimeError("Apache ZooKeeper is not installed: apt-get install -y zookeeper")
     tmp = tempfile.TemporaryDirectory(prefix="zk-test-")
@@ -176,6 +178,6 @@ def start_zookeeper(extra=None, heap="512m"):
             _wait_ready(proc, port, log_path if log_path.exists() else Path(tmp.name) / "stdout.log", "zookeeper")
         return proc
 
-    server = Server(launch(), port, tmp, "zookeeper", restart=launch)
+    server = Server(launch(wait), port, tmp, "zookeeper", restart=launch)
     server.launch = launch
     return server

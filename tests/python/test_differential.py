@@ -1,29 +1,43 @@
 """Differential test: the same seeded random operation sequences, failing ones included
 (bad versions, missing parents, ACL denials, ephemeral parents, multi rollbacks), run
-against Apache ZooKeeper 3.8 and ringkeeper through kazoo. Results, error codes, sorted
-children lists and every Stat field but the two times must agree; so must the whole
-tree at the end of each sequence."""
+against Apache ZooKeeper 3.8 and ringkeeper through kazoo, plus container and TTL
+creates on a raw jute connection (kazoo cannot send them). Results, error codes, sorted
+children lists and every Stat field of every reply must agree (the two times, which
+differ by nature, must be plausible: within the run and mtime >= ctime); so must the
+whole tree at the end of each sequence."""
 
 import os
 import random
 import signal
 import threading
+import time
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.protocol.states import Callback
 from kazoo.security import make_acl, make_digest_acl, OPEN_ACL_UNSAFE
 
+import rawzk
 import servers
 
 SEEDS = int(os.environ.get("RK_DIFF_SEEDS", "16"))
 OPS_PER_SEED = int(os.environ.get("RK_DIFF_OPS", "300"))
 
 
+# TTL nodes need extended types; no container or TTL sweep may run during a sequence
+# (the two servers would sweep at different moments).
+EXTRA = {"extendedTypesEnabled": "true", "znode.container.checkIntervalMs": "3600000"}
+TTL_MS = 3_600_000
+EPOCH_2020_MS = 1_577_836_800_000
+
+
+def start_pair(rk_extra=None):
+    return servers.start_zookeeper(EXTRA), servers.start_ringkeeper({**EXTRA, **(rk_extra or {})})
+
+
 @pytest.fixture(scope="module")
 def pair():
-    zk = servers.start_zookeeper()
-    rk = servers.start_ringkeeper()
+    zk, rk = start_pair()
     yield zk, rk
     zk.stop()
     rk.stop()
@@ -33,12 +47,24 @@ class Side:
     """One server with two sessions: an anonymous one and one authenticated as alice."""
 
     def __init__(self, server):
+        self.server = server
         self.anon = KazooClient(hosts=server.hosts, timeout=15)
         self.anon.start(timeout=15)
         self.alice = KazooClient(hosts=server.hosts, timeout=15, auth_data=[("digest", "alice:pw")])
         self.alice.start(timeout=15)
         self.sessions = {self.anon.client_id[0]: "anon", self.alice.client_id[0]: "alice"}
         self.events = {"anon": [], "alice": []}
+
+    def raw_create(self, path, data, flags, ttl=None):
+        """A create kazoo cannot send, on a raw connection of its own that closes its
+        session right after: a session left open without pings would expire at a
+        moment of its own on each server, and its closing txn would shift every zxid
+        after it on one side only."""
+        c = rawzk.RawClient(self.server.port, timeout_ms=15000)
+        try:
+            return c.create2(path, data, flags=flags, ttl=ttl)
+        finally:
+            c.close_session()
 
     def watcher(self, who, kind):
         return lambda ev: self.events[who].append((kind, ev.type, ev.path))
@@ -67,12 +93,24 @@ class Side:
         return out
 
     def stat(self, st):
+        """Every field of a Stat, with the owner session named by its role and the two
+        times (which differ by nature) replaced by whether they are plausible."""
         if st is None:
             return None
-        d = st._asdict() if hasattr(st, "_asdict") else dict(zip(st._fields, st))
-        d.pop("ctime"), d.pop("mtime")
+        if isinstance(st, dict):
+            d = dict(st)
+        else:
+            d = st._asdict() if hasattr(st, "_asdict") else dict(zip(st._fields, st))
+        ctime, mtime = d.pop("ctime"), d.pop("mtime")
+        now_ms = int(time.time() * 1000)
+        if ctime == mtime == 0:
+            d["times"] = "zero"  # the system nodes
+        elif EPOCH_2020_MS <= ctime <= mtime <= now_ms + 1000:
+            d["times"] = "plausible"
+        else:
+            d["times"] = (ctime, mtime)
         owner = d["ephemeralOwner"]
-        d["ephemeralOwner"] = self.sessions.get(owner, owner if owner == 0 else "other")
+        d["ephemeralOwner"] = self.sessions.get(owner, owner if owner == 0 else f"other 0x{owner & (2**64 - 1):x}")
         return d
 
     def stop(self):
@@ -116,9 +154,13 @@ def gen_ops(seed, root):
         who = rnd.choice(["anon", "anon", "alice"])
         k = rnd.choices(
             ["create", "delete", "set", "get", "exists", "children", "get_acl", "set_acl", "multi", "sync",
-             "get_w", "exists_w", "children_w"],
-            weights=[30, 12, 14, 8, 6, 8, 4, 4, 12, 2, 4, 4, 4])[0]
-        if k == "create":
+             "get_w", "exists_w", "children_w", "create_container", "create_ttl"],
+            weights=[30, 12, 14, 8, 6, 8, 4, 4, 12, 2, 4, 4, 4, 5, 5])[0]
+        if k == "create_container":
+            op = (k, path(), rnd.choice([b"", b"c"]))
+        elif k == "create_ttl":
+            op = (k, path(), rnd.choice([b"", b"t"]), rnd.random() < 0.3)
+        elif k == "create":
             op = (k, path(), rnd.choice([b"", b"v", b"value"]), rnd.random() < 0.2, rnd.random() < 0.3,
                   rnd.choice(list(ACLS)) if rnd.random() < 0.3 else "open")
         elif k == "delete":
@@ -138,6 +180,13 @@ def gen_ops(seed, root):
 def run_op(side, who, op):
     c = side.anon if who == "anon" else side.alice
     k = op[0]
+    if k in ("create_container", "create_ttl"):
+        # On a raw connection, whose errors are codes, not exceptions.
+        if k == "create_container":
+            err, res = side.raw_create(op[1], op[2], flags=4)
+        else:
+            err, res = side.raw_create(op[1], op[2], flags=6 if op[3] else 5, ttl=TTL_MS)
+        return ("raw", err, None if res is None else (res[0], side.stat(res[1])))
     try:
         if k == "create":
             _, p, data, eph, seq, acl = op
@@ -298,7 +347,7 @@ def test_same_results_as_zookeeper_across_restarts(seed):
     in place under the overlay of later changes (deletes and re-creates of snapshot
     nodes, ACLs, multis, sequential and ephemeral nodes of restored sessions), and must
     still answer exactly as ZooKeeper does, which was never restarted."""
-    zk, rk = servers.start_zookeeper(), servers.start_ringkeeper()
+    zk, rk = start_pair()
     a, b = Side(zk), Side(rk)
     try:
         root = f"/restart{seed}"
@@ -334,7 +383,7 @@ def test_same_results_as_zookeeper_with_the_tree_rebased_on_each_snapshot(seed):
     changed since). The answers must stay ZooKeeper's throughout, the rebuilt tree must
     match the core's every time, and a snapshot written from a rebased tree must bring
     back the same tree after a kill -9."""
-    zk, rk = servers.start_zookeeper(), servers.start_ringkeeper({"snapCount": "7"})
+    zk, rk = start_pair({"snapCount": "7"})
     a, b = Side(zk), Side(rk)
     try:
         root = f"/rebase{seed}"

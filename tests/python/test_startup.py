@@ -71,3 +71,147 @@ def test_flags_override_and_bad_flag():
     assert p.returncode == 2 and "shards" in p.stderr
     p = run_bin(["--nonsense"])
     assert p.returncode == 2 and "unknown argument" in p.stderr
+
+
+# One server per data dir and per port. Two servers on one data dir both appended to
+# one txn log; two on one port split the clients between two trees (two primaries
+# under Patroni). Start-up must refuse both, and must not leave the port unusable for
+# the server that comes next (ZooKeeper, in a roll-back).
+
+def refused(args, timeout=20):
+    p = run_bin(args, timeout=timeout)
+    assert p.returncode == 1, f"a second server started (exit {p.returncode}):\n{p.stderr}"
+    return p.stderr
+
+
+def serves_its_tree(server, marker):
+    """Eight fresh sessions (the split seen in the field was 5 to 3) all see `marker`."""
+    from kazoo.client import KazooClient
+    clients = [KazooClient(hosts=server.hosts, timeout=10) for _ in range(8)]
+    try:
+        for c in clients:
+            c.start(timeout=10)
+        return all(c.exists(marker) is not None for c in clients)
+    finally:
+        for c in clients:
+            c.stop()
+            c.close()
+
+
+def create_marker(server, path):
+    from kazoo.client import KazooClient
+    c = KazooClient(hosts=server.hosts, timeout=10)
+    c.start(timeout=10)
+    c.create(path, b"first")
+    c.stop()
+    c.close()
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_naming_the_dir_and_pid():
+    first = servers.start_ringkeeper()
+    try:
+        create_marker(first, "/first")
+        data = str(first.data_dir)
+        err = refused(["--data-dir", data, "--client-port", str(servers.free_port())])
+        assert f"dataDir {data}/ringkeeper is in use" in err, err
+        assert f"held by process {first.proc.pid}" in err, err
+        # A separate dataDir with the first one's dataDir as its dataLogDir: the log is
+        # what both would append to.
+        with tempfile.TemporaryDirectory() as d:
+            err = refused(["--data-dir", d, "--set", f"dataLogDir={data}",
+                           "--client-port", str(servers.free_port())])
+            assert f"dataLogDir {data}/ringkeeper is in use" in err and str(first.proc.pid) in err, err
+        assert serves_its_tree(first, "/first")
+        # A killed server leaves no stale lock: the restart takes the dir at once.
+        first.restart()
+        servers._wait_ready(first.proc, first.port, Path(first.tmp.name) / "server.log", "ringkeeper")
+        assert serves_its_tree(first, "/first")
+        assert (first.data_dir / "ringkeeper" / "LOCK").read_text().strip() == str(first.proc.pid)
+    finally:
+        first.stop()
+
+
+def test_a_second_ringkeeper_on_the_same_port_refuses_and_clients_see_one_tree():
+    first = servers.start_ringkeeper()
+    try:
+        create_marker(first, "/only-tree")
+        with tempfile.TemporaryDirectory() as d:
+            err = refused(["--data-dir", d, "--client-port", str(first.port),
+                           "--client-port-address", "127.0.0.1"])
+            assert f"cannot listen on 127.0.0.1:{first.port}" in err, err
+            # On every address of the port, too (0.0.0.0 covers 127.0.0.1).
+            err = refused(["--data-dir", d, "--client-port", str(first.port),
+                           "--client-port-address", "0.0.0.0"])
+            assert f"cannot listen on 0.0.0.0:{first.port}" in err, err
+        assert serves_its_tree(first, "/only-tree")
+    finally:
+        first.stop()
+
+
+def test_ringkeeper_refuses_a_port_zookeeper_serves():
+    zk = servers.start_zookeeper()
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            err = refused(["--data-dir", d, "--client-port", str(zk.port)])
+            assert f"cannot listen on 127.0.0.1:{zk.port}" in err, err
+        assert "Mode: standalone" in zk.four("srvr")
+    finally:
+        zk.stop()
+
+
+def test_zookeeper_cannot_take_a_port_ringkeeper_serves():
+    rk = servers.start_ringkeeper()
+    try:
+        create_marker(rk, "/rk-tree")
+        zk = servers.start_zookeeper({"clientPort": str(rk.port)}, wait=False)
+        try:
+            assert zk.proc.wait(timeout=60) != 0, "ZooKeeper started on ringkeeper's port"
+        finally:
+            zk.stop()
+        assert serves_its_tree(rk, "/rk-tree")
+    finally:
+        rk.stop()
+
+
+def time_wait_on_port(port):
+    """Sockets in TIME_WAIT whose local port is `port` (/proc/net/tcp, state 06)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "06" and int(f[1].split(":")[1], 16) == port:
+                n += 1
+    return n
+
+
+def test_zookeeper_takes_the_port_right_after_ringkeeper_stops():
+    """A roll-back: ringkeeper stops with clients connected, and Apache ZooKeeper
+    starts on the same port at once. The server side of each closed connection sits
+    in TIME_WAIT for a minute; ZooKeeper binds with SO_REUSEADDR, which Linux honours
+    over TIME_WAIT sockets only if they were made with it too."""
+    import rawzk
+    rk = servers.start_ringkeeper()
+    port = rk.port
+    try:
+        clients = [rawzk.RawClient(port) for _ in range(4)]
+        for i, c in enumerate(clients):
+            assert c.create(f"/c{i}")[0] == 0
+        rk.proc.terminate()
+        rk.proc.wait(timeout=30)
+        # Each client sees the server's close (its io_uring rings may release the
+        # sockets a moment after the process is gone), then closes its end: the
+        # server's side of each connection is left in TIME_WAIT.
+        for c in clients:
+            c.sock.settimeout(10)
+            assert c.sock.recv(1) == b"", "the server did not close the connection"
+            c.close()
+        assert servers.wait_for(lambda: time_wait_on_port(port) >= 4, 10), \
+            "the stop left no TIME_WAIT connections: this test would prove nothing"
+        zk = servers.start_zookeeper({"clientPort": str(port)}, wait=False)
+        try:
+            servers._wait_ready(zk.proc, port, Path(zk.tmp.name) / "stdout.log", "zookeeper", timeout=30)
+            assert time_wait_on_port(port) >= 1, "TIME_WAIT ended before ZooKeeper bound"
+        finally:
+            zk.stop()
+    finally:
+        rk.stop()
