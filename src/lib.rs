@@ -15,3 +15,5 @@ pub mod session;
 pub mod shard;
 pub mod tree;
 pub mod util;
+pub mod zab;
+pub mod zkformat;

@@ -134,6 +134,30 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// A vector's element count, keeping null (-1) apart from empty (see [`vec_len`]).
+    ///
+    /// [`vec_len`]: Reader::vec_len
+    pub fn vec_len_opt(&mut self, min_elem_bytes: usize) -> Result<Option<usize>, DecodeError> {
+        let offset = self.pos;
+        if self.i32()? == -1 {
+            return Ok(None);
+        }
+        self.pos = offset;
+        self.vec_len(min_elem_bytes).map(Some)
+    }
+
+    /// `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        self.take(n)
+    }
+
+    /// Everything not yet read.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+
     pub fn strings(&mut self) -> Result<Vec<String>, DecodeError> {
         let n = self.vec_len(4)?;
         (0..n).map(|_| self.string()).collect()

@@ -1,3 +1,4 @@
-//! Operator tools for ringkeeper: a CLI shell, txn log and snapshot dumps, and an
-//! importer for Apache ZooKeeper data directories. None is written yet; the crate
-//! exists so the workspace has its fixed layout.
+//! Operator tools for ringkeeper. So far: `ringkeeper-wire`, which reads recordings of
+//! ZooKeeper quorum traffic (election and learner connections) and prints or checks
+//! what was sent. The CLI shell, the txn log and snapshot dumps and the importer for
+//! Apache ZooKeeper data directories are still to come.

@@ -1,0 +1,217 @@
+//! ZooKeeper's serialized data tree, as `SerializeUtils.serializeSnapshot` writes it:
+//! the sessions with their timeouts, the ACL cache (each ACL list under the long that
+//! nodes refer to it by), then every node (path, data, ACL reference, persisted stat)
+//! parent first, from the root (whose path is "") to a "/" that ends the list.
+//!
+//! A leader sends exactly this after a SNAP packet (followed by the string
+//! "BenWasHere"), and ZooKeeper's snapshot files hold it between their file header and
+//! their digest and checksum.
+
+use bytes::BufMut;
+
+use crate::proto::jute::{DecodeError, JuteWrite, Reader};
+use crate::proto::Acl;
+
+/// The string a leader writes after the tree it sends with SNAP.
+pub const SNAP_SIGNATURE: &str = "BenWasHere";
+
+/// A node's stat as ZooKeeper stores it (StatPersisted): no data length or child count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatPersisted {
+    pub czxid: i64,
+    pub mzxid: i64,
+    pub ctime: i64,
+    pub mtime: i64,
+    pub version: i32,
+    pub cversion: i32,
+    pub aversion: i32,
+    pub ephemeral_owner: i64,
+    pub pzxid: i64,
+}
+
+impl StatPersisted {
+    fn decode(r: &mut Reader) -> Result<StatPersisted, DecodeError> {
+        Ok(StatPersisted {
+            czxid: r.i64()?,
+            mzxid: r.i64()?,
+            ctime: r.i64()?,
+            mtime: r.i64()?,
+            version: r.i32()?,
+            cversion: r.i32()?,
+            aversion: r.i32()?,
+            ephemeral_owner: r.i64()?,
+            pzxid: r.i64()?,
+        })
+    }
+
+    fn encode(&self, b: &mut impl BufMut) {
+        b.put_i64(self.czxid);
+        b.put_i64(self.mzxid);
+        b.put_i64(self.ctime);
+        b.put_i64(self.mtime);
+        b.put_i32(self.version);
+        b.put_i32(self.cversion);
+        b.put_i32(self.aversion);
+        b.put_i64(self.ephemeral_owner);
+        b.put_i64(self.pzxid);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkNode {
+    /// "" for the root.
+    pub path: String,
+    pub data: Option<Vec<u8>>,
+    /// The key of the node's ACL list in the cache (-1: open, ZooKeeper's OPEN_UNSAFE).
+    pub acl_ref: i64,
+    pub stat: StatPersisted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkTree {
+    /// (session id, timeout ms), in the order written.
+    pub sessions: Vec<(i64, i32)>,
+    /// (key, ACL list or null), in the order written.
+    pub acls: Vec<(i64, Option<Vec<Acl>>)>,
+    pub nodes: Vec<ZkNode>,
+}
+
+/// Bytes a node record takes at least: path length, data length, ACL ref, stat.
+const NODE_BYTES_MIN: usize = 4 + 4 + 8 + 68;
+
+impl ZkTree {
+    pub fn decode(r: &mut Reader) -> Result<ZkTree, DecodeError> {
+        let n = r.vec_len(12)?;
+        let mut sessions = Vec::with_capacity(n);
+        for _ in 0..n {
+            sessions.push((r.i64()?, r.i32()?));
+        }
+        let n = r.vec_len(12)?;
+        let mut acls = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = r.i64()?;
+            let list = match r.vec_len_opt(12)? {
+                None => None,
+                Some(m) => Some((0..m).map(|_| Acl::decode(r)).collect::<Result<_, _>>()?),
+            };
+            acls.push((key, list));
+        }
+        let mut nodes = Vec::new();
+        loop {
+            let path = r.string()?;
+            if path == "/" {
+                break;
+            }
+            if r.remaining() < NODE_BYTES_MIN - 4 {
+                return Err(DecodeError::Truncated {
+                    offset: r.position(),
+                    needed: NODE_BYTES_MIN - 4 - r.remaining(),
+                });
+            }
+            nodes.push(ZkNode {
+                path,
+                data: r.buffer_opt()?.map(<[u8]>::to_vec),
+                acl_ref: r.i64()?,
+                stat: StatPersisted::decode(r)?,
+            });
+        }
+        Ok(ZkTree {
+            sessions,
+            acls,
+            nodes,
+        })
+    }
+
+    pub fn encode(&self, b: &mut Vec<u8>) {
+        b.put_i32(self.sessions.len() as i32);
+        for (id, timeout) in &self.sessions {
+            b.put_i64(*id);
+            b.put_i32(*timeout);
+        }
+        b.put_i32(self.acls.len() as i32);
+        for (key, list) in &self.acls {
+            b.put_i64(*key);
+            match list {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    for a in v {
+                        a.encode(b);
+                    }
+                }
+            }
+        }
+        for n in &self.nodes {
+            b.put_string(&n.path);
+            b.put_buffer_opt(n.data.as_deref());
+            b.put_i64(n.acl_ref);
+            n.stat.encode(b);
+        }
+        b.put_string("/");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(z: i64) -> StatPersisted {
+        StatPersisted {
+            czxid: z,
+            mzxid: z,
+            ctime: 1,
+            mtime: 2,
+            version: 0,
+            cversion: 1,
+            aversion: 0,
+            ephemeral_owner: 0,
+            pzxid: z,
+        }
+    }
+
+    #[test]
+    fn a_tree_round_trips_and_ends_at_the_slash() {
+        let t = ZkTree {
+            sessions: vec![(0x100, 30_000)],
+            acls: vec![(
+                1,
+                Some(vec![Acl {
+                    perms: 31,
+                    id: crate::proto::Id::new("world", "anyone"),
+                }]),
+            )],
+            nodes: vec![
+                ZkNode {
+                    path: String::new(),
+                    data: Some(Vec::new()),
+                    acl_ref: -1,
+                    stat: stat(0),
+                },
+                ZkNode {
+                    path: "/a".into(),
+                    data: None,
+                    acl_ref: 1,
+                    stat: stat(5),
+                },
+            ],
+        };
+        let mut b = Vec::new();
+        t.encode(&mut b);
+        b.extend_from_slice(b"more");
+        let mut r = Reader::new(&b);
+        assert_eq!(ZkTree::decode(&mut r).unwrap(), t);
+        assert_eq!(r.rest(), b"more");
+    }
+
+    #[test]
+    fn a_tree_without_its_end_is_truncated() {
+        let mut b = Vec::new();
+        b.put_i32(0);
+        b.put_i32(0);
+        b.put_string("");
+        assert!(matches!(
+            ZkTree::decode(&mut Reader::new(&b)),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+}
