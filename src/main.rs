@@ -97,11 +97,33 @@ fn main() -> ExitCode {
     for k in &cfg.unknown_keys {
         tracing::warn!("unknown configuration key {k:?} ignored");
     }
-    if !cfg.servers.is_empty() {
-        tracing::warn!(
-            "{} server.N lines configured, but ensembles are not supported yet: running standalone",
+    if cfg.is_ensemble() {
+        // Read as ZooKeeper does, so a wrong myid is named before anything else.
+        let myid = match ringkeeper::config::quorum::read_myid(&cfg.data_dir) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("ringkeeper: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if !cfg.servers.iter().any(|s| s.id == myid) {
+            eprintln!(
+                "ringkeeper: my id {myid} (from {}/myid) is not among the server.N lines of {}",
+                cfg.data_dir.display(),
+                cfg.source
+            );
+            return ExitCode::from(2);
+        }
+        // Serving this member's tree alone while its peers serve theirs would give
+        // clients of one ensemble different trees: refuse instead.
+        eprintln!(
+            "ringkeeper: {} describes an ensemble of {} servers (this is server.{myid}), and \
+             ringkeeper cannot yet replicate; refusing to start rather than serve a tree the \
+             other members would not share. Remove the server.N lines to run standalone.",
+            cfg.source,
             cfg.servers.len()
         );
+        return ExitCode::from(2);
     }
     install_snapshot_signal();
     let memlock = ringkeeper::server::raise_memlock_limit();

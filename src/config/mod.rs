@@ -3,6 +3,8 @@
 //! `zookeeper.` prefix). No file at all gives the embedded default: standalone on
 //! 127.0.0.1:2181 with data under ./data.
 
+pub mod quorum;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -31,12 +33,8 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
-/// A `server.N=host:peerPort:electionPort[:role][;clientAddr]` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerLine {
-    pub id: u64,
-    pub spec: String,
-}
+/// A member's id in an ensemble (myid, the N of `server.N`).
+pub type ServerId = i64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -53,7 +51,12 @@ pub struct Config {
     max_session_timeout_ms: Option<u32>,
     /// Enabled four-letter words; "*" in the file enables all.
     pub four_letter_words: BTreeSet<String>,
-    pub servers: Vec<ServerLine>,
+    /// The `server.N` lines, in id order.
+    pub servers: Vec<quorum::QuorumServer>,
+    /// `peerType`: what this member is if its own line does not say.
+    pub peer_type: quorum::LearnerType,
+    /// `standaloneEnabled` (default true): one server line alone means standalone.
+    pub standalone_enabled: bool,
     pub snap_count: u64,
     pub force_sync: bool,
     pub pre_alloc_size_kb: u64,
@@ -122,6 +125,8 @@ impl Default for Config {
             max_session_timeout_ms: None,
             four_letter_words: ["srvr".to_string()].into_iter().collect(),
             servers: Vec::new(),
+            peer_type: quorum::LearnerType::Participant,
+            standalone_enabled: true,
             snap_count: 100_000,
             force_sync: true,
             pre_alloc_size_kb: 65536,
@@ -336,24 +341,32 @@ impl Config {
                 self.shards = n;
             }
             _ if k.starts_with("server.") => {
-                let id: u64 = k["server.".len()..]
+                let id: ServerId = k["server.".len()..]
                     .parse()
                     .map_err(|_| bad("server id must be a number".into()))?;
+                if id < 0 {
+                    return Err(bad("server id must not be negative".into()));
+                }
+                let server = quorum::parse_server_line(id, value).map_err(bad)?;
                 self.servers.retain(|s| s.id != id);
-                self.servers.push(ServerLine {
-                    id,
-                    spec: value.into(),
-                });
+                self.servers.push(server);
+                self.servers.sort_by_key(|s| s.id);
             }
+            "peerType" => {
+                self.peer_type = match value.to_ascii_lowercase().as_str() {
+                    "observer" => quorum::LearnerType::Observer,
+                    "participant" => quorum::LearnerType::Participant,
+                    _ => return Err(bad("must be observer or participant".into())),
+                }
+            }
+            "standaloneEnabled" => self.standalone_enabled = parse_bool(value).map_err(bad)?,
             // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper.
             "admin.serverAddress"
             | "admin.commandURL"
             | "admin.idleTimeout"
-            | "standaloneEnabled"
             | "reconfigEnabled"
             | "dynamicConfigFile"
             | "electionAlg"
-            | "peerType"
             | "quorumListenOnAllIPs"
             | "cnxTimeout"
             | "skipACL"
@@ -422,9 +435,45 @@ pub fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+impl Config {
+    /// Whether the file describes an ensemble: server lines, unless there is one and
+    /// standaloneEnabled (ZooKeeper then runs standalone).
+    pub fn is_ensemble(&self) -> bool {
+        !(self.servers.is_empty() || self.servers.len() == 1 && self.standalone_enabled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_lines_make_an_ensemble_and_bad_ones_name_the_line() {
+        let mut c = Config::default();
+        c.apply_text(
+            "server.2=b:2888:3888\nserver.1=a:2888:3888\nserver.3=c:2888:3888:observer;2181\n",
+            "zoo.cfg",
+        )
+        .unwrap();
+        assert!(c.is_ensemble());
+        assert_eq!(
+            c.servers.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(c.servers[2].learner_type, quorum::LearnerType::Observer);
+        let mut one = Config::default();
+        one.apply_text("server.1=a:2888:3888\nstandaloneEnabled=false\n", "zoo.cfg")
+            .unwrap();
+        assert!(one.is_ensemble());
+        let err = Config::default()
+            .apply_text("tickTime=2000\nserver.1=a:2888\n", "zoo.cfg")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("zoo.cfg:2: invalid value") && err.contains("server.1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_a_zookeeper_zoo_cfg() {
@@ -446,6 +495,10 @@ mod tests {
         assert_eq!(c.container_check_interval_ms, 100);
         assert_eq!(c.jute_maxbuffer, 0x200000);
         assert_eq!(c.servers.len(), 1);
+        assert!(
+            !c.is_ensemble(),
+            "one server line with standaloneEnabled is standalone"
+        );
         assert_eq!(c.negotiate_timeout_ms(100), 2000);
         assert_eq!(c.negotiate_timeout_ms(999_999), 20000);
     }

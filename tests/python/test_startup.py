@@ -215,3 +215,48 @@ def test_zookeeper_takes_the_port_right_after_ringkeeper_stops():
             zk.stop()
     finally:
         rk.stop()
+
+
+def test_an_ensemble_config_is_read_as_zookeeper_reads_it_and_refused_for_now():
+    """server.N lines describe an ensemble: myid must be in dataDir, as ZooKeeper
+    requires; and until ringkeeper replicates, a member must not serve a tree of its
+    own while its peers serve theirs (clients of one ensemble would see different
+    trees), so start-up stops and says why."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "zoo.cfg"
+        port = servers.free_port()
+        cfg.write_text(f"clientPort={port}\ndataDir={d}\n"
+                       "server.1=127.0.0.1:2888:3888\nserver.2=127.0.0.2:2888:3888\n"
+                       "server.3=127.0.0.3:2888:3888:observer\n")
+        p = run_bin(["--config", str(cfg)])
+        assert p.returncode == 2 and f"{d}/myid file is missing" in p.stderr, p.stderr
+        (Path(d) / "myid").write_text("two\n")
+        p = run_bin(["--config", str(cfg)])
+        assert p.returncode == 2 and 'serverid "two" is not a number' in p.stderr, p.stderr
+        (Path(d) / "myid").write_text("7\n")
+        p = run_bin(["--config", str(cfg)])
+        assert p.returncode == 2 and "my id 7" in p.stderr and "not among the server.N lines" in p.stderr
+        (Path(d) / "myid").write_text("2\n")
+        p = run_bin(["--config", str(cfg)])
+        assert p.returncode == 2 and "ensemble of 3 servers (this is server.2)" in p.stderr, p.stderr
+        assert "Remove the server.N lines to run standalone" in p.stderr
+        # A malformed line is named by file and line, as any bad value.
+        cfg.write_text(f"clientPort={port}\ndataDir={d}\nserver.1=127.0.0.1:2888\n")
+        p = run_bin(["--config", str(cfg)])
+        assert p.returncode == 2 and f"{cfg}:3" in p.stderr and "host:port:port" in p.stderr, p.stderr
+        # One line with standaloneEnabled (the default) is standalone, as in ZooKeeper.
+        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\ndataDir={d}\nserver.1=127.0.0.1:2888:3888\n")
+        proc = subprocess.Popen([str(servers.RINGKEEPER_BIN), "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert servers.wait_for(lambda: _answers_srvr(port), 10), "one server line did not run standalone"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _answers_srvr(port):
+    try:
+        return "Mode: standalone" in servers.four_letter(port, "srvr", timeout=1)
+    except OSError:
+        return False
