@@ -13,6 +13,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RINGKEEPER_BIN = Path(os.environ.get("RINGKEEPER_BIN", REPO / "target" / "release" / "ringkeeper"))
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+# ZooKeeper logs through SLF4J, and Debian's zookeeper.jar names no binding in its
+# class path: without one, SLF4J falls back to a no-op logger and ZooKeeper logs
+# nothing at all, which is not how its operators run it. The log4j 1.2 binding and
+# log4j itself come with the package (libzookeeper-java depends on both).
+LOG_JARS = [Path("/usr/share/java/slf4j-log4j12.jar"), Path("/usr/share/java/log4j-1.2.jar")]
+
+
+def zookeeper_classpath(conf_dir):
+    """conf dir (log4j.properties) : ZooKeeper : the log4j binding, as present."""
+    return ":".join([str(conf_dir), str(ZOOKEEPER_JAR)] + [str(j) for j in LOG_JARS if j.exists()])
 
 
 def wait_for(pred, timeout=10.0):
@@ -171,7 +181,7 @@ def start_zookeeper(extra=None, heap="512m", wait=True):
         proc = subprocess.Popen(
             ["java", f"-Xms{heap}", f"-Xmx{heap}", "-Dlog4j.configuration=file:" + str(conf_dir / "log4j.properties"),
              "-Dzookeeper.4lw.commands.whitelist=*", *props,
-             "-cp", f"{conf_dir}:{ZOOKEEPER_JAR}", "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
+             "-cp", zookeeper_classpath(conf_dir), "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
             stdout=open(Path(tmp.name) / "stdout.log", "ab"), stderr=subprocess.STDOUT,
         )
         if wait:

@@ -69,7 +69,7 @@ class ZkEnsemble:
         self.procs[i] = subprocess.Popen(
             ["java", "-Xms256m", "-Xmx256m", "-Dlog4j.configuration=file:" + str(conf / "log4j.properties"),
              "-Dzookeeper.4lw.commands.whitelist=*", *props,
-             "-cp", f"{conf}:{servers.ZOOKEEPER_JAR}", "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+             "-cp", servers.zookeeper_classpath(conf), "org.apache.zookeeper.server.quorum.QuorumPeerMain",
              str(conf / "zoo.cfg")],
             stdout=out, stderr=subprocess.STDOUT)
 
