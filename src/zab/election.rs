@@ -363,8 +363,8 @@ impl Election {
 
     /// A ballot from member `from`.
     pub fn receive(&mut self, now_ms: u64, from: ServerId, ballot: Ballot, out: &mut Vec<Effect>) {
-        if from == self.cfg.my_id {
-            return;
+        if from == self.cfg.my_id || self.logical_clock == 0 {
+            return; // our own echo, or we have not started looking yet
         }
         // Members that do not vote are answered at once and not counted.
         if !self.cfg.is_voter(from) {
@@ -395,9 +395,6 @@ impl Election {
             }
             return;
         }
-        if self.logical_clock == 0 {
-            return; // not looking yet
-        }
         // A looking member behind us gets our vote back.
         if ballot.state == PeerState::Looking && ballot.election_epoch < self.logical_clock {
             out.push(Effect::Send {
@@ -406,7 +403,7 @@ impl Election {
             });
         }
         self.resend_at_ms = now_ms + self.interval_ms;
-        if let Some(_at) = self.finalize_at_ms {
+        if self.finalize_at_ms.is_some() {
             // In the finalize wait, only a better vote matters; others are dropped.
             if !(self.cfg.is_voter(ballot.vote.leader) && ballot.vote.beats(&self.proposal)) {
                 self.finalize_at_ms = Some(now_ms + self.cfg.finalize_wait_ms);

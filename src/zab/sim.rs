@@ -438,7 +438,7 @@ impl Sim {
                             let epoch = followers
                                 .iter()
                                 .map(|f| self.members[f].epoch)
-                                .chain([vote.peer_epoch])
+                                .chain([vote.peer_epoch, self.members[&id].epoch])
                                 .max()
                                 .unwrap_or(0)
                                 + 1;
