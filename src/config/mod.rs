@@ -68,6 +68,9 @@ pub struct Config {
     pub extended_types_enabled: bool,
     pub container_check_interval_ms: u64,
     pub container_max_per_minute: u32,
+    /// How long a new connection may take to send its handshake or a four-letter
+    /// word (zookeeper.nio.sessionlessCnxnTimeout).
+    pub sessionless_conn_timeout_ms: u64,
     pub super_digest: Option<String>,
     pub jute_maxbuffer: usize,
     pub global_outstanding_limit: u32,
@@ -135,6 +138,7 @@ impl Default for Config {
             fallback_to_older_snapshot: false,
             extended_types_enabled: false,
             container_check_interval_ms: 60_000,
+            sessionless_conn_timeout_ms: 10_000,
             container_max_per_minute: 10_000,
             super_digest: None,
             jute_maxbuffer: crate::proto::JUTE_MAXBUFFER_DEFAULT,
@@ -296,6 +300,13 @@ impl Config {
             }
             "znode.container.checkIntervalMs" => {
                 self.container_check_interval_ms = parse_num(value).map_err(bad)?
+            }
+            "nio.sessionlessCnxnTimeout" => {
+                let ms: u64 = parse_num(value).map_err(bad)?;
+                if ms == 0 {
+                    return Err(bad("must be at least 1 ms".into()));
+                }
+                self.sessionless_conn_timeout_ms = ms;
             }
             "znode.container.maxPerMinute" => {
                 self.container_max_per_minute = parse_num(value).map_err(bad)?

@@ -375,7 +375,7 @@ fn dump(shard: &Shard, sessions: Vec<SessionSummary>) -> String {
                     .established
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                est + super::SESSIONLESS_CONN_TIMEOUT.as_millis() as i64
+                est + shard.shared.cfg.sessionless_conn_timeout_ms as i64
             });
             (at, format!("ip: /{} sessionId: 0x{sid:x}", c.peer))
         })

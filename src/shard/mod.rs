@@ -41,9 +41,6 @@ pub const SESSION_OUTSTANDING_MAX: usize = 1000;
 /// reads keep filling it.
 const READ_BUF_MAX_BYTES: usize = 64 * 1024;
 const READ_BUF_MIN_BYTES: usize = 4 * 1024;
-/// How long a new connection may take to send its handshake or four-letter word
-/// (ZooKeeper's zookeeper.nio.sessionlessCnxnTimeout, 10 s by default).
-pub const SESSIONLESS_CONN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Shard {
     index: usize,
@@ -659,9 +656,10 @@ async fn read_loop(
     let peer = c.info.peer;
     // A connection that sends neither a handshake nor a four-letter word in time is
     // closed, as ZooKeeper closes its session-less connections.
+    let timeout = Duration::from_millis(shard.shared.cfg.sessionless_conn_timeout_ms);
     let overdue = async {
-        glommio::timer::sleep(SESSIONLESS_CONN_TIMEOUT).await;
-        Err(ConnError::HandshakeOverdue(SESSIONLESS_CONN_TIMEOUT))
+        glommio::timer::sleep(timeout).await;
+        Err(ConnError::HandshakeOverdue(timeout))
     };
     let opening = futures_lite::future::or(read_opening(&mut frames, rd, peer), overdue).await?;
     let frame = match opening {

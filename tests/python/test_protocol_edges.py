@@ -207,3 +207,23 @@ def test_pipelined_read_behind_a_write_sees_the_write(rk, base):
         assert (xid, err) == (1001 + 2 * i, 0)
         assert r.buf() == f"v{i:02d}".encode()[:3]
     c.close()
+
+
+def test_a_connection_without_a_handshake_is_closed_and_others_are_served():
+    """ZooKeeper closes a connection that sends neither a handshake nor a four-letter
+    word within zookeeper.nio.sessionlessCnxnTimeout (10 s by default)."""
+    import servers
+    s = servers.start_ringkeeper({"zookeeper.nio.sessionlessCnxnTimeout": "300"})
+    try:
+        silent = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        started = time.time()
+        assert silent.recv(1) == b"", "the server sent something to a silent connection"
+        waited = time.time() - started
+        assert 0.2 < waited < 5, f"closed after {waited:.2f}s, not after about 0.3 s"
+        # A client that does speak is served as usual, for longer than the timeout.
+        c = RawClient(s.port)
+        time.sleep(0.5)
+        assert c.exists("/")[0] == 0
+        c.close()
+    finally:
+        s.stop()
