@@ -15,46 +15,34 @@ use crate::proto::Acl;
 /// The string a leader writes after the tree it sends with SNAP.
 pub const SNAP_SIGNATURE: &str = "BenWasHere";
 
-/// A node's stat as ZooKeeper stores it (StatPersisted): no data length or child count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatPersisted {
-    pub czxid: i64,
-    pub mzxid: i64,
-    pub ctime: i64,
-    pub mtime: i64,
-    pub version: i32,
-    pub cversion: i32,
-    pub aversion: i32,
-    pub ephemeral_owner: i64,
-    pub pzxid: i64,
+/// A node's stat as ZooKeeper stores it (StatPersisted: no data length or child
+/// count): the same fields as a ringkeeper snapshot's node stat.
+pub use ringkeeper_storage::snapshot::SnapStat as StatPersisted;
+
+fn decode_stat(r: &mut Reader) -> Result<StatPersisted, DecodeError> {
+    Ok(StatPersisted {
+        czxid: r.i64()?,
+        mzxid: r.i64()?,
+        ctime: r.i64()?,
+        mtime: r.i64()?,
+        version: r.i32()?,
+        cversion: r.i32()?,
+        aversion: r.i32()?,
+        ephemeral_owner: r.i64()?,
+        pzxid: r.i64()?,
+    })
 }
 
-impl StatPersisted {
-    fn decode(r: &mut Reader) -> Result<StatPersisted, DecodeError> {
-        Ok(StatPersisted {
-            czxid: r.i64()?,
-            mzxid: r.i64()?,
-            ctime: r.i64()?,
-            mtime: r.i64()?,
-            version: r.i32()?,
-            cversion: r.i32()?,
-            aversion: r.i32()?,
-            ephemeral_owner: r.i64()?,
-            pzxid: r.i64()?,
-        })
-    }
-
-    fn encode(&self, b: &mut impl BufMut) {
-        b.put_i64(self.czxid);
-        b.put_i64(self.mzxid);
-        b.put_i64(self.ctime);
-        b.put_i64(self.mtime);
-        b.put_i32(self.version);
-        b.put_i32(self.cversion);
-        b.put_i32(self.aversion);
-        b.put_i64(self.ephemeral_owner);
-        b.put_i64(self.pzxid);
-    }
+fn encode_stat(s: &StatPersisted, b: &mut impl BufMut) {
+    b.put_i64(s.czxid);
+    b.put_i64(s.mzxid);
+    b.put_i64(s.ctime);
+    b.put_i64(s.mtime);
+    b.put_i32(s.version);
+    b.put_i32(s.cversion);
+    b.put_i32(s.aversion);
+    b.put_i64(s.ephemeral_owner);
+    b.put_i64(s.pzxid);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +100,7 @@ impl ZkTree {
                 path,
                 data: r.buffer_opt()?.map(<[u8]>::to_vec),
                 acl_ref: r.i64()?,
-                stat: StatPersisted::decode(r)?,
+                stat: decode_stat(r)?,
             });
         }
         Ok(ZkTree {
@@ -145,7 +133,7 @@ impl ZkTree {
             b.put_string(&n.path);
             b.put_buffer_opt(n.data.as_deref());
             b.put_i64(n.acl_ref);
-            n.stat.encode(b);
+            encode_stat(&n.stat, b);
         }
         b.put_string("/");
     }
