@@ -456,33 +456,28 @@ impl Election {
 
     /// A ballot from a member that follows or leads already.
     fn on_decided(&mut self, from: ServerId, ballot: Ballot, out: &mut Vec<Effect>) {
-        let leader = ballot.vote.leader;
-        let same = |b: &Ballot| Election::agrees(b, &ballot);
         if ballot.election_epoch == self.logical_clock {
             self.received.insert(from, ballot);
-            let agreeing = self
-                .received
-                .iter()
-                .filter(|(_, b)| same(b))
-                .map(|(id, _)| id);
-            if self.cfg.is_quorum(agreeing)
-                && self.leader_confirmed(&self.received, leader, ballot.election_epoch)
-            {
+            if self.quorum_follows(&self.received, &ballot) {
                 self.decide(ballot.vote, ballot.election_epoch, out);
                 return;
             }
         }
         self.out_of_election.insert(from, ballot);
-        let agreeing = self
-            .out_of_election
-            .iter()
-            .filter(|(_, b)| same(b))
-            .map(|(id, _)| id);
-        if self.cfg.is_quorum(agreeing)
-            && self.leader_confirmed(&self.out_of_election, leader, ballot.election_epoch)
-        {
+        if self.quorum_follows(&self.out_of_election, &ballot) {
             self.decide(ballot.vote, ballot.election_epoch, out);
         }
+    }
+
+    /// Whether a quorum of `votes` agrees with the decided `ballot` and its leader is
+    /// confirmed among them.
+    fn quorum_follows(&self, votes: &BTreeMap<ServerId, Ballot>, ballot: &Ballot) -> bool {
+        let agreeing = votes
+            .iter()
+            .filter(|(_, b)| Election::agrees(b, ballot))
+            .map(|(id, _)| id);
+        self.cfg.is_quorum(agreeing)
+            && self.leader_confirmed(votes, ballot.vote.leader, ballot.election_epoch)
     }
 
     /// ZooKeeper's checkLeader: another member may be followed only once it has said

@@ -109,13 +109,40 @@ struct Member {
     synced_term: u64,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+/// A message on its way; the heap yields the earliest delivery first, ties in the
+/// order sent.
 struct InFlight {
-    at_ms: std::cmp::Reverse<u64>,
-    seq: std::cmp::Reverse<u64>,
+    at_ms: u64,
+    seq: u64,
     from: ServerId,
     to: ServerId,
-    ballot: (i32, i64, i64, i64, i64),
+    ballot: Ballot,
+}
+
+impl InFlight {
+    fn key(&self) -> std::cmp::Reverse<(u64, u64)> {
+        std::cmp::Reverse((self.at_ms, self.seq))
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for InFlight {}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// A violated invariant, with the seed that shows it.
@@ -144,28 +171,6 @@ pub struct Sim {
     pub plant_low_votes: Option<ServerId>,
     /// Print every decision and relook (RK_SIM_TRACE=1), to read a failing seed.
     trace: bool,
-}
-
-fn pack(b: &Ballot) -> (i32, i64, i64, i64, i64) {
-    (
-        b.state.to_wire(),
-        b.vote.leader,
-        b.vote.zxid,
-        b.vote.peer_epoch,
-        b.election_epoch,
-    )
-}
-
-fn unpack(t: (i32, i64, i64, i64, i64)) -> Ballot {
-    Ballot {
-        state: PeerState::from_wire(t.0).expect("packed from a state"),
-        vote: Vote {
-            leader: t.1,
-            zxid: t.2,
-            peer_epoch: t.3,
-        },
-        election_epoch: t.4,
-    }
 }
 
 impl Sim {
@@ -376,11 +381,11 @@ impl Sim {
             };
             self.seq += 1;
             self.in_flight.push(InFlight {
-                at_ms: std::cmp::Reverse(self.now_ms + delay),
-                seq: std::cmp::Reverse(self.seq),
+                at_ms: self.now_ms + delay,
+                seq: self.seq,
                 from,
                 to,
-                ballot: pack(&ballot),
+                ballot,
             });
         }
     }
@@ -548,7 +553,7 @@ impl Sim {
     fn step(&mut self) -> Result<(), Violation> {
         self.now_ms += 1;
         let now = self.now_ms;
-        while self.in_flight.peek().is_some_and(|f| f.at_ms.0 <= now) {
+        while self.in_flight.peek().is_some_and(|f| f.at_ms <= now) {
             let f = self.in_flight.pop().expect("peeked");
             if let Some(load) = self.link_load.get_mut(&(f.from, f.to)) {
                 *load -= 1;
@@ -561,7 +566,7 @@ impl Sim {
                 .get_mut(&f.to)
                 .expect("member")
                 .election
-                .receive(now, f.from, unpack(f.ballot), &mut out);
+                .receive(now, f.from, f.ballot, &mut out);
             self.handle(f.to, out)?;
         }
         let ids: Vec<ServerId> = self.members.keys().copied().collect();
