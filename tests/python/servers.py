@@ -3,6 +3,7 @@ checkout builds) and Apache ZooKeeper 3.8 (Debian package `zookeeper`). Each ser
 a free loopback port and its own temp dir, and is stopped by PID."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,10 +36,36 @@ def wait_for(pred, timeout=10.0):
     return False
 
 
+def _ephemeral_range():
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a server to listen on, from below the kernel's ephemeral range. A
+    port the kernel hands out for bind(0) comes from that range, and so do the source
+    ports of outgoing connections: between this call and the server's bind, any client
+    connection (kazoo's, another test's) could take it. Outside the range nothing is
+    assigned behind our back; each port is handed out once per process."""
+    lo, _ = _ephemeral_range()
+    floor = 10000 if lo > 12000 else 1024
+    while True:
+        port = random.randrange(floor, lo)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def four_letter(port, word, timeout=5.0):
