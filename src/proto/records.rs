@@ -759,24 +759,41 @@ pub enum MultiResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Empty,
-    Create { path: String },
-    Create2 { path: String, stat: Stat },
+    Create {
+        path: String,
+    },
+    Create2 {
+        path: String,
+        stat: Stat,
+    },
     Stat(Stat),
-    GetData { data: Option<Bytes>, stat: Stat },
-    GetAcl { acl: Vec<Acl>, stat: Stat },
+    GetData {
+        data: Option<Bytes>,
+        stat: Stat,
+    },
+    GetAcl {
+        acl: Vec<Acl>,
+        stat: Stat,
+    },
     Children(Vec<String>),
-    Children2 { children: Vec<String>, stat: Stat },
+    Children2 {
+        children: Vec<String>,
+        stat: Stat,
+    },
     Path(String),
     Multi(Vec<MultiResult>),
     Number(i32),
     Strings(Vec<String>),
     WhoAmI(Vec<(String, String)>),
+    /// SetSASLResponse: the server's next SASL token.
+    Sasl(Option<Bytes>),
 }
 
 impl Response {
     pub fn encode(&self, b: &mut impl BufMut) {
         match self {
             Response::Empty => {}
+            Response::Sasl(token) => b.put_buffer_opt(token.as_deref()),
             Response::Create { path } | Response::Path(path) => b.put_string(path),
             Response::Create2 { path, stat } => {
                 b.put_string(path);

@@ -757,8 +757,15 @@ async fn read_loop(
         if c.closing.get() {
             return Ok(());
         }
-        c.touched.set(true);
         count_received(shard, c);
+        // As in ZooKeeper, a packet keeps the session alive only if it is a request
+        // proper: auth and SASL packets are answered on the side and touch nothing.
+        let op = frame
+            .get(4..8)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        if op != Some(OpCode::Auth as i32) && op != Some(OpCode::Sasl as i32) {
+            c.touched.set(true);
+        }
         let (header, req) = match Request::decode(&frame) {
             Ok(r) => r,
             Err(DecodeError::UnknownOpCode(op)) if frame.len() >= 8 => {
@@ -856,10 +863,11 @@ async fn dispatch(
             return Ok(());
         }
         Request::Unsupported(OpCode::Sasl) => {
-            // No SASL server is configured: answer as ZooKeeper then does, AUTHFAILED,
-            // and close the connection.
+            // No SASL login is configured. ZooKeeper then has no SASL server for the
+            // connection: it logs an error and answers OK with no token, keeping the
+            // connection, and the client's SASL mechanism decides what that means.
             tracing::warn!(
-                "Client {} failed to SASL authenticate: SASL is not configured",
+                "Client {} asked for SASL authentication, which is not configured: answered with no token",
                 c.info.peer
             );
             let mut f = Vec::new();
@@ -868,11 +876,11 @@ async fn dispatch(
                 ReplyHeader {
                     xid: req_xid,
                     zxid: 0,
-                    err: ErrorCode::AuthFailed.code(),
+                    err: 0,
                 },
-                &Response::Empty,
+                &Response::Sasl(None),
             );
-            enqueue_ready(shard, c, f, true);
+            enqueue_ready(shard, c, f, false);
             return Ok(());
         }
         Request::Create(cr) => CoreOp::Write(crate::proto::WriteOp::Create(cr)),

@@ -6,19 +6,22 @@ import xml.etree.ElementTree as ET
 
 
 def outcomes(path):
-    out = {}
+    """Each test's outcome, and the message of each one that failed."""
+    out, why = {}, {}
     for case in ET.parse(path).iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
+        failed = [e for e in (case.find("failure"), case.find("error")) if e is not None]
         if case.find("skipped") is not None:
             out[name] = "skipped"
-        elif case.find("failure") is not None or case.find("error") is not None:
+        elif failed:
             out[name] = "failed"
+            why[name] = failed[0].get("message") or ""
         else:
             out[name] = "passed"
-    return out
+    return out, why
 
 
-zk, rk = outcomes(sys.argv[1]), outcomes(sys.argv[2])
+(zk, _), (rk, rk_why) = outcomes(sys.argv[1]), outcomes(sys.argv[2])
 both_pass = sorted(n for n in zk if zk[n] == "passed" and rk.get(n) == "passed")
 regressions = sorted(n for n in zk if zk[n] == "passed" and rk.get(n) != "passed")
 both_fail = sorted(n for n in zk if zk[n] == "failed" and rk.get(n) == "failed")
@@ -30,6 +33,7 @@ for n in both_fail:
     print(f"  fails on both: {n}")
 for n in regressions:
     print(f"  REGRESSION (passes on ZooKeeper, not on ringkeeper): {n}")
+    print(f"    ringkeeper: {rk_why.get(n, 'not run')[:500]}")
 if not zk or not rk:
     print("a report is empty: the suite did not run")
     sys.exit(1)

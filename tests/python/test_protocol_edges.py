@@ -7,7 +7,8 @@ import socket
 import struct
 import time
 
-from rawzk import RawClient, Reader, s_str
+import pytest
+from rawzk import RawClient, Reader, s_buf, s_str
 from servers import wait_for
 
 NODE_CREATED, NODE_DELETED, NODE_DATA_CHANGED, NODE_CHILDREN_CHANGED = 1, 2, 3, 4
@@ -109,6 +110,34 @@ def test_malformed_request_closes_connection_and_unknown_opcode_is_unimplemented
     c.send_frame(struct.pack(">ii", 77, 4) + struct.pack(">i", 1000))  # truncated path
     assert c.sock.recv(10) == b""
     assert client.exists("/") is not None
+
+
+@pytest.mark.parametrize("kind", ["ringkeeper", "zookeeper"])
+def test_sasl_without_a_sasl_login_answers_ok_with_no_token(kind):
+    """A server with no SASL login (no JAAS section) answers a SASL request OK with a
+    null token and keeps the connection, as ZooKeeper 3.8 does; but SASL packets are
+    not requests and do not keep the session alive. Checked on both servers."""
+    import servers
+    extra = {"tickTime": "200"}
+    s = servers.start_ringkeeper(extra) if kind == "ringkeeper" else servers.start_zookeeper(extra)
+    try:
+        c = RawClient(s.port, timeout_ms=1000)
+        for token in (b"", b"not a sasl token"):
+            err, zxid, r = c.call(102, s_buf(token))
+            assert (err, zxid) == (0, 0)
+            assert r.buf() is None and r.o == len(r.b)
+        assert c.exists("/")[0] == 0, "the connection is kept and served"
+        deadline = time.time() + 3 * c.timeout_ms / 1000
+        expired = False
+        while time.time() < deadline and not expired:
+            try:
+                c.call(102, s_buf(b""))
+                time.sleep(0.05)
+            except (ConnectionError, OSError):
+                expired = True
+        assert expired, "a session fed only SASL packets expires"
+    finally:
+        s.stop()
 
 
 def test_client_ahead_of_server_is_refused(rk):
