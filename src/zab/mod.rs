@@ -3,13 +3,26 @@
 //! - `wire`: the quorum protocol's codecs, byte for byte as ZooKeeper 3.8 speaks it.
 //! - `election`: fast leader election as a sans-IO state machine (ballots in, ballots
 //!   out, time passed in).
-//! - `sim` (tests): a deterministic simulator that runs several members through
-//!   seeded faults and checks them after every step.
+//! - `history`: a member's log as Zab sees it (zxids, what is applied, the DIFF /
+//!   TRUNC / SNAP choice for a learner).
+//! - `leader`, `learner`: discovery, synchronization and broadcast, each side.
+//! - `peer`: one member: election, then leading or learning, and back; the driver's
+//!   whole interface (inputs with the time passed in, [`messages::Effect`]s out).
+//! - `sim` (tests): election alone under seeded faults; `ensemble_sim` (tests): whole
+//!   ensembles of `Peer`s with client writes, crashes, partitions and broken
+//!   connections, checked after every step.
 //!
-//! Discovery, synchronization and broadcast are to join `election` as state machines
-//! of the same shape; the peer transport lives at the edge, with the shards' sockets.
+//! The peer transport and the driver that runs a `Peer` against the log and the tree
+//! live at the edge, with the shards' sockets.
 
 pub mod election;
+#[cfg(test)]
+mod ensemble_sim;
+pub mod history;
+mod leader;
+mod learner;
+pub mod messages;
+pub mod peer;
 #[cfg(test)]
 mod sim;
 pub mod wire;

@@ -1,0 +1,490 @@
+//! The leader's side of Zab after election: discovery (a quorum's FOLLOWERINFO fixes
+//! the new epoch, a quorum's ACKEPOCH confirms no one is ahead of us), synchronization
+//! of each learner (DIFF / TRUNC / SNAP, then NEWLEADER; a quorum's ACK establishes
+//! the epoch and commits our history; UPTODATE), then broadcast (PROPOSAL, a quorum's
+//! ACK, COMMIT in zxid order; INFORM to observers).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use super::election::ServerId;
+use super::history::{make_zxid, SyncPlan, Txn, Zxid};
+use super::messages::{Effect, Msg, Role};
+use super::peer::{Local, Quit};
+
+/// The last counter a zxid can carry; then a new epoch must start.
+const COUNTER_MAX: i64 = 0xffff_fffe;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Waiting for a quorum's FOLLOWERINFO to fix the epoch.
+    Discovery,
+    /// LEADERINFO sent; waiting for a quorum's ACKEPOCH.
+    EpochAcks,
+    /// Learners synced; waiting for a quorum's ACK of NEWLEADER.
+    NewLeaderAcks,
+    Broadcast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// FOLLOWERINFO received.
+    Info,
+    /// ACKEPOCH received: the learner's last logged zxid.
+    EpochAcked { last_zxid: Zxid },
+    /// Sync and NEWLEADER sent; it gets every proposal from now on.
+    Syncing,
+    /// NEWLEADER acked.
+    Synced,
+    /// UPTODATE sent.
+    UpToDate,
+}
+
+#[derive(Debug)]
+struct Link {
+    conn: u64,
+    observer: bool,
+    stage: Stage,
+    heard_ms: u64,
+}
+
+impl Link {
+    fn forwarding(&self) -> bool {
+        self.stage >= Stage::Syncing
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Leader {
+    me: ServerId,
+    started_ms: u64,
+    phase: Phase,
+    /// The epoch we lead (0 until a quorum's FOLLOWERINFO fixes it).
+    epoch: i64,
+    links: BTreeMap<ServerId, Link>,
+    /// Voters' acceptedEpoch from FOLLOWERINFO, ours included.
+    infos: BTreeMap<ServerId, i64>,
+    epoch_acks: BTreeSet<ServerId>,
+    newleader_acks: BTreeSet<ServerId>,
+    /// Our history when the epoch's sync began: NEWLEADER's quorum commits it.
+    history_end: Zxid,
+    /// Proposals not yet committed, with the voters that acked them (not us: our
+    /// own ack is our log on disk).
+    outstanding: BTreeMap<Zxid, BTreeSet<ServerId>>,
+    next_counter: i64,
+    ping_at_ms: u64,
+}
+
+impl Leader {
+    pub fn start(now_ms: u64, local: &mut Local, out: &mut Vec<Effect>) -> Leader {
+        let me = local.cfg.my_id;
+        let mut l = Leader {
+            me,
+            started_ms: now_ms,
+            phase: Phase::Discovery,
+            epoch: 0,
+            links: BTreeMap::new(),
+            infos: BTreeMap::from([(me, local.accepted_epoch)]),
+            epoch_acks: BTreeSet::new(),
+            newleader_acks: BTreeSet::new(),
+            history_end: local.history.last_logged(),
+            outstanding: BTreeMap::new(),
+            next_counter: 1,
+            ping_at_ms: now_ms,
+        };
+        l.maybe_fix_epoch(local, out);
+        l
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        (self.phase == Phase::Broadcast).then_some(Role::Leading { epoch: self.epoch })
+    }
+
+    pub fn connected(&self) -> Vec<ServerId> {
+        self.links.keys().copied().collect()
+    }
+
+    pub fn next_tick(&self) -> u64 {
+        self.ping_at_ms
+    }
+
+    fn send(to: ServerId, msg: Msg, out: &mut Vec<Effect>) {
+        out.push(Effect::Send { to, msg });
+    }
+
+    fn maybe_fix_epoch(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
+        if self.phase != Phase::Discovery || !local.cfg.is_quorum(self.infos.keys()) {
+            return;
+        }
+        self.epoch = self.infos.values().max().copied().unwrap_or(0) + 1;
+        local.accepted_epoch = self.epoch;
+        local.persist_epochs(out);
+        self.phase = Phase::EpochAcks;
+        for (&to, link) in &self.links {
+            if link.stage == Stage::Info {
+                Self::send(
+                    to,
+                    Msg::LeaderInfo {
+                        new_epoch: self.epoch,
+                    },
+                    out,
+                );
+            }
+        }
+        // Our own ACKEPOCH: no one can be ahead of us in our own summary.
+        self.epoch_acks.insert(self.me);
+        self.maybe_start_sync(local, out);
+    }
+
+    fn maybe_start_sync(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
+        if self.phase != Phase::EpochAcks || !local.cfg.is_quorum(self.epoch_acks.iter()) {
+            return;
+        }
+        local.current_epoch = self.epoch;
+        local.persist_epochs(out);
+        self.phase = Phase::NewLeaderAcks;
+        self.history_end = local.history.last_logged();
+        let ready: Vec<ServerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| matches!(l.stage, Stage::EpochAcked { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            self.sync(local, id, out);
+        }
+        self.maybe_establish(local, out);
+    }
+
+    /// Brings learner `id` to our log, then sends NEWLEADER.
+    fn sync(&mut self, local: &Local, id: ServerId, out: &mut Vec<Effect>) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Stage::EpochAcked { last_zxid } = link.stage else {
+            return;
+        };
+        let h = &local.history;
+        // Before the epoch is established our whole history goes (NEWLEADER's quorum
+        // commits it); after, what is committed goes, NEWLEADER, then the proposals
+        // in flight, which a follower acks one by one (an observer waits for INFORMs).
+        let upto = if self.phase == Phase::Broadcast {
+            h.applied()
+        } else {
+            h.last_logged()
+        };
+        let (head, cut, txns) = match h.sync_plan(last_zxid, upto) {
+            SyncPlan::Diff { txns } => (Msg::Diff { zxid: upto }, None, txns),
+            SyncPlan::Trunc { to, txns } => (Msg::Trunc { zxid: to }, Some(to), txns),
+            SyncPlan::Snap { zxid, txns } => (Msg::Snap { zxid }, Some(zxid), txns),
+        };
+        // What the learner cuts from its log is no longer on its disk: its ACKs of
+        // those proposals no longer count (it ACKs them again once it has them back).
+        if let Some(cut) = cut {
+            for (_, acks) in self.outstanding.range_mut(cut + 1..) {
+                acks.remove(&id);
+            }
+            if cut < self.history_end {
+                self.newleader_acks.remove(&id);
+            }
+        }
+        Self::send(id, head, out);
+        for txn in txns {
+            let zxid = txn.zxid;
+            Self::send(id, Msg::Proposal(txn), out);
+            if zxid <= h.applied() {
+                Self::send(id, Msg::Commit { zxid }, out);
+            }
+        }
+        Self::send(
+            id,
+            Msg::NewLeader {
+                zxid: make_zxid(self.epoch, 0),
+            },
+            out,
+        );
+        if self.phase == Phase::Broadcast && !link.observer {
+            for txn in h.range(h.applied(), h.last_logged()) {
+                Self::send(id, Msg::Proposal(txn), out);
+            }
+        }
+        link.stage = Stage::Syncing;
+    }
+
+    fn maybe_establish(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
+        if self.phase != Phase::NewLeaderAcks {
+            return;
+        }
+        let ours = (local.persisted >= self.history_end).then_some(&self.me);
+        if !local.cfg.is_quorum(self.newleader_acks.iter().chain(ours)) {
+            return;
+        }
+        self.phase = Phase::Broadcast;
+        match local.history.commit(self.history_end) {
+            Ok(txns) => out.extend(txns.into_iter().map(Effect::Apply)),
+            Err(e) => unreachable!("our own history is logged: {e}"),
+        }
+        for (&to, link) in self.links.iter_mut() {
+            if link.stage == Stage::Synced {
+                Self::send(to, Msg::UpToDate, out);
+                link.stage = Stage::UpToDate;
+            }
+        }
+    }
+
+    pub fn on_message(
+        &mut self,
+        now_ms: u64,
+        local: &mut Local,
+        from: ServerId,
+        conn: u64,
+        msg: Msg,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Quit> {
+        if let Msg::LearnerInfo {
+            accepted_epoch,
+            observer,
+        } = msg
+        {
+            let observer = observer || !local.cfg.is_voter(from);
+            self.links.insert(
+                from,
+                Link {
+                    conn,
+                    observer,
+                    stage: Stage::Info,
+                    heard_ms: now_ms,
+                },
+            );
+            if self.phase == Phase::Discovery {
+                if !observer {
+                    self.infos.insert(from, accepted_epoch);
+                    self.maybe_fix_epoch(local, out);
+                }
+            } else if accepted_epoch > self.epoch {
+                return Err(Quit(format!(
+                    "learner {from} accepted epoch {accepted_epoch}, beyond ours ({})",
+                    self.epoch
+                )));
+            } else {
+                Self::send(
+                    from,
+                    Msg::LeaderInfo {
+                        new_epoch: self.epoch,
+                    },
+                    out,
+                );
+            }
+            return Ok(());
+        }
+        let Some(link) = self.links.get_mut(&from).filter(|l| l.conn == conn) else {
+            return Ok(()); // a connection we no longer hold
+        };
+        link.heard_ms = now_ms;
+        let voter = !link.observer;
+        match msg {
+            Msg::Ping => {}
+            Msg::AckEpoch {
+                current_epoch,
+                last_zxid,
+            } if link.stage == Stage::Info && self.phase > Phase::Discovery => {
+                // -1: the learner had accepted this epoch before (from whichever
+                // leader). It may join, but only learners that accepted the epoch from
+                // us make its quorum: two leaders of one epoch would need a member
+                // that accepted it from both.
+                let fresh = current_epoch != -1;
+                let ours = (local.current_epoch, local.history.last_logged());
+                if fresh && (current_epoch, last_zxid) > ours {
+                    return Err(Quit(format!(
+                        "learner {from} is ahead of us: epoch {current_epoch}, zxid {last_zxid:#x} against {}, {:#x}",
+                        ours.0, ours.1
+                    )));
+                }
+                link.stage = Stage::EpochAcked { last_zxid };
+                if voter && fresh {
+                    self.epoch_acks.insert(from);
+                }
+                if self.phase >= Phase::NewLeaderAcks {
+                    self.sync(local, from, out);
+                } else {
+                    self.maybe_start_sync(local, out);
+                }
+            }
+            Msg::Ack { zxid }
+                if zxid == make_zxid(self.epoch, 0) && link.stage == Stage::Syncing =>
+            {
+                link.stage = Stage::Synced;
+                if self.phase == Phase::Broadcast {
+                    Self::send(from, Msg::UpToDate, out);
+                    link.stage = Stage::UpToDate;
+                } else {
+                    if voter {
+                        self.newleader_acks.insert(from);
+                    }
+                    self.maybe_establish(local, out);
+                }
+            }
+            Msg::Ack { zxid } => {
+                if voter && link.forwarding() {
+                    if let Some(acks) = self.outstanding.get_mut(&zxid) {
+                        acks.insert(from);
+                        self.commit_ready(local, out);
+                    }
+                }
+            }
+            Msg::Request { data } => {
+                // A write a learner forwards; dropped until the epoch is established
+                // (the learner's client sees no answer and retries, as with ZooKeeper).
+                self.propose(local, data, out)?;
+            }
+            other => {
+                out.push(Effect::Warn(format!(
+                    "learner {from} sent {other:?} in {:?}; closing its connection",
+                    link.stage
+                )));
+                out.push(Effect::Disconnect { peer: from });
+                self.links.remove(&from);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_disconnected(&mut self, peer: ServerId, conn: u64) {
+        if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+            self.links.remove(&peer);
+        }
+    }
+
+    /// Commits, in zxid order, every proposal a quorum has on disk.
+    fn commit_ready(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
+        while let Some((&zxid, acks)) = self.outstanding.first_key_value() {
+            let ours = (local.persisted >= zxid).then_some(&self.me);
+            if !local.cfg.is_quorum(acks.iter().chain(ours)) {
+                return;
+            }
+            self.outstanding.remove(&zxid);
+            let txns = match local.history.commit(zxid) {
+                Ok(t) => t,
+                Err(e) => unreachable!("an outstanding proposal is logged: {e}"),
+            };
+            for txn in txns {
+                for (&to, link) in &self.links {
+                    if !link.forwarding() {
+                        continue;
+                    }
+                    let msg = if link.observer {
+                        Msg::Inform(txn.clone())
+                    } else {
+                        Msg::Commit { zxid: txn.zxid }
+                    };
+                    Self::send(to, msg, out);
+                }
+                out.push(Effect::Apply(txn));
+            }
+        }
+    }
+
+    pub fn on_persisted(
+        &mut self,
+        _now_ms: u64,
+        local: &mut Local,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Quit> {
+        match self.phase {
+            Phase::NewLeaderAcks => self.maybe_establish(local, out),
+            Phase::Broadcast => self.commit_ready(local, out),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Proposes `data`; None until the epoch is established.
+    pub fn propose(
+        &mut self,
+        local: &mut Local,
+        data: Bytes,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<Zxid>, Quit> {
+        if self.phase != Phase::Broadcast {
+            return Ok(None);
+        }
+        if self.next_counter > COUNTER_MAX {
+            // ZooKeeper does the same: a new epoch through a new election.
+            return Err(Quit(format!(
+                "the zxid counter of epoch {} is spent: a new epoch must start",
+                self.epoch
+            )));
+        }
+        let zxid = make_zxid(self.epoch, self.next_counter);
+        self.next_counter += 1;
+        let txn = Txn { zxid, data };
+        if let Err(e) = local.history.append(txn.clone()) {
+            unreachable!("our own proposal follows our log: {e}");
+        }
+        out.push(Effect::Append(txn.clone()));
+        self.outstanding.insert(zxid, BTreeSet::new());
+        for (&to, link) in &self.links {
+            if link.forwarding() && !link.observer {
+                Self::send(to, Msg::Proposal(txn.clone()), out);
+            }
+        }
+        self.commit_ready(local, out);
+        Ok(Some(zxid))
+    }
+
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        local: &mut Local,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Quit> {
+        // Learners unheard for syncLimit (initLimit while they sync) are let go; they
+        // will look again and come back.
+        let (sync_ms, init_ms) = (local.cfg.sync_ms(), local.cfg.init_ms());
+        let silent: Vec<ServerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                let allowed = if l.stage >= Stage::Synced {
+                    sync_ms
+                } else {
+                    init_ms
+                };
+                now_ms >= l.heard_ms + allowed
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in silent {
+            self.links.remove(&peer);
+            out.push(Effect::Disconnect { peer });
+        }
+        if self.phase != Phase::Broadcast {
+            if now_ms >= self.started_ms + local.cfg.init_ms() {
+                return Err(Quit(format!(
+                    "no quorum synced with us within initLimit (epoch {})",
+                    self.epoch
+                )));
+            }
+        } else {
+            let synced = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.stage >= Stage::Synced)
+                .map(|(id, _)| id);
+            if !local.cfg.is_quorum(synced.chain([&self.me])) {
+                return Err(Quit(format!(
+                    "lost the quorum of synced followers (epoch {})",
+                    self.epoch
+                )));
+            }
+        }
+        if now_ms >= self.ping_at_ms {
+            for &to in self.links.keys() {
+                Self::send(to, Msg::Ping, out);
+            }
+            self.ping_at_ms = now_ms + local.cfg.tick_ms / 2;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! What the Zab state machines say to each other and ask of their driver.
+//!
+//! [`Msg`] is a learner packet as ZooKeeper names it (`wire::QuorumPacket` carries it
+//! on the wire); [`Effect`] is an instruction to the driver. The driver runs effects in
+//! the order given; the ones marked durable must be on disk before it runs the next.
+
+use bytes::Bytes;
+
+use super::election::{Ballot, ServerId};
+use super::history::{Txn, Zxid};
+
+/// A packet on the quorum connection between a learner and its leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    // Learner to leader.
+    /// FOLLOWERINFO / OBSERVERINFO: the learner's acceptedEpoch.
+    LearnerInfo {
+        accepted_epoch: i64,
+        observer: bool,
+    },
+    /// ACKEPOCH: the learner's currentEpoch (-1 if it had already accepted the epoch)
+    /// and last logged zxid.
+    AckEpoch {
+        current_epoch: i64,
+        last_zxid: Zxid,
+    },
+    /// ACK of NEWLEADER (zxid = epoch << 32) or of a proposal, once on disk.
+    Ack {
+        zxid: Zxid,
+    },
+    /// REQUEST: a write a learner forwards to be proposed.
+    Request {
+        data: Bytes,
+    },
+    // Leader to learner.
+    /// LEADERINFO: the epoch the leader proposes.
+    LeaderInfo {
+        new_epoch: i64,
+    },
+    Diff {
+        zxid: Zxid,
+    },
+    Trunc {
+        zxid: Zxid,
+    },
+    /// SNAP: the leader's tree as of `zxid` follows (the driver ships it).
+    Snap {
+        zxid: Zxid,
+    },
+    Proposal(Txn),
+    Commit {
+        zxid: Zxid,
+    },
+    /// INFORM: a committed txn, for observers.
+    Inform(Txn),
+    NewLeader {
+        zxid: Zxid,
+    },
+    UpToDate,
+    // Both ways.
+    Ping,
+}
+
+/// What this member does in the ensemble, as `srvr` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Looking,
+    /// Leading `epoch`, once a quorum has synced with it.
+    Leading {
+        epoch: i64,
+    },
+    /// Following (or observing) `leader` in `epoch`, once synced with it.
+    Following {
+        leader: ServerId,
+        epoch: i64,
+    },
+    Observing {
+        leader: ServerId,
+        epoch: i64,
+    },
+}
+
+/// An instruction to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// An election notification.
+    Vote { to: ServerId, ballot: Ballot },
+    /// Open the quorum connection to `leader` (closing any other this member has).
+    Connect { leader: ServerId },
+    /// Close the quorum connection with `peer`.
+    Disconnect { peer: ServerId },
+    /// Send on the quorum connection with `to`.
+    Send { to: ServerId, msg: Msg },
+    /// Durable: acceptedEpoch and currentEpoch.
+    PersistEpochs { accepted: i64, current: i64 },
+    /// Append to the log. Not durable at once: the driver reports how far the log is
+    /// on disk with `Peer::persisted`.
+    Append(Txn),
+    /// Durable: cut the log back to `to` (txns after it go, appended or pending).
+    Truncate { to: Zxid },
+    /// Durable: the tree that followed SNAP from `leader` replaces ours; the log
+    /// starts over after `zxid`.
+    InstallSnapshot { leader: ServerId, zxid: Zxid },
+    /// Apply a committed txn to the tree (in zxid order, each once).
+    Apply(Txn),
+    /// The member's role changed.
+    Role(Role),
+    /// Something a peer did wrong or a role ended: for the log.
+    Warn(String),
+}
