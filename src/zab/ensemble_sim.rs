@@ -866,7 +866,7 @@ mod tests {
         std::env::var("RK_ZAB_SIM_SEEDS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(1_000)
+            .unwrap_or(5_000)
     }
 
     #[test]

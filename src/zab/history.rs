@@ -109,6 +109,16 @@ impl History {
         zxid == self.floor || self.txns.binary_search_by_key(&zxid, |t| t.zxid).is_ok()
     }
 
+    /// The last logged zxid below `zxid` (the floor if no retained txn is).
+    pub fn last_before(&self, zxid: Zxid) -> Zxid {
+        let i = self.txns.partition_point(|t| t.zxid < zxid);
+        if i == 0 {
+            self.floor
+        } else {
+            self.txns[i - 1].zxid
+        }
+    }
+
     /// The retained txns after `zxid` up to and including `upto`.
     pub fn range(&self, zxid: Zxid, upto: Zxid) -> Vec<Txn> {
         self.txns
@@ -276,6 +286,8 @@ mod tests {
         txns.push(t(3, 1));
         let h = History::recovered(0, txns, make_zxid(1, 4), 100);
         let last = h.last_logged();
+        assert_eq!(h.last_before(make_zxid(3, 0)), make_zxid(1, 4));
+        assert_eq!(h.last_before(make_zxid(1, 1)), 0);
         // Equal: an empty diff.
         assert_eq!(h.sync_plan(last, last), SyncPlan::Diff { txns: vec![] });
         // A prefix: the rest.

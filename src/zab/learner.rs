@@ -14,13 +14,15 @@ enum Stage {
     Discovery,
     /// ACKEPOCH sent; taking the leader's log.
     Syncing,
-    /// NEWLEADER received; its ACK waits for the log to be on disk up to `upto`.
+    /// NEWLEADER received; its ACK waits for the log to be on disk up to `logged`.
+    /// UPTODATE then commits the leader's history of earlier epochs, up to `commit`.
     NewLeader {
-        upto: Zxid,
+        logged: Zxid,
+        commit: Zxid,
     },
-    /// NEWLEADER acked; waiting for UPTODATE, which commits up to `upto`.
+    /// NEWLEADER acked; waiting for UPTODATE.
     Synced {
-        upto: Zxid,
+        commit: Zxid,
     },
     Broadcast,
 }
@@ -213,12 +215,16 @@ impl Learner {
                         self.epoch
                     ));
                 }
+                // Proposals of this epoch before NEWLEADER (a ZooKeeper leader sends
+                // those in flight there; ringkeeper's send them after) are committed
+                // by their own COMMITs, not by UPTODATE.
                 self.stage = Stage::NewLeader {
-                    upto: local.history.last_logged(),
+                    logged: local.history.last_logged(),
+                    commit: local.history.last_before(make_zxid(self.epoch, 0)),
                 };
             }
-            (Stage::Synced { upto }, Msg::UpToDate) => {
-                self.apply(local, upto, out)?;
+            (Stage::Synced { commit }, Msg::UpToDate) => {
+                self.apply(local, commit, out)?;
                 self.stage = Stage::Broadcast;
             }
             (stage, msg) => {
@@ -243,8 +249,8 @@ impl Learner {
 
     /// The log reached the disk further: ACK what is now there.
     pub fn on_persisted(&mut self, local: &mut Local, out: &mut Vec<Effect>) -> Result<(), Quit> {
-        if let Stage::NewLeader { upto } = self.stage {
-            if local.persisted >= upto {
+        if let Stage::NewLeader { logged, commit } = self.stage {
+            if local.persisted >= logged {
                 // The leader's history is on our disk: now we are in its epoch.
                 local.current_epoch = self.epoch;
                 local.persist_epochs(out);
@@ -254,7 +260,7 @@ impl Learner {
                     },
                     out,
                 );
-                self.stage = Stage::Synced { upto };
+                self.stage = Stage::Synced { commit };
             }
         }
         if matches!(self.stage, Stage::Synced { .. } | Stage::Broadcast) {

@@ -6,6 +6,7 @@
 //! - `history`: a member's log as Zab sees it (zxids, what is applied, the DIFF /
 //!   TRUNC / SNAP choice for a learner).
 //! - `leader`, `learner`: discovery, synchronization and broadcast, each side.
+//! - `packets`: each message as the QuorumPacket ZooKeeper sends for it, and back.
 //! - `peer`: one member: election, then leading or learning, and back; the driver's
 //!   whole interface (inputs with the time passed in, [`messages::Effect`]s out).
 //! - `sim` (tests): election alone under seeded faults; `ensemble_sim` (tests): whole
@@ -22,6 +23,7 @@ pub mod history;
 mod leader;
 mod learner;
 pub mod messages;
+pub mod packets;
 pub mod peer;
 #[cfg(test)]
 mod sim;

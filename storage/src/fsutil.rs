@@ -77,3 +77,12 @@ pub fn list_zxid_files(dir: &Path, prefix: &str) -> io::Result<Vec<(i64, std::pa
     v.sort();
     Ok(v)
 }
+
+/// A fresh directory for a test, named after it and this process.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rk-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -2,6 +2,7 @@
 //! recovery scan) and memory-mapped snapshots, with the file-system helpers they share.
 
 pub mod dirlock;
+pub mod epochs;
 pub mod fsutil;
 pub mod group;
 pub mod log;

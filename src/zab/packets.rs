@@ -1,0 +1,263 @@
+//! [`Msg`] on the wire: each one as the [`QuorumPacket`] Apache ZooKeeper 3.8 sends for
+//! it (type, zxid, data), and back.
+//!
+//! A txn's bytes are ZooKeeper's serialization (TxnHeader, record, digest) and travel
+//! untouched. What a packet carries beyond what the state machines use (the learner's
+//! server id and protocol version, NEWLEADER's configuration) is the driver's: it
+//! passes it in [`Outgoing`] and reads it with [`learner_info`].
+
+use bytes::Bytes;
+
+use super::history::{make_zxid, Txn};
+use super::messages::Msg;
+use super::wire::{
+    packet_type as t, Direction, LearnerInfo, QuorumPacket, WireError, LEADER_PROTOCOL_VERSION,
+};
+use crate::config::ServerId;
+
+/// What the sending member adds to its packets.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub my_id: ServerId,
+    /// The ensemble's configuration as NEWLEADER carries it (ZooKeeper's
+    /// QuorumVerifier text); None sends null, which ZooKeeper learners accept.
+    pub config: Option<Vec<u8>>,
+    /// The zxid a leader's PING carries (its last proposed).
+    pub last_proposed: i64,
+}
+
+/// Why a packet is not a [`Msg`].
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{0} packets are not handled by this member")]
+    Unsupported(&'static str),
+    #[error("{packet} without its data")]
+    Missing { packet: &'static str },
+}
+
+pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
+    let p = QuorumPacket::new;
+    match msg {
+        Msg::LearnerInfo {
+            accepted_epoch,
+            observer,
+        } => {
+            let mut data = Vec::with_capacity(20);
+            data.extend_from_slice(&out.my_id.to_be_bytes());
+            data.extend_from_slice(&LEADER_PROTOCOL_VERSION.to_be_bytes());
+            // The configuration version: ours is the static zoo.cfg's, 0.
+            data.extend_from_slice(&0i64.to_be_bytes());
+            let kind = if *observer {
+                t::OBSERVERINFO
+            } else {
+                t::FOLLOWERINFO
+            };
+            p(kind, make_zxid(*accepted_epoch, 0), Some(data))
+        }
+        Msg::LeaderInfo { new_epoch } => p(
+            t::LEADERINFO,
+            make_zxid(*new_epoch, 0),
+            Some(LEADER_PROTOCOL_VERSION.to_be_bytes().to_vec()),
+        ),
+        Msg::AckEpoch {
+            current_epoch,
+            last_zxid,
+        } => p(
+            t::ACKEPOCH,
+            *last_zxid,
+            Some((*current_epoch as i32).to_be_bytes().to_vec()),
+        ),
+        Msg::Ack { zxid } => p(t::ACK, *zxid, None),
+        Msg::Request { data } => p(t::REQUEST, -1, Some(data.to_vec())),
+        Msg::Diff { zxid } => p(t::DIFF, *zxid, None),
+        Msg::Trunc { zxid } => p(t::TRUNC, *zxid, None),
+        Msg::Snap { zxid } => p(t::SNAP, *zxid, None),
+        Msg::Proposal(txn) => p(t::PROPOSAL, txn.zxid, Some(txn.data.to_vec())),
+        Msg::Commit { zxid } => p(t::COMMIT, *zxid, None),
+        Msg::Inform(txn) => p(t::INFORM, txn.zxid, Some(txn.data.to_vec())),
+        Msg::NewLeader { zxid } => p(t::NEWLEADER, *zxid, out.config.clone()),
+        Msg::UpToDate => p(t::UPTODATE, -1, None),
+        Msg::Ping => p(t::PING, out.last_proposed, None),
+    }
+}
+
+/// The learner's id and versions from a FOLLOWERINFO or OBSERVERINFO.
+pub fn learner_info(p: &QuorumPacket) -> Result<LearnerInfo, PacketError> {
+    match p.payload(Direction::ToLeader)? {
+        super::wire::Payload::LearnerInfo(info) => Ok(info),
+        _ => Err(PacketError::Missing {
+            packet: p.type_name(),
+        }),
+    }
+}
+
+/// The [`Msg`] a packet sent in `direction` means.
+pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, PacketError> {
+    let name = p.type_name();
+    let txn = |p: &QuorumPacket| match &p.data {
+        Some(d) => Ok(Txn {
+            zxid: p.zxid,
+            data: Bytes::copy_from_slice(d),
+        }),
+        None => Err(PacketError::Missing { packet: name }),
+    };
+    let epoch = p.zxid >> 32;
+    Ok(match (p.packet_type, direction) {
+        (t::FOLLOWERINFO | t::OBSERVERINFO, Direction::ToLeader) => {
+            learner_info(p)?;
+            Msg::LearnerInfo {
+                accepted_epoch: epoch,
+                observer: p.packet_type == t::OBSERVERINFO,
+            }
+        }
+        (t::ACKEPOCH, Direction::ToLeader) => match p.payload(direction)? {
+            super::wire::Payload::AckEpoch { current_epoch } => Msg::AckEpoch {
+                current_epoch: i64::from(current_epoch),
+                last_zxid: p.zxid,
+            },
+            _ => return Err(PacketError::Missing { packet: name }),
+        },
+        (t::ACK, Direction::ToLeader) => Msg::Ack { zxid: p.zxid },
+        (t::REQUEST, Direction::ToLeader) => Msg::Request {
+            data: Bytes::copy_from_slice(p.data.as_deref().unwrap_or_default()),
+        },
+        (t::LEADERINFO, Direction::FromLeader) => {
+            p.payload(direction)?;
+            Msg::LeaderInfo { new_epoch: epoch }
+        }
+        (t::DIFF, Direction::FromLeader) => Msg::Diff { zxid: p.zxid },
+        (t::TRUNC, Direction::FromLeader) => Msg::Trunc { zxid: p.zxid },
+        (t::SNAP, Direction::FromLeader) => Msg::Snap { zxid: p.zxid },
+        (t::PROPOSAL, Direction::FromLeader) => {
+            p.payload(direction)?; // a txn ZooKeeper can read
+            Msg::Proposal(txn(p)?)
+        }
+        (t::COMMIT, Direction::FromLeader) => Msg::Commit { zxid: p.zxid },
+        (t::INFORM, Direction::FromLeader) => {
+            p.payload(direction)?;
+            Msg::Inform(txn(p)?)
+        }
+        (t::NEWLEADER, Direction::FromLeader) => Msg::NewLeader { zxid: p.zxid },
+        (t::UPTODATE, Direction::FromLeader) => Msg::UpToDate,
+        (t::PING, _) => Msg::Ping,
+        _ => return Err(PacketError::Unsupported(name)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zkformat::txn::{TxnHeader, TxnRecord, ZkTxn};
+
+    fn zk_txn(zxid: i64) -> Bytes {
+        let txn = ZkTxn {
+            header: TxnHeader {
+                client_id: 0x100,
+                cxid: 7,
+                zxid,
+                time: 1_700_000_000_000,
+                txn_type: 5,
+            },
+            record: Some(TxnRecord::SetData {
+                path: "/a".into(),
+                data: Some(b"x".to_vec()),
+                version: 1,
+            }),
+            digest: None,
+        };
+        Bytes::from(txn.to_bytes())
+    }
+
+    #[test]
+    fn every_message_round_trips_through_its_packet_and_bytes() {
+        let z = make_zxid(3, 9);
+        let out = Outgoing {
+            my_id: 2,
+            config: Some(b"server.1=127.0.0.1:2888:3888:participant\nversion=0".to_vec()),
+            last_proposed: z,
+        };
+        let to_leader = [
+            Msg::LearnerInfo {
+                accepted_epoch: 4,
+                observer: false,
+            },
+            Msg::LearnerInfo {
+                accepted_epoch: 0,
+                observer: true,
+            },
+            Msg::AckEpoch {
+                current_epoch: -1,
+                last_zxid: z,
+            },
+            Msg::AckEpoch {
+                current_epoch: 3,
+                last_zxid: z,
+            },
+            Msg::Ack { zxid: z },
+            Msg::Request {
+                data: Bytes::from_static(b"\0\0\0\0\0\0\0\x01\0\0\0\x02\0\0\0\x05"),
+            },
+            Msg::Ping,
+        ];
+        let from_leader = [
+            Msg::LeaderInfo { new_epoch: 5 },
+            Msg::Diff { zxid: z },
+            Msg::Trunc { zxid: z },
+            Msg::Snap { zxid: z },
+            Msg::Proposal(Txn {
+                zxid: z,
+                data: zk_txn(z),
+            }),
+            Msg::Commit { zxid: z },
+            Msg::Inform(Txn {
+                zxid: z,
+                data: zk_txn(z),
+            }),
+            Msg::NewLeader {
+                zxid: make_zxid(5, 0),
+            },
+            Msg::UpToDate,
+            Msg::Ping,
+        ];
+        for (msgs, dir) in [
+            (&to_leader[..], Direction::ToLeader),
+            (&from_leader[..], Direction::FromLeader),
+        ] {
+            for m in msgs {
+                let p = to_packet(m, &out);
+                let mut bytes = Vec::new();
+                p.encode(&mut bytes);
+                let back =
+                    QuorumPacket::decode(&mut crate::proto::jute::Reader::new(&bytes)).unwrap();
+                assert_eq!(back, p);
+                assert_eq!(&from_packet(&back, dir).unwrap(), m, "{}", p.type_name());
+            }
+        }
+        let info = learner_info(&to_packet(&to_leader[0], &out)).unwrap();
+        assert_eq!(
+            (info.server_id, info.protocol_version, info.config_version),
+            (2, Some(LEADER_PROTOCOL_VERSION), Some(0))
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_message_is_named() {
+        let sync = QuorumPacket::new(t::SYNC, 0, None);
+        assert!(matches!(
+            from_packet(&sync, Direction::FromLeader),
+            Err(PacketError::Unsupported("SYNC"))
+        ));
+        let bare = QuorumPacket::new(t::PROPOSAL, 1, None);
+        assert!(matches!(
+            from_packet(&bare, Direction::FromLeader),
+            Err(PacketError::Missing { .. })
+        ));
+        let garbage = QuorumPacket::new(t::PROPOSAL, 1, Some(vec![1, 2, 3]));
+        assert!(matches!(
+            from_packet(&garbage, Direction::FromLeader),
+            Err(PacketError::Wire(_))
+        ));
+    }
+}
