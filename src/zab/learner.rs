@@ -226,6 +226,13 @@ impl Learner {
             (Stage::Synced { commit }, Msg::UpToDate) => {
                 self.apply(local, commit, out)?;
                 self.stage = Stage::Broadcast;
+                // As ZooKeeper's learners do (its leaders take it and move on).
+                self.send(
+                    Msg::Ack {
+                        zxid: make_zxid(self.epoch, 0),
+                    },
+                    out,
+                );
             }
             (stage, msg) => {
                 return bad(format!(

@@ -9,6 +9,8 @@
 //! - `packets`: each message as the QuorumPacket ZooKeeper sends for it, and back.
 //! - `peer`: one member: election, then leading or learning, and back; the driver's
 //!   whole interface (inputs with the time passed in, [`messages::Effect`]s out).
+//! - `replay`: a recorded leader's stream through ringkeeper's learner (checks the
+//!   learner against Apache ZooKeeper leaders).
 //! - `sim` (tests): election alone under seeded faults; `ensemble_sim` (tests): whole
 //!   ensembles of `Peer`s with client writes, crashes, partitions and broken
 //!   connections, checked after every step.
@@ -25,6 +27,7 @@ mod learner;
 pub mod messages;
 pub mod packets;
 pub mod peer;
+pub mod replay;
 #[cfg(test)]
 mod sim;
 pub mod wire;

@@ -121,3 +121,22 @@ def test_every_election_message_decodes_and_encodes_to_the_same_bytes(recordings
     assert "notification state=0" in both, "no LOOKING vote recorded"
     assert "notification state=1" in both or "notification state=2" in both
     assert "version=Some(2)" in both and "server.1=" in both
+
+
+def test_ringkeepers_learner_follows_every_recorded_zookeeper_leader(recordings):
+    """Each recorded learner connection's leader side, replayed through ringkeeper's
+    learner state machine: it must take ZooKeeper's whole stream (LEADERINFO, the
+    sync, NEWLEADER, UPTODATE, proposals and commits) and ACK what ZooKeeper's own
+    learner ACKed on that connection."""
+    syncs = []
+    for c2s in files(recordings, "quorum", "c2s"):
+        s2c = c2s.with_name(c2s.name.replace("-c2s.bin", "-s2c.bin"))
+        if not s2c.exists() or s2c.stat().st_size == 0:
+            continue  # a learner that reached a leader's port as the leader died
+        out = subprocess.run([str(WIRE_BIN), "follow", str(c2s), str(s2c)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "up to date true" in out.stdout, out.stdout
+        syncs.append(out.stdout.split("sync ")[1].split(",")[0])
+    assert len(syncs) >= 4, syncs
+    assert "SNAP" in syncs and ("DIFF" in syncs or "TRUNC" in syncs), syncs

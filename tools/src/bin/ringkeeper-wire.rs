@@ -1,6 +1,7 @@
 //! `ringkeeper-wire`: reads one direction of a recorded quorum connection and prints
 //! what was sent (`dump`) or checks that every item decodes with ringkeeper's codecs
-//! and encodes back to the very same bytes (`check`).
+//! and encodes back to the very same bytes (`check`); or replays both sides of one
+//! recorded learner connection through ringkeeper's learner (`follow`).
 //!
 //! A recording is the raw bytes one side sent, from the first to the last. Its kind
 //! says which side: `election-connecting` / `election-accepting` (the side that opened
@@ -8,12 +9,16 @@
 
 use std::process::ExitCode;
 
+use ringkeeper::zab::replay::replay_learner;
 use ringkeeper::zab::wire::{
     split_election_stream, split_quorum_stream, Direction, ElectionItem, QuorumItem, Sent, Split,
 };
 
 const USAGE: &str = "usage: ringkeeper-wire check|dump KIND FILE...
-KIND: election-connecting | election-accepting | learner-to-leader | leader-to-learner";
+       ringkeeper-wire follow LEARNER_TO_LEADER LEADER_TO_LEARNER
+KIND: election-connecting | election-accepting | learner-to-leader | leader-to-learner
+follow: replays one recorded learner connection's leader side through ringkeeper's
+learner; fails if it refuses a packet or ACKs other zxids than the recorded learner";
 
 enum Kind {
     Election { connecting: bool },
@@ -109,8 +114,66 @@ fn read(kind: &Kind, bytes: &[u8]) -> Result<Checked, String> {
     }
 }
 
+/// `follow`: one connection's two recorded sides.
+fn follow(to_leader: &str, from_leader: &str) -> Result<String, String> {
+    let items = |file: &str, direction| -> Result<Vec<QuorumItem>, String> {
+        let bytes = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+        let split = split_quorum_stream(&bytes, direction)
+            .map_err(|(offset, e)| format!("{file}: offset {offset}: {e}"))?;
+        Ok(split.items.into_iter().map(|s| s.item).collect())
+    };
+    let r = replay_learner(
+        &items(to_leader, Direction::ToLeader)?,
+        &items(from_leader, Direction::FromLeader)?,
+    )
+    .map_err(|e| format!("{from_leader}: the learner refused {e}"))?;
+    let mut ours = r.acks.clone();
+    let mut theirs = r.recorded_acks.clone();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    let summary = format!(
+        "{from_leader}: learner {}, {} packets ({} session answers not replayed), sync {}, up to date {}, {} txns applied, {} ACKs (recorded {})",
+        r.learner_id,
+        r.packets,
+        r.session_packets,
+        r.sync.unwrap_or("none"),
+        r.up_to_date,
+        r.applied.len(),
+        ours.len(),
+        theirs.len()
+    );
+    // Both learners took the same stream, so they ACK the same zxids; except that the
+    // recording ends when the recorded learner's connection does (a member killed, the
+    // ensemble stopped), so its last ACKs may be missing: ours beyond the recorded ones
+    // must come after all of them.
+    let recorded_last = theirs.last().copied().unwrap_or(i64::MIN);
+    let n = theirs.len().min(ours.len());
+    if !r.up_to_date || ours[..n] != theirs[..] || ours[n..].iter().any(|z| *z <= recorded_last) {
+        return Err(format!(
+            "{summary}\n  ACKs differ: ringkeeper {ours:x?}\n  recorded {theirs:x?}"
+        ));
+    }
+    Ok(summary)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("follow") {
+        if args.len() != 3 {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        return match follow(&args[1], &args[2]) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringkeeper-wire: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.len() < 3 {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
