@@ -8,6 +8,7 @@
 pub mod broadcast;
 pub mod config;
 pub mod listen;
+pub mod peering;
 pub mod proto;
 pub mod recovery;
 pub mod server;

@@ -85,8 +85,14 @@ impl Learner {
         })
     }
 
-    pub fn next_tick(&self) -> u64 {
-        self.heard_ms + 1
+    /// When `tick` must run: when the leader would have been silent too long.
+    pub fn next_tick(&self, local: &Local) -> u64 {
+        let silent = self.heard_ms + local.cfg.sync_ms();
+        if self.stage == Stage::Broadcast {
+            silent
+        } else {
+            silent.min(self.started_ms + local.cfg.init_ms())
+        }
     }
 
     fn send(&self, msg: Msg, out: &mut Vec<Effect>) {

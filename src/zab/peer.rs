@@ -308,7 +308,7 @@ impl Peer {
         match &self.doing {
             Doing::Looking => self.election.next_deadline(),
             Doing::Leading(l) => Some(l.next_tick()),
-            Doing::Learning(l) => Some(l.next_tick()),
+            Doing::Learning(l) => Some(l.next_tick(&self.local)),
         }
     }
 

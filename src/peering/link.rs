@@ -1,0 +1,207 @@
+//! One TCP connection to another member, as both nets use it: a bounded outgoing
+//! queue drained by a writer, a reader that cuts what arrives into items, and a close
+//! that ends both.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::config::ServerId;
+use crate::proto::jute::DecodeError;
+use crate::util::Notify;
+use crate::zab::wire::WireError;
+
+/// Bytes a link may have queued before its peer is deemed too slow and dropped (it
+/// reconnects and catches up).
+pub const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
+
+pub struct Link {
+    pub id: u64,
+    pub peer: Cell<ServerId>,
+    out: RefCell<VecDeque<Vec<u8>>>,
+    out_bytes: Cell<usize>,
+    wake: Notify,
+    closed: Cell<bool>,
+    closed_wake: Notify,
+}
+
+impl Link {
+    pub fn new(id: u64, peer: ServerId) -> Rc<Link> {
+        Rc::new(Link {
+            id,
+            peer: Cell::new(peer),
+            out: RefCell::default(),
+            out_bytes: Cell::new(0),
+            wake: Notify::default(),
+            closed: Cell::new(false),
+            closed_wake: Notify::default(),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Queues `bytes`; a peer that lets too much pile up is dropped.
+    pub fn send(&self, bytes: Vec<u8>) {
+        if self.closed.get() {
+            return;
+        }
+        self.out_bytes.set(self.out_bytes.get() + bytes.len());
+        self.out.borrow_mut().push_back(bytes);
+        if self.out_bytes.get() > LINK_QUEUE_BYTES_MAX {
+            tracing::warn!(
+                "member {}: more than {LINK_QUEUE_BYTES_MAX} bytes queued, dropping its connection",
+                self.peer.get()
+            );
+            self.close();
+        }
+        self.wake.notify();
+    }
+
+    /// Replaces whatever is queued and unsent with `bytes` (election notifications:
+    /// only the newest one matters, as ZooKeeper's one-slot send queue keeps it).
+    pub fn replace(&self, bytes: Vec<u8>) {
+        let mut out = self.out.borrow_mut();
+        out.clear();
+        self.out_bytes.set(bytes.len());
+        out.push_back(bytes);
+        drop(out);
+        self.wake.notify();
+    }
+
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.closed_wake.notify();
+        self.wake.notify();
+    }
+
+    async fn write_loop(&self, wr: &mut (impl AsyncWriteExt + Unpin)) {
+        loop {
+            let next = self.out.borrow_mut().pop_front();
+            match next {
+                Some(bytes) => {
+                    self.out_bytes
+                        .set(self.out_bytes.get().saturating_sub(bytes.len()));
+                    if wr.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    tracing::trace!(
+                        "link {} to {}: wrote {} bytes",
+                        self.id,
+                        self.peer.get(),
+                        bytes.len()
+                    );
+                }
+                None => {
+                    if self.closed.get() {
+                        return;
+                    }
+                    self.wake.wait().await;
+                    if self.closed.get() && self.out.borrow().is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn closed_wait(&self) {
+        while !self.closed.get() {
+            self.closed_wake.wait().await;
+        }
+    }
+
+    /// Runs the link on `stream` until either side ends it: `cut` takes items off the
+    /// front of what arrived (None: not a whole item yet), `deliver` gets each one.
+    /// Returns why it ended, for the log.
+    pub async fn run<T>(
+        &self,
+        stream: TcpStream,
+        mut read: Vec<u8>,
+        mut cut: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, WireError>,
+        mut deliver: impl FnMut(T),
+    ) -> String {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = futures_lite::io::split(stream);
+        let reader = async {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                loop {
+                    match cut(&read) {
+                        Ok(Some((item, used))) => {
+                            read.drain(..used);
+                            deliver(item);
+                        }
+                        Ok(None) => break,
+                        Err(e) => return format!("garbage from the peer: {e}"),
+                    }
+                }
+                match rd.read(&mut buf).await {
+                    Ok(0) => return "closed by the peer".to_string(),
+                    Ok(n) => {
+                        tracing::trace!(
+                            "link {} from {}: read {n} bytes",
+                            self.id,
+                            self.peer.get()
+                        );
+                        read.extend_from_slice(&buf[..n])
+                    }
+                    Err(e) => return format!("read failed: {e}"),
+                }
+            }
+        };
+        let writer = async {
+            self.write_loop(&mut wr).await;
+            "write failed or closed here".to_string()
+        };
+        let closed = async {
+            self.closed_wait().await;
+            "closed here".to_string()
+        };
+        let why = futures_lite::future::or(futures_lite::future::or(reader, writer), closed).await;
+        self.close();
+        why
+    }
+}
+
+/// Whether a decode error means "not all of it has arrived yet".
+pub fn incomplete(e: &WireError) -> bool {
+    matches!(e, WireError::Decode(DecodeError::Truncated { .. }))
+}
+
+/// Reads until `cut` finds a whole first item (with a deadline), returning it and
+/// what arrived after it.
+pub async fn read_first<T>(
+    stream: &mut TcpStream,
+    deadline: std::time::Duration,
+    mut cut: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, WireError>,
+) -> Result<(T, Vec<u8>), String> {
+    let mut read = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let attempt = async {
+        loop {
+            match cut(&read) {
+                Ok(Some((item, used))) => {
+                    read.drain(..used);
+                    return Ok((item, std::mem::take(&mut read)));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("garbage from the peer: {e}")),
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) => return Err("closed before its first message".to_string()),
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    };
+    let timeout = async {
+        glommio::timer::sleep(deadline).await;
+        Err(format!("nothing whole within {deadline:?}"))
+    };
+    futures_lite::future::or(attempt, timeout).await
+}

@@ -1,0 +1,395 @@
+//! The network between ensemble members, at the edge beside the shards' sockets: the
+//! election port and the quorum port as Apache ZooKeeper runs them, and the driver
+//! that runs a member's Zab state machine ([`Peer`]) over them against its log and
+//! tree (a [`Replica`]).
+//!
+//! - `link`: one connection (bounded queue, writer, reader cutting items).
+//! - `election_net`: votes, with ZooKeeper's rule of one connection per pair.
+//! - `quorum_net`: learner connections and their QuorumPackets.
+//!
+//! Everything here runs on one glommio executor; the protocol itself (`crate::zab`)
+//! knows nothing of it.
+
+mod election_net;
+mod link;
+mod quorum_net;
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::TcpListener;
+
+use crate::config::ServerId;
+use crate::util::Notify;
+use crate::zab::election::Ballot;
+use crate::zab::history::{Txn, Zxid};
+use crate::zab::messages::{Effect, Msg, Role};
+use crate::zab::packets::{from_packet, to_packet, Outgoing, PacketError};
+use crate::zab::peer::{Peer, PeerConfig, Recovered};
+use crate::zab::wire::Direction;
+use crate::zkformat::snapshot::ZkTree;
+use election_net::ElectionNet;
+use quorum_net::{QuorumNet, Received};
+
+/// What the nets hand the driver.
+pub enum Event {
+    Vote {
+        from: ServerId,
+        ballot: Ballot,
+    },
+    Packet {
+        from: ServerId,
+        conn: u64,
+        received: Received,
+    },
+    Closed {
+        peer: ServerId,
+        conn: u64,
+    },
+}
+
+#[derive(Default)]
+pub struct Inbox {
+    queue: RefCell<VecDeque<Event>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    pub fn push(&self, e: Event) {
+        self.queue.borrow_mut().push_back(e);
+        self.notify.notify();
+    }
+
+    fn drain(&self) -> Vec<Event> {
+        self.queue.borrow_mut().drain(..).collect()
+    }
+}
+
+/// A member's log and tree, as the driver uses them.
+pub trait Replica {
+    /// Durable before returning.
+    fn persist_epochs(&mut self, accepted: i64, current: i64) -> std::io::Result<()>;
+    /// Appends to the log; durable later (see `persisted`).
+    fn append(&mut self, txn: &Txn);
+    /// How far the log is on disk.
+    fn persisted(&self) -> Zxid;
+    /// Durable before returning.
+    fn truncate(&mut self, to: Zxid) -> std::io::Result<()>;
+    /// The tree a leader sent after SNAP replaces ours; durable before returning.
+    fn install_snapshot(
+        &mut self,
+        leader: ServerId,
+        zxid: Zxid,
+        tree: Option<ZkTree>,
+    ) -> std::io::Result<()>;
+    /// Our tree as of `zxid` in ZooKeeper's serialization with its signature, to
+    /// follow a SNAP we send; None if this replica cannot make one.
+    fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>>;
+    fn apply(&mut self, txn: &Txn);
+}
+
+/// Where each member listens, and the configuration text votes carry.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub peer: PeerConfig,
+    pub election: BTreeMap<ServerId, SocketAddr>,
+    pub quorum: BTreeMap<ServerId, SocketAddr>,
+}
+
+impl MemberConfig {
+    /// The ensemble as ZooKeeper's QuorumVerifier prints it (what notifications and
+    /// NEWLEADER carry).
+    pub fn config_text(&self) -> Vec<u8> {
+        let mut s = String::new();
+        for (id, q) in &self.quorum {
+            let e = self.election[id];
+            let kind = if self.peer.observers.contains(id) {
+                "observer"
+            } else {
+                "participant"
+            };
+            s.push_str(&format!(
+                "server.{id}={}:{}:{}:{kind}\n",
+                q.ip(),
+                q.port(),
+                e.port()
+            ));
+        }
+        s.push_str("version=0");
+        s.into_bytes()
+    }
+}
+
+/// The embedding side's handle on a running member.
+#[derive(Default)]
+pub struct MemberHandle {
+    inbox: Rc<Inbox>,
+    role: Cell<Option<Role>>,
+    proposals: RefCell<VecDeque<Bytes>>,
+    refused: Cell<u64>,
+    stop: Cell<bool>,
+}
+
+impl MemberHandle {
+    pub fn new() -> Rc<MemberHandle> {
+        Rc::new(MemberHandle::default())
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.get().unwrap_or(Role::Looking)
+    }
+
+    /// Proposes a write, if this member is the established leader when the driver
+    /// takes it (else it counts in `refused`).
+    pub fn propose(&self, data: Bytes) {
+        self.proposals.borrow_mut().push_back(data);
+        self.inbox.notify.notify();
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Ends the driver (its connections close).
+    pub fn stop(&self) {
+        self.stop.set(true);
+        self.inbox.notify.notify();
+    }
+
+    /// Wakes the driver (the replica's log reached the disk further).
+    pub fn wake(&self) {
+        self.inbox.notify.notify();
+    }
+}
+
+struct Driver<R: Replica> {
+    me: ServerId,
+    replica: Rc<RefCell<R>>,
+    election: Rc<ElectionNet>,
+    quorum: Rc<QuorumNet>,
+    handle: Rc<MemberHandle>,
+    config_text: Vec<u8>,
+    /// Our connection to our leader, and every one we opened (their packets come
+    /// from a leader; packets and closes of old ones are stale).
+    leader_conn: Option<u64>,
+    leader_conns: BTreeSet<u64>,
+    pending_tree: Option<ZkTree>,
+    last_proposed: Zxid,
+}
+
+impl<R: Replica> Driver<R> {
+    fn run_effects(&mut self, out: &mut Vec<Effect>) -> std::io::Result<()> {
+        for e in out.drain(..) {
+            match e {
+                Effect::Vote { to, ballot } => self.election.send(to, ballot),
+                Effect::Connect { leader } => {
+                    let conn = self.quorum.connect(leader);
+                    self.leader_conn = Some(conn);
+                    self.leader_conns.insert(conn);
+                }
+                Effect::Disconnect { peer } => self.quorum.disconnect(peer),
+                Effect::Send { to, msg } => self.send(to, &msg),
+                Effect::PersistEpochs { accepted, current } => self
+                    .replica
+                    .borrow_mut()
+                    .persist_epochs(accepted, current)?,
+                Effect::Append(txn) => self.replica.borrow_mut().append(&txn),
+                Effect::Truncate { to } => self.replica.borrow_mut().truncate(to)?,
+                Effect::InstallSnapshot { leader, zxid } => {
+                    let tree = self.pending_tree.take();
+                    self.replica
+                        .borrow_mut()
+                        .install_snapshot(leader, zxid, tree)?
+                }
+                Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
+                Effect::Role(role) => {
+                    tracing::info!("member {}: {role:?}", self.me);
+                    self.handle.role.set(Some(role));
+                }
+                Effect::Warn(w) => tracing::warn!("member {}: {w}", self.me),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, to: ServerId, msg: &Msg) {
+        if let Msg::Proposal(t) = msg {
+            self.last_proposed = self.last_proposed.max(t.zxid);
+        }
+        let out = Outgoing {
+            my_id: self.me,
+            config: Some(self.config_text.clone()),
+            last_proposed: self.last_proposed,
+        };
+        tracing::trace!("member {}: to {to}: {msg:?}", self.me);
+        let mut bytes = Vec::new();
+        to_packet(msg, &out).encode(&mut bytes);
+        if let Msg::Snap { zxid } = msg {
+            match self.replica.borrow().snapshot_image(*zxid) {
+                Some(image) => bytes.extend_from_slice(&image),
+                None => {
+                    tracing::warn!(
+                        "member {}: learner {to} needs a SNAP, which this replica cannot send: dropping it",
+                        self.me
+                    );
+                    self.quorum.disconnect(to);
+                    return;
+                }
+            }
+        }
+        self.quorum.send(to, bytes);
+    }
+
+    fn event(&mut self, peer: &mut Peer, now: u64, e: Event, out: &mut Vec<Effect>) {
+        match e {
+            Event::Vote { from, ballot } => peer.on_vote(now, from, ballot, out),
+            Event::Packet {
+                from,
+                conn,
+                received,
+            } => {
+                let from_leader = self.leader_conns.contains(&conn);
+                if from_leader && self.leader_conn != Some(conn) {
+                    return; // from a leader connection we have since closed
+                }
+                let direction = if from_leader {
+                    Direction::FromLeader
+                } else {
+                    Direction::ToLeader
+                };
+                match from_packet(&received.packet, direction) {
+                    Ok(msg) => {
+                        tracing::trace!("member {}: from {from} on {conn}: {msg:?}", self.me);
+                        if received.tree.is_some() {
+                            self.pending_tree = received.tree;
+                        }
+                        peer.on_message(now, from, conn, msg, out);
+                    }
+                    Err(PacketError::Unsupported(what)) => {
+                        tracing::debug!("member {}: {what} from {from} not handled yet", self.me)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "member {}: dropping the connection with {from}: {e}",
+                            self.me
+                        );
+                        self.quorum.disconnect(from);
+                    }
+                }
+            }
+            Event::Closed { peer: p, conn } => {
+                if self.leader_conns.contains(&conn) && self.leader_conn != Some(conn) {
+                    return;
+                }
+                peer.on_disconnected(now, p, conn, out);
+            }
+        }
+    }
+}
+
+/// Runs member `cfg.peer.my_id` until its handle is stopped: binds its election and
+/// quorum ports, then drives its [`Peer`] with what arrives, the clock, the replica's
+/// disk and the handle's proposals.
+pub async fn run_member<R: Replica + 'static>(
+    cfg: MemberConfig,
+    recovered: Recovered,
+    replica: Rc<RefCell<R>>,
+    handle: Rc<MemberHandle>,
+) -> std::io::Result<()> {
+    let me = cfg.peer.my_id;
+    let bind = |addrs: &BTreeMap<ServerId, SocketAddr>, what: &str| {
+        let addr = addrs.get(&me).copied().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no {what} address for member {me}"),
+            )
+        })?;
+        TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::other(format!("{what} port {addr}: {e}")))
+    };
+    let election_listener = bind(&cfg.election, "election")?;
+    let quorum_listener = bind(&cfg.quorum, "quorum")?;
+    let inbox = handle.inbox.clone();
+    let others = |m: &BTreeMap<ServerId, SocketAddr>| {
+        m.iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    };
+    let election = ElectionNet::new(
+        me,
+        cfg.election[&me],
+        others(&cfg.election),
+        cfg.config_text(),
+        inbox.clone(),
+    );
+    election.start(election_listener);
+    let quorum = QuorumNet::new(me, cfg.quorum.clone(), inbox.clone());
+    quorum.start(quorum_listener);
+    let mut d = Driver {
+        me,
+        replica: replica.clone(),
+        election,
+        quorum,
+        handle: handle.clone(),
+        config_text: cfg.config_text(),
+        leader_conn: None,
+        leader_conns: BTreeSet::new(),
+        pending_tree: None,
+        last_proposed: 0,
+    };
+    let started = Instant::now();
+    let now = || started.elapsed().as_millis() as u64;
+    let mut peer = Peer::new(cfg.peer, recovered);
+    let mut out = Vec::new();
+    peer.start(now(), &mut out);
+    d.run_effects(&mut out)?;
+    let mut persisted = replica.borrow().persisted();
+    loop {
+        // At least a ms: a task that never waits would starve the connections' tasks.
+        let wait = peer
+            .next_deadline()
+            .map_or(100, |at| at.saturating_sub(now()))
+            .clamp(1, 100);
+        futures_lite::future::or(
+            inbox.notify.wait(),
+            glommio::timer::sleep(Duration::from_millis(wait)),
+        )
+        .await;
+        if handle.stop.get() {
+            // The executor's end closes every connection and listener.
+            return Ok(());
+        }
+        let t = now();
+        for e in inbox.drain() {
+            d.event(&mut peer, t, e, &mut out);
+            d.run_effects(&mut out)?;
+        }
+        let proposals: Vec<Bytes> = handle.proposals.borrow_mut().drain(..).collect();
+        for data in proposals {
+            if peer.propose(t, data, &mut out).is_err() {
+                handle.refused.set(handle.refused.get() + 1);
+            }
+            d.run_effects(&mut out)?;
+        }
+        let p = replica.borrow().persisted();
+        if p > persisted {
+            persisted = p;
+            peer.persisted(t, p, &mut out);
+            d.run_effects(&mut out)?;
+        }
+        if peer.next_deadline().is_some_and(|at| at <= t) {
+            peer.tick(t, &mut out);
+            d.run_effects(&mut out)?;
+        }
+        if replica.borrow().persisted() > persisted {
+            inbox.notify.notify();
+        }
+    }
+}

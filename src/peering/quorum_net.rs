@@ -1,0 +1,250 @@
+//! The quorum port: learners connect to their leader's, and every packet between them
+//! is a QuorumPacket as Apache ZooKeeper writes it (no length prefix), the data tree
+//! following a SNAP. A connection's first packet must be FOLLOWERINFO or OBSERVERINFO
+//! naming a member of the ensemble; anything that does not decode ends the connection
+//! with a log line.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+
+use super::link::{incomplete, read_first, Link};
+use super::{Event, Inbox};
+use crate::config::ServerId;
+use crate::proto::jute::Reader;
+use crate::zab::packets::learner_info;
+use crate::zab::wire::{packet_type, QuorumPacket, WireError};
+use crate::zkformat::snapshot::{ZkTree, SNAP_SIGNATURE};
+
+/// How long a learner may take to send FOLLOWERINFO.
+const INFO_WAIT: Duration = Duration::from_secs(10);
+const CONNECT_TRIES: u32 = 5;
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
+/// A packet, with the data tree when it is a SNAP.
+pub struct Received {
+    pub packet: QuorumPacket,
+    pub tree: Option<ZkTree>,
+}
+
+/// Cuts one packet (and, after a SNAP from the leader, the tree and its signature).
+fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize)>, WireError> {
+    move |b| {
+        let mut r = Reader::new(b);
+        let packet = match QuorumPacket::decode(&mut r) {
+            Ok(p) => p,
+            Err(e) if incomplete(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut tree = None;
+        if from_leader && packet.packet_type == packet_type::SNAP {
+            let t = match ZkTree::decode(&mut r) {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = WireError::from(e);
+                    return if incomplete(&e) { Ok(None) } else { Err(e) };
+                }
+            };
+            let sig = match r.string() {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = WireError::from(e);
+                    return if incomplete(&e) { Ok(None) } else { Err(e) };
+                }
+            };
+            if sig != SNAP_SIGNATURE {
+                return Err(WireError::SnapSignature(sig));
+            }
+            tree = Some(t);
+        }
+        Ok(Some((Received { packet, tree }, r.position())))
+    }
+}
+
+pub struct QuorumNet {
+    me: ServerId,
+    addrs: BTreeMap<ServerId, SocketAddr>,
+    inbox: Rc<Inbox>,
+    /// Learners connected to us, by id.
+    learners: RefCell<BTreeMap<ServerId, Rc<Link>>>,
+    /// Our connection to our leader.
+    leader: RefCell<Option<Rc<Link>>>,
+    next_link: Cell<u64>,
+}
+
+impl QuorumNet {
+    pub fn new(
+        me: ServerId,
+        addrs: BTreeMap<ServerId, SocketAddr>,
+        inbox: Rc<Inbox>,
+    ) -> Rc<QuorumNet> {
+        Rc::new(QuorumNet {
+            me,
+            addrs,
+            inbox,
+            learners: RefCell::default(),
+            leader: RefCell::default(),
+            next_link: Cell::new(1),
+        })
+    }
+
+    fn new_link(&self, peer: ServerId) -> Rc<Link> {
+        let id = self.next_link.get();
+        self.next_link.set(id + 1);
+        Link::new(id, peer)
+    }
+
+    pub fn start(self: &Rc<Self>, listener: TcpListener) {
+        let net = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let net = net.clone();
+                        glommio::spawn_local(async move { net.accepted(stream).await }).detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!("quorum port: accept failed: {e}");
+                        glommio::timer::sleep(CONNECT_RETRY).await;
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    async fn accepted(self: Rc<Self>, mut stream: TcpStream) {
+        let from = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+        let (first, rest) = match read_first(&mut stream, INFO_WAIT, cut(false)).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("learner connection from {from} dropped: {e}");
+                return;
+            }
+        };
+        let peer = match learner_info(&first.packet) {
+            Ok(info) if self.addrs.contains_key(&info.server_id) && info.server_id != self.me => {
+                info.server_id
+            }
+            Ok(info) => {
+                tracing::warn!("learner connection from {from} dropped: server id {} is not another member of this ensemble", info.server_id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "learner connection from {from} dropped: its first packet is {} ({e}), not FOLLOWERINFO or OBSERVERINFO",
+                    first.packet.type_name()
+                );
+                return;
+            }
+        };
+        let link = self.new_link(peer);
+        if let Some(old) = self.learners.borrow_mut().insert(peer, link.clone()) {
+            old.close();
+        }
+        self.inbox.push(Event::Packet {
+            from: peer,
+            conn: link.id,
+            received: first,
+        });
+        let id = link.id;
+        self.serve(link, stream, rest, false).await;
+        let mut learners = self.learners.borrow_mut();
+        if learners.get(&peer).is_some_and(|l| l.id == id) {
+            learners.remove(&peer);
+        }
+    }
+
+    async fn serve(&self, link: Rc<Link>, stream: TcpStream, rest: Vec<u8>, from_leader: bool) {
+        let peer = link.peer.get();
+        let inbox = self.inbox.clone();
+        let conn = link.id;
+        let why = link
+            .run(stream, rest, cut(from_leader), |received| {
+                inbox.push(Event::Packet {
+                    from: peer,
+                    conn,
+                    received,
+                })
+            })
+            .await;
+        tracing::info!("quorum connection with {peer} ended: {why}");
+        self.inbox.push(Event::Closed { peer, conn });
+    }
+
+    /// Connects to `leader` as its learner (closing any connection to a leader).
+    /// Returns the connection's id; what it sends first is queued by the caller.
+    pub fn connect(self: &Rc<Self>, leader: ServerId) -> u64 {
+        if let Some(old) = self.leader.borrow_mut().take() {
+            old.close();
+        }
+        let link = self.new_link(leader);
+        *self.leader.borrow_mut() = Some(link.clone());
+        let net = self.clone();
+        let addr = self.addrs.get(&leader).copied();
+        glommio::spawn_local(async move {
+            let mut stream = None;
+            if let Some(addr) = addr {
+                for _ in 0..CONNECT_TRIES {
+                    if link.is_closed() {
+                        break;
+                    }
+                    match TcpStream::connect_timeout(addr, INFO_WAIT).await {
+                        Ok(s) => {
+                            stream = Some(s);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::info!("cannot connect to leader {leader} at {addr}: {e}");
+                            glommio::timer::sleep(CONNECT_RETRY).await;
+                        }
+                    }
+                }
+            }
+            match stream {
+                Some(s) if !link.is_closed() => net.serve(link, s, Vec::new(), true).await,
+                _ => {
+                    link.close();
+                    net.inbox.push(Event::Closed {
+                        peer: leader,
+                        conn: link.id,
+                    });
+                }
+            }
+        })
+        .detach();
+        self.leader.borrow().as_ref().map_or(0, |l| l.id)
+    }
+
+    /// Queues `bytes` for `to`: our leader, or a learner of ours.
+    pub fn send(&self, to: ServerId, bytes: Vec<u8>) {
+        if let Some(l) = self
+            .leader
+            .borrow()
+            .as_ref()
+            .filter(|l| l.peer.get() == to && !l.is_closed())
+        {
+            l.send(bytes);
+            return;
+        }
+        if let Some(l) = self.learners.borrow().get(&to) {
+            l.send(bytes);
+        }
+    }
+
+    pub fn disconnect(&self, peer: ServerId) {
+        let mut leader = self.leader.borrow_mut();
+        if leader.as_ref().is_some_and(|l| l.peer.get() == peer) {
+            if let Some(l) = leader.take() {
+                l.close();
+            }
+        }
+        if let Some(l) = self.learners.borrow_mut().remove(&peer) {
+            l.close();
+        }
+    }
+}

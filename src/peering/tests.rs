@@ -1,0 +1,303 @@
+//! Members on real loopback sockets, each on an executor of its own, with a replica
+//! that keeps its log in memory (on "disk" as soon as written).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::LocalExecutorBuilder;
+
+use super::*;
+use crate::zab::history::History;
+
+#[derive(Default)]
+struct Shared {
+    applied: Vec<Txn>,
+    role: Option<Role>,
+    epochs: (i64, i64),
+}
+
+struct MemReplica {
+    log: Vec<Txn>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Replica for MemReplica {
+    fn persist_epochs(&mut self, accepted: i64, current: i64) -> std::io::Result<()> {
+        self.shared.lock().unwrap().epochs = (accepted, current);
+        Ok(())
+    }
+    fn append(&mut self, txn: &Txn) {
+        self.log.push(txn.clone());
+    }
+    fn persisted(&self) -> Zxid {
+        self.log.last().map_or(0, |t| t.zxid)
+    }
+    fn truncate(&mut self, to: Zxid) -> std::io::Result<()> {
+        self.log.retain(|t| t.zxid <= to);
+        Ok(())
+    }
+    fn install_snapshot(&mut self, _: ServerId, _: Zxid, _: Option<ZkTree>) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "the memory replica takes no snapshots",
+        ))
+    }
+    fn snapshot_image(&self, _: Zxid) -> Option<Vec<u8>> {
+        None
+    }
+    fn apply(&mut self, txn: &Txn) {
+        self.shared.lock().unwrap().applied.push(txn.clone());
+    }
+}
+
+struct Running {
+    shared: Arc<Mutex<Shared>>,
+    /// Writes to propose, and a flag to stop the member.
+    ctl: Arc<Mutex<(Vec<Bytes>, bool)>>,
+    thread: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Free loopback ports below the kernel's ephemeral range (a port from bind(0) comes
+/// from that range, where an outgoing connection could take it before a member binds
+/// it), distinct within this process.
+fn ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let lo: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let floor = if lo > 12000 { 10000 } else { 1024 };
+    let mut out = Vec::new();
+    while out.len() < n {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 7919;
+        let port = floor + (k % u64::from(lo - floor)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    out
+}
+
+fn config(ids: &[ServerId], me: ServerId, e: &[u16], q: &[u16]) -> MemberConfig {
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    MemberConfig {
+        peer: PeerConfig {
+            my_id: me,
+            voters: ids.iter().copied().collect(),
+            observers: Default::default(),
+            tick_ms: 100,
+            init_limit: 10,
+            sync_limit: 5,
+            retain: 1_000_000,
+        },
+        election: ids.iter().zip(e).map(|(i, p)| (*i, addr(*p))).collect(),
+        quorum: ids.iter().zip(q).map(|(i, p)| (*i, addr(*p))).collect(),
+    }
+}
+
+fn start(cfg: MemberConfig) -> Running {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let ctl = Arc::new(Mutex::new((Vec::new(), false)));
+    let (s, c) = (shared.clone(), ctl.clone());
+    let thread = LocalExecutorBuilder::default()
+        .name(&format!("member-{}", cfg.peer.my_id))
+        .spawn(move || async move {
+            let replica = Rc::new(RefCell::new(MemReplica {
+                log: Vec::new(),
+                shared: s.clone(),
+            }));
+            let handle = MemberHandle::new();
+            let recovered = Recovered {
+                accepted_epoch: 0,
+                current_epoch: 0,
+                history: History::recovered(0, Vec::new(), 0, cfg.peer.retain),
+            };
+            let h = handle.clone();
+            // Relays proposals and the stop flag from the test thread.
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    let (writes, stop) = {
+                        let mut g = c.lock().unwrap();
+                        (std::mem::take(&mut g.0), g.1)
+                    };
+                    for w in writes {
+                        h.propose(w);
+                    }
+                    s.lock().unwrap().role = Some(h.role());
+                    if stop {
+                        h.stop();
+                        return;
+                    }
+                }
+            })
+            .detach();
+            run_member(cfg, recovered, replica, handle).await.unwrap();
+        })
+        .unwrap();
+    Running {
+        shared,
+        ctl,
+        thread: Some(thread),
+    }
+}
+
+impl Running {
+    fn role(&self) -> Role {
+        self.shared.lock().unwrap().role.unwrap_or(Role::Looking)
+    }
+    fn applied(&self) -> Vec<Txn> {
+        self.shared.lock().unwrap().applied.clone()
+    }
+    fn propose(&self, data: Bytes) {
+        self.ctl.lock().unwrap().0.push(data);
+    }
+    fn stop(&mut self) {
+        self.ctl.lock().unwrap().1 = true;
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A write as ZooKeeper serializes a txn (a setData of /t to `tag`), as a PROPOSAL
+/// must carry.
+fn write(tag: &str) -> Bytes {
+    use crate::zkformat::txn::{TxnHeader, TxnRecord, ZkTxn};
+    let txn = ZkTxn {
+        header: TxnHeader {
+            client_id: 0,
+            cxid: 0,
+            zxid: 0,
+            time: 0,
+            txn_type: 5,
+        },
+        record: Some(TxnRecord::SetData {
+            path: "/t".into(),
+            data: Some(tag.as_bytes().to_vec()),
+            version: 0,
+        }),
+        digest: None,
+    };
+    Bytes::from(txn.to_bytes())
+}
+
+fn tag(t: &Txn) -> String {
+    use crate::zkformat::txn::{TxnRecord, ZkTxn};
+    match ZkTxn::decode(&t.data).unwrap().record {
+        Some(TxnRecord::SetData { data: Some(d), .. }) => String::from_utf8(d).unwrap(),
+        other => panic!("not a write of this test: {other:?}"),
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn leader_of(members: &BTreeMap<ServerId, Running>) -> Option<ServerId> {
+    let leaders: Vec<ServerId> = members
+        .iter()
+        .filter(|(_, m)| matches!(m.role(), Role::Leading { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    let [l] = leaders[..] else { return None };
+    members
+        .values()
+        .all(|m| match m.role() {
+            Role::Leading { .. } => true,
+            Role::Following { leader, .. } => leader == l,
+            _ => false,
+        })
+        .then_some(l)
+}
+
+/// Three members elect, establish an epoch and commit writes in order everywhere;
+/// the leader is stopped, the two left elect a new leader in a new epoch, keep every
+/// committed write and commit more; a client that speaks garbage to both ports is
+/// dropped without disturbing them.
+#[test]
+fn three_members_on_loopback_replicate_and_survive_their_leader() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let ids = [1, 2, 3];
+    let (e, q) = (ports(3), ports(3));
+    let mut members: BTreeMap<ServerId, Running> = ids
+        .iter()
+        .map(|&i| (i, start(config(&ids, i, &e, &q))))
+        .collect();
+    wait_for("a leader everyone follows", 20, || {
+        leader_of(&members).is_some()
+    });
+    let first = leader_of(&members).unwrap();
+    for k in 0..200 {
+        members[&first].propose(write(&format!("a{k}")));
+    }
+    wait_for("200 writes applied everywhere", 20, || {
+        members.values().all(|m| m.applied().len() == 200)
+    });
+    let seq = members[&first].applied();
+    assert!(
+        members.values().all(|m| m.applied() == seq),
+        "members applied different sequences"
+    );
+    let tags: Vec<String> = seq.iter().map(tag).collect();
+    assert_eq!(tags, (0..200).map(|k| format!("a{k}")).collect::<Vec<_>>());
+
+    // Garbage on both ports of a follower: dropped; the ensemble goes on.
+    let follower = *ids.iter().find(|i| **i != first).unwrap();
+    for port in [e[follower as usize - 1], q[follower as usize - 1]] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = s.write_all(&[0xff; 64]);
+    }
+
+    members.get_mut(&first).unwrap().stop();
+    members.remove(&first);
+    wait_for("a new leader of the two left", 30, || {
+        leader_of(&members).is_some()
+    });
+    let second = leader_of(&members).unwrap();
+    assert_ne!(second, first);
+    let Role::Leading { epoch } = members[&second].role() else {
+        unreachable!()
+    };
+    assert!(epoch >= 2, "a new epoch: {epoch}");
+    for k in 0..100 {
+        members[&second].propose(write(&format!("b{k}")));
+    }
+    wait_for("100 more writes on both", 20, || {
+        members.values().all(|m| m.applied().len() == 300)
+    });
+    for m in members.values() {
+        let applied = m.applied();
+        assert_eq!(
+            &applied[..200],
+            &seq[..],
+            "a committed write was lost or changed"
+        );
+        assert_eq!(tag(&applied[299]), "b99");
+        assert!(applied[200..]
+            .iter()
+            .all(|t| crate::zab::history::epoch_of(t.zxid) == epoch));
+    }
+}
