@@ -222,10 +222,12 @@ impl<R: Replica> Driver<R> {
         if let Msg::Proposal(t) = msg {
             self.last_proposed = self.last_proposed.max(t.zxid);
         }
+        let to_leader = self.leader_conn.is_some() && self.quorum.leader_is(to);
         let out = Outgoing {
             my_id: self.me,
             config: Some(self.config_text.clone()),
             last_proposed: self.last_proposed,
+            to_leader,
         };
         tracing::trace!("member {}: to {to}: {msg:?}", self.me);
         let mut bytes = Vec::new();

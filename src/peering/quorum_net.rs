@@ -22,7 +22,7 @@ use crate::zkformat::snapshot::{ZkTree, SNAP_SIGNATURE};
 
 /// How long a learner may take to send FOLLOWERINFO.
 const INFO_WAIT: Duration = Duration::from_secs(10);
-const CONNECT_TRIES: u32 = 5;
+const CONNECT_TRIES: u32 = 25;
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
 
 /// A packet, with the data tree when it is a SNAP.
@@ -234,6 +234,14 @@ impl QuorumNet {
         if let Some(l) = self.learners.borrow().get(&to) {
             l.send(bytes);
         }
+    }
+
+    /// Whether `peer` is the leader we are connected (or connecting) to.
+    pub fn leader_is(&self, peer: ServerId) -> bool {
+        self.leader
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.peer.get() == peer && !l.is_closed())
     }
 
     pub fn disconnect(&self, peer: ServerId) {

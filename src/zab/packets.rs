@@ -22,8 +22,11 @@ pub struct Outgoing {
     /// The ensemble's configuration as NEWLEADER carries it (ZooKeeper's
     /// QuorumVerifier text); None sends null, which ZooKeeper learners accept.
     pub config: Option<Vec<u8>>,
-    /// The zxid a leader's PING carries (its last proposed).
+    /// The zxid a PING carries: a leader's last proposed, a learner's last logged.
     pub last_proposed: i64,
+    /// Whether the packet goes to our leader (a learner's PING carries its sessions'
+    /// touches, empty here, where a leader's carries null).
+    pub to_leader: bool,
 }
 
 /// Why a packet is not a [`Msg`].
@@ -79,7 +82,7 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
         Msg::Inform(txn) => p(t::INFORM, txn.zxid, Some(txn.data.to_vec())),
         Msg::NewLeader { zxid } => p(t::NEWLEADER, *zxid, out.config.clone()),
         Msg::UpToDate => p(t::UPTODATE, -1, None),
-        Msg::Ping => p(t::PING, out.last_proposed, None),
+        Msg::Ping => p(t::PING, out.last_proposed, out.to_leader.then(Vec::new)),
     }
 }
 
@@ -177,6 +180,7 @@ mod tests {
             my_id: 2,
             config: Some(b"server.1=127.0.0.1:2888:3888:participant\nversion=0".to_vec()),
             last_proposed: z,
+            to_leader: false,
         };
         let to_leader = [
             Msg::LearnerInfo {
