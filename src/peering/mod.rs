@@ -126,12 +126,15 @@ impl MemberConfig {
     }
 }
 
+/// Builds a txn's bytes for the zxid it is proposed at.
+pub type MakeTxn = Box<dyn FnOnce(Zxid) -> Bytes>;
+
 /// The embedding side's handle on a running member.
 #[derive(Default)]
 pub struct MemberHandle {
     inbox: Rc<Inbox>,
     role: Cell<Option<Role>>,
-    proposals: RefCell<VecDeque<Bytes>>,
+    proposals: RefCell<VecDeque<MakeTxn>>,
     refused: Cell<u64>,
     stop: Cell<bool>,
 }
@@ -147,8 +150,8 @@ impl MemberHandle {
 
     /// Proposes a write, if this member is the established leader when the driver
     /// takes it (else it counts in `refused`).
-    pub fn propose(&self, data: Bytes) {
-        self.proposals.borrow_mut().push_back(data);
+    pub fn propose(&self, make: MakeTxn) {
+        self.proposals.borrow_mut().push_back(make);
         self.inbox.notify.notify();
     }
 
@@ -208,6 +211,15 @@ impl<R: Replica> Driver<R> {
                         .install_snapshot(leader, zxid, tree)?
                 }
                 Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
+                Effect::Forwarded { from, .. } => {
+                    // Turning a client's request into a txn is the core's: until a
+                    // member runs with one, forwarded requests go unanswered (the
+                    // client times out and retries, as with a leader that is busy).
+                    tracing::warn!(
+                        "member {}: a request forwarded by {from} is not served here",
+                        self.me
+                    )
+                }
                 Effect::Role(role) => {
                     tracing::info!("member {}: {role:?}", self.me);
                     self.handle.role.set(Some(role));
@@ -373,9 +385,9 @@ pub async fn run_member<R: Replica + 'static>(
             d.event(&mut peer, t, e, &mut out);
             d.run_effects(&mut out)?;
         }
-        let proposals: Vec<Bytes> = handle.proposals.borrow_mut().drain(..).collect();
-        for data in proposals {
-            if peer.propose(t, data, &mut out).is_err() {
+        let proposals: Vec<MakeTxn> = handle.proposals.borrow_mut().drain(..).collect();
+        for make in proposals {
+            if peer.propose(t, make, &mut out).is_err() {
                 handle.refused.set(handle.refused.get() + 1);
             }
             d.run_effects(&mut out)?;

@@ -440,6 +440,11 @@ impl EnsembleSim {
                     self.claim_epoch(id, epoch)?;
                 }
             }
+            Effect::Forwarded { .. } => {
+                return Err(self.fail(format!(
+                    "member {id} got a REQUEST, which no one sends here"
+                )))
+            }
             Effect::Warn(w) => {
                 if self.trace {
                     eprintln!("{now} {id}: {w}");
@@ -717,7 +722,7 @@ impl EnsembleSim {
             let mut out = Vec::new();
             let node = self.nodes.get_mut(&id).expect("node");
             let p = node.peer.as_mut().expect("up");
-            if let Ok(z) = p.propose(self.now_ms, data, &mut out) {
+            if let Ok(z) = p.propose(self.now_ms, |_| data, &mut out) {
                 node.proposed.insert(z);
             }
             self.handle(id, out)?;

@@ -334,9 +334,9 @@ impl Leader {
                 }
             }
             Msg::Request { data } => {
-                // A write a learner forwards; dropped until the epoch is established
-                // (the learner's client sees no answer and retries, as with ZooKeeper).
-                self.propose(local, data, out)?;
+                // A client's request a learner forwards: the driver turns it into a
+                // txn (as ZooKeeper's PrepRequestProcessor does) and proposes that.
+                out.push(Effect::Forwarded { from, data });
             }
             other => {
                 out.push(Effect::Warn(format!(
@@ -400,10 +400,12 @@ impl Leader {
     }
 
     /// Proposes `data`; None until the epoch is established.
+    /// Proposes the txn `make` builds for the zxid it is given (a txn's header holds
+    /// its own zxid); None until the epoch is established.
     pub fn propose(
         &mut self,
         local: &mut Local,
-        data: Bytes,
+        make: impl FnOnce(Zxid) -> Bytes,
         out: &mut Vec<Effect>,
     ) -> Result<Option<Zxid>, Quit> {
         if self.phase != Phase::Broadcast {
@@ -418,7 +420,10 @@ impl Leader {
         }
         let zxid = make_zxid(self.epoch, self.next_counter);
         self.next_counter += 1;
-        let txn = Txn { zxid, data };
+        let txn = Txn {
+            zxid,
+            data: make(zxid),
+        };
         if let Err(e) = local.history.append(txn.clone()) {
             unreachable!("our own proposal follows our log: {e}");
         }

@@ -103,6 +103,9 @@ pub enum Effect {
     InstallSnapshot { leader: ServerId, zxid: Zxid },
     /// Apply a committed txn to the tree (in zxid order, each once).
     Apply(Txn),
+    /// A learner forwarded a client's request (REQUEST's data: session, cxid, type
+    /// and the request's bytes) for this leader to turn into a txn and propose.
+    Forwarded { from: ServerId, data: Bytes },
     /// The member's role changed.
     Role(Role),
     /// Something a peer did wrong or a role ended: for the log.

@@ -312,17 +312,18 @@ impl Peer {
         }
     }
 
-    /// Proposes a write (as the established leader); returns its zxid.
+    /// Proposes a write (as the established leader): `make` builds the txn for the
+    /// zxid it gets (a txn's header holds its own zxid). Returns that zxid.
     pub fn propose(
         &mut self,
         now_ms: u64,
-        data: Bytes,
+        make: impl FnOnce(Zxid) -> Bytes,
         out: &mut Vec<Effect>,
     ) -> Result<Zxid, ProposeError> {
         let Doing::Leading(l) = &mut self.doing else {
             return Err(ProposeError::NotLeading);
         };
-        match l.propose(&mut self.local, data, out) {
+        match l.propose(&mut self.local, make, out) {
             Ok(Some(z)) => Ok(z),
             Ok(None) => Err(ProposeError::NotLeading),
             Err(q) => {

@@ -1,0 +1,290 @@
+//! Mixed ensembles: ringkeeper members with Apache ZooKeeper 3.8 members (Debian's
+//! package `zookeeper`, which tests/run-all.sh installs), on loopback.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+/// An Apache ZooKeeper 3.8 member (Debian's package), started as its operators do
+/// (log4j at INFO), killed when dropped.
+struct ZkMember {
+    child: std::process::Child,
+    client_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl ZkMember {
+    fn start(id: ServerId, client_port: u16, servers: &str, tag: &str) -> ZkMember {
+        // Local sessions: a client of a follower reads without its leader's help.
+        let servers = format!("localSessionsEnabled=true\n{servers}");
+        let jar = std::path::Path::new("/usr/share/java/zookeeper.jar");
+        assert!(
+            jar.exists(),
+            "{} is missing: apt-get install zookeeper (tests/run-all.sh does)",
+            jar.display()
+        );
+        let dir = std::env::temp_dir().join(format!("rk-mixed-{tag}-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/myid"), format!("{id}\n")).unwrap();
+        std::fs::write(
+            dir.join("zoo.cfg"),
+            format!(
+                "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={client_port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n{servers}",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("log4j.properties"),
+            format!(
+                "log4j.rootLogger=INFO, FILE\nlog4j.appender.FILE=org.apache.log4j.FileAppender\nlog4j.appender.FILE.File={}\nlog4j.appender.FILE.layout=org.apache.log4j.PatternLayout\nlog4j.appender.FILE.layout.ConversionPattern=%d - %-5p [%t:%C{{1}}@%L] - %m%n\n",
+                dir.join("zookeeper.log").display()
+            ),
+        )
+        .unwrap();
+        let cp = [
+            dir.display().to_string(),
+            jar.display().to_string(),
+            "/usr/share/java/slf4j-log4j12.jar".into(),
+            "/usr/share/java/log4j-1.2.jar".into(),
+        ]
+        .join(":");
+        let child = std::process::Command::new("java")
+            .args([
+                "-Xms128m",
+                "-Xmx256m",
+                &format!(
+                    "-Dlog4j.configuration=file:{}/log4j.properties",
+                    dir.display()
+                ),
+                "-cp",
+                &cp,
+            ])
+            .args([
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                &dir.join("zoo.cfg").display().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("java");
+        ZkMember {
+            child,
+            client_port,
+            dir,
+        }
+    }
+
+    fn mode(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"srvr").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Mode: ").map(str::to_string))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("zookeeper.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ZkMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One request on a fresh session to a ZooKeeper client port: the reply's error code.
+fn zk_call(
+    port: u16,
+    req: crate::proto::records::Request,
+    timeout: Duration,
+) -> std::io::Result<i32> {
+    use crate::proto::records::ConnectRequest;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    let frame = |body: Vec<u8>| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend(body);
+        f
+    };
+    let read_frame = |s: &mut std::net::TcpStream| -> std::io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut b)?;
+        Ok(b)
+    };
+    let mut body = Vec::new();
+    ConnectRequest {
+        protocol_version: 0,
+        last_zxid_seen: 0,
+        timeout_ms: 4_000,
+        session_id: 0,
+        passwd: vec![0; 16],
+        read_only: Some(false),
+    }
+    .encode(&mut body);
+    s.write_all(&frame(body))?;
+    read_frame(&mut s)?;
+    let mut body = Vec::new();
+    req.encode(1, &mut body);
+    s.write_all(&frame(body))?;
+    let reply = read_frame(&mut s)?;
+    Ok(i32::from_be_bytes([
+        reply[12], reply[13], reply[14], reply[15],
+    ]))
+}
+
+fn zk_create(port: u16, path: &str, timeout: Duration) -> std::io::Result<i32> {
+    use crate::proto::records::{CreateKind, CreateRequest, Request};
+    let req = Request::Create(CreateRequest {
+        path: path.into(),
+        data: Some(Bytes::from_static(b"from a mixed ensemble")),
+        acl: crate::tree::acl::open_acl_unsafe(),
+        flags: 0,
+        kind: CreateKind::Create,
+        ttl_ms: 0,
+    });
+    zk_call(port, req, timeout)
+}
+
+fn zk_exists(port: u16, path: &str) -> std::io::Result<i32> {
+    let req = crate::proto::records::Request::Exists {
+        path: path.into(),
+        watch: false,
+    };
+    zk_call(port, req, Duration::from_secs(5))
+}
+
+/// A ringkeeper member (id 1) in an ensemble with two Apache ZooKeeper 3.8 members:
+/// it votes in their election, follows their leader through discovery and sync, and
+/// its ACKs count. With the other ZooKeeper member killed, the ZooKeeper leader can
+/// only commit a write with the ringkeeper member's ACK, and does; the ringkeeper
+/// member applies the txn ZooKeeper made.
+#[test]
+fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
+    log_to_test_output();
+    let ids = [1, 2, 3];
+    let (e, q, c) = (ports(3), ports(3), ports(3));
+    let servers: String = ids
+        .iter()
+        .map(|&i| {
+            format!(
+                "server.{i}=127.0.0.1:{}:{}\n",
+                q[i as usize - 1],
+                e[i as usize - 1]
+            )
+        })
+        .collect();
+    let mut cfg = config(&ids, 1, &e, &q);
+    cfg.peer.tick_ms = 500;
+    let ours = start(cfg);
+    let zk2 = ZkMember::start(2, c[1], &servers, "a");
+    let zk3 = ZkMember::start(3, c[2], &servers, "a");
+    // Everyone starts at zxid 0: the highest id, ZooKeeper's member 3, leads.
+    wait_for(
+        "member 3 leading, member 2 and ringkeeper following it",
+        60,
+        || {
+            zk3.mode().as_deref() == Some("leader")
+                && zk2.mode().as_deref() == Some("follower")
+                && matches!(ours.role(), Role::Following { leader: 3, .. })
+        },
+    );
+    drop(zk2);
+    // Member 3 and ringkeeper are the quorum now.
+    let mut err = None;
+    wait_for("a write committed with ringkeeper's ACK", 30, || {
+        err = zk_create(c[2], "/mixed", Duration::from_secs(5)).ok();
+        err.is_some()
+    });
+    assert_eq!(
+        err,
+        Some(0),
+        "create /mixed failed; leader log:\n{}",
+        zk3.log()
+    );
+    wait_for("ringkeeper applies ZooKeeper's create", 10, || {
+        ours.applied().iter().any(|t| {
+            use crate::zkformat::txn::{TxnRecord, ZkTxn};
+            matches!(ZkTxn::decode(&t.data).map(|z| z.record), Ok(Some(TxnRecord::Create { ref path, .. })) if path == "/mixed")
+        })
+    });
+    assert!(matches!(ours.role(), Role::Following { leader: 3, .. }));
+    // And the write needed that ACK: without the ringkeeper member, nothing commits.
+    let mut ours = ours;
+    ours.stop();
+    assert_ne!(
+        zk_create(c[2], "/alone", Duration::from_secs(3)).ok(),
+        Some(0),
+        "member 3 committed alone"
+    );
+}
+
+/// Two Apache ZooKeeper 3.8 members follow a ringkeeper leader (id 3): they take its
+/// epoch through discovery and sync, ACK its proposals (ZooKeeper txns), apply them,
+/// and serve them to their own clients.
+#[test]
+fn zookeeper_members_follow_a_ringkeeper_leader() {
+    let ids = [1, 2, 3];
+    let (e, q, c) = (ports(3), ports(3), ports(3));
+    let servers: String = ids
+        .iter()
+        .map(|&i| {
+            format!(
+                "server.{i}=127.0.0.1:{}:{}\n",
+                q[i as usize - 1],
+                e[i as usize - 1]
+            )
+        })
+        .collect();
+    let mut cfg = config(&ids, 3, &e, &q);
+    cfg.peer.tick_ms = 500;
+    // ZooKeeper's member 1 alone has no quorum; with ours it has, and ours (the highest
+    // id, every history empty) leads. Member 2 joins an established leader.
+    let zk1 = ZkMember::start(1, c[0], &servers, "b");
+    let ours = start(cfg);
+    wait_for("ringkeeper leading", 60, || {
+        matches!(ours.role(), Role::Leading { .. })
+    });
+    let zk2 = ZkMember::start(2, c[1], &servers, "b");
+    log_to_test_output();
+    let logs = || format!("zk1:\n{}\nzk2:\n{}", zk1.log(), zk2.log());
+    let end = Instant::now() + Duration::from_secs(60);
+    while !(matches!(ours.role(), Role::Leading { .. })
+        && zk1.mode().as_deref() == Some("follower")
+        && zk2.mode().as_deref() == Some("follower"))
+    {
+        assert!(
+            Instant::now() < end,
+            "ringkeeper not leading both ZooKeeper members: {:?}\n{}",
+            ours.role(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for k in 0..20 {
+        ours.propose(Write::Create(format!("/rk{k}")));
+    }
+    wait_for("20 creates committed", 20, || ours.applied().len() == 20);
+    for zk in [&zk1, &zk2] {
+        wait_for("ZooKeeper serving ringkeeper's creates", 20, || {
+            (0..20).all(|k| zk_exists(zk.client_port, &format!("/rk{k}")).ok() == Some(0))
+        });
+        assert_eq!(
+            zk_exists(zk.client_port, "/rk20").ok(),
+            Some(-101),
+            "NONODE for what was never written"
+        );
+    }
+}
