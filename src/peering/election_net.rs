@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
-use super::link::{incomplete, read_first, Link};
+use super::link::{incomplete, read_first, spawn_accept_loop, Link};
 use super::{Event, Inbox};
 use crate::config::ServerId;
 use crate::proto::jute::Reader;
@@ -98,21 +98,9 @@ impl ElectionNet {
     /// Listens, and keeps connections to the members with lower ids.
     pub fn start(self: &Rc<Self>, listener: TcpListener) {
         let net = self.clone();
-        glommio::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        let net = net.clone();
-                        glommio::spawn_local(async move { net.accepted(stream).await }).detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!("election port: accept failed: {e}");
-                        glommio::timer::sleep(RETRY_MIN).await;
-                    }
-                }
-            }
-        })
-        .detach();
+        spawn_accept_loop(listener, "election", move |stream| {
+            net.clone().accepted(stream)
+        });
         for (&id, &addr) in &self.peers {
             if id < self.me {
                 let net = self.clone();

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::ServerId;
 use crate::proto::jute::DecodeError;
@@ -204,4 +204,27 @@ pub async fn read_first<T>(
         Err(format!("nothing whole within {deadline:?}"))
     };
     futures_lite::future::or(attempt, timeout).await
+}
+
+/// Accepts connections on `listener` for as long as the executor runs, each served by
+/// a task of its own.
+pub fn spawn_accept_loop<F, Fut>(listener: TcpListener, what: &'static str, serve: F)
+where
+    F: Fn(TcpStream) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    glommio::spawn_local(serve(stream)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!("{what} port: accept failed: {e}");
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .detach();
 }

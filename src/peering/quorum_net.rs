@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
-use super::link::{incomplete, read_first, Link};
+use super::link::{incomplete, read_first, spawn_accept_loop, Link};
 use super::{Event, Inbox};
 use crate::config::ServerId;
 use crate::proto::jute::Reader;
@@ -100,21 +100,9 @@ impl QuorumNet {
 
     pub fn start(self: &Rc<Self>, listener: TcpListener) {
         let net = self.clone();
-        glommio::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        let net = net.clone();
-                        glommio::spawn_local(async move { net.accepted(stream).await }).detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!("quorum port: accept failed: {e}");
-                        glommio::timer::sleep(CONNECT_RETRY).await;
-                    }
-                }
-            }
-        })
-        .detach();
+        spawn_accept_loop(listener, "quorum", move |stream| {
+            net.clone().accepted(stream)
+        });
     }
 
     async fn accepted(self: Rc<Self>, mut stream: TcpStream) {

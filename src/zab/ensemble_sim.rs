@@ -25,7 +25,7 @@ use super::election::{Ballot, ServerId};
 use super::history::{epoch_of, History, Txn, Zxid};
 use super::messages::{Effect, Msg, Role};
 use super::peer::{Peer, PeerConfig, Recovered};
-use super::sim::SimRng;
+use super::sim::{Lossy, SimRng, VoteLinks};
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -71,9 +71,6 @@ const TICK_MS: u64 = 100;
 const INIT_LIMIT: u64 = 10;
 const SYNC_LIMIT: u64 = 5;
 const SETTLE_MS_MAX: u64 = 60_000;
-/// Votes one link may have in flight (ZooKeeper queues one unsent notification per
-/// peer; an unbounded link would let duplicates multiply).
-const VOTES_IN_FLIGHT_MAX: usize = 4;
 
 /// What a member has on disk.
 #[derive(Debug, Clone, Default)]
@@ -176,7 +173,7 @@ pub struct EnsembleSim {
     seq: u64,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
-    votes_in_flight: BTreeMap<(ServerId, ServerId), usize>,
+    votes: VoteLinks,
     blocked: BTreeSet<(ServerId, ServerId)>,
     faults: bool,
     /// The one sequence every member's tree must be a prefix of.
@@ -226,7 +223,7 @@ impl EnsembleSim {
             seq: 0,
             conns: BTreeMap::new(),
             next_conn: 1,
-            votes_in_flight: BTreeMap::new(),
+            votes: VoteLinks::default(),
             blocked: BTreeSet::new(),
             faults: true,
             committed: Vec::new(),
@@ -467,20 +464,11 @@ impl EnsembleSim {
     }
 
     fn send_vote(&mut self, from: ServerId, to: ServerId, ballot: Ballot) {
-        let copies = if self.faults && self.rng.chance(self.scenario.vote_duplication) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            if self.faults && self.rng.chance(self.scenario.vote_loss) {
-                continue;
-            }
-            let load = self.votes_in_flight.entry((from, to)).or_default();
-            if *load >= VOTES_IN_FLIGHT_MAX {
-                continue;
-            }
-            *load += 1;
+        let faults = self.faults.then_some(Lossy {
+            loss: self.scenario.vote_loss,
+            duplication: self.scenario.vote_duplication,
+        });
+        for _ in 0..self.votes.copies(&mut self.rng, faults, from, to) {
             let at = self.now_ms + self.delay();
             self.push(at, Event::Vote { from, to, ballot });
         }
@@ -619,18 +607,11 @@ impl EnsembleSim {
         let now = self.now_ms;
         match ev {
             Event::Vote { from, to, ballot } => {
-                if let Some(n) = self.votes_in_flight.get_mut(&(from, to)) {
-                    *n -= 1;
-                }
+                self.votes.delivered(from, to);
                 if self.cut_one_way(from, to) {
                     return Ok(());
                 }
-                let mut out = Vec::new();
-                let Some(p) = self.nodes.get_mut(&to).and_then(|n| n.peer.as_mut()) else {
-                    return Ok(());
-                };
-                p.on_vote(now, from, ballot, &mut out);
-                self.handle(to, out)
+                self.with_peer(to, |p, out| p.on_vote(now, from, ballot, out))
             }
             Event::Packet {
                 conn,
@@ -663,12 +644,7 @@ impl EnsembleSim {
                 if self.trace && std::env::var_os("RK_SIM_TRACE_PACKETS").is_some() {
                     eprintln!("{now} {from}->{to} c{conn} {msg:?}");
                 }
-                let mut out = Vec::new();
-                let Some(p) = self.nodes.get_mut(&to).and_then(|n| n.peer.as_mut()) else {
-                    return Ok(());
-                };
-                p.on_message(now, from, conn, msg, &mut out);
-                self.handle(to, out)
+                self.with_peer(to, |p, out| p.on_message(now, from, conn, msg, out))
             }
             Event::Closed { conn, to, peer } => {
                 // A learner hears only of its current connection; a leader of any.
@@ -677,14 +653,23 @@ impl EnsembleSim {
                 if learner_side && node.conn != Some(conn) {
                     return Ok(());
                 }
-                let mut out = Vec::new();
-                let Some(p) = self.nodes.get_mut(&to).and_then(|n| n.peer.as_mut()) else {
-                    return Ok(());
-                };
-                p.on_disconnected(now, peer, conn, &mut out);
-                self.handle(to, out)
+                self.with_peer(to, |p, out| p.on_disconnected(now, peer, conn, out))
             }
         }
+    }
+
+    /// Runs `f` on member `id`'s Peer if it is up, then its effects.
+    fn with_peer(
+        &mut self,
+        id: ServerId,
+        f: impl FnOnce(&mut Peer, &mut Vec<Effect>),
+    ) -> Result<(), Violation> {
+        let mut out = Vec::new();
+        let Some(p) = self.nodes.get_mut(&id).and_then(|n| n.peer.as_mut()) else {
+            return Ok(());
+        };
+        f(p, &mut out);
+        self.handle(id, out)
     }
 
     fn cut_one_way(&self, from: ServerId, to: ServerId) -> bool {

@@ -40,6 +40,56 @@ impl SimRng {
     }
 }
 
+/// Election messages on links that lose and duplicate them, with a bounded number in
+/// flight per directed link (see `LINK_IN_FLIGHT_MAX`). Shared by the simulators.
+#[derive(Default)]
+pub struct VoteLinks {
+    in_flight: BTreeMap<(ServerId, ServerId), usize>,
+}
+
+/// A link's loss and duplication chances, when faults are on.
+#[derive(Debug, Clone, Copy)]
+pub struct Lossy {
+    pub loss: f64,
+    pub duplication: f64,
+}
+
+impl VoteLinks {
+    /// How many copies of one message from `from` to `to` go out (each now counted
+    /// in flight until `delivered`).
+    pub fn copies(
+        &mut self,
+        rng: &mut SimRng,
+        faults: Option<Lossy>,
+        from: ServerId,
+        to: ServerId,
+    ) -> usize {
+        let sent = match faults {
+            Some(f) if rng.chance(f.duplication) => 2,
+            _ => 1,
+        };
+        let mut n = 0;
+        for _ in 0..sent {
+            if faults.is_some_and(|f| rng.chance(f.loss)) {
+                continue;
+            }
+            let load = self.in_flight.entry((from, to)).or_default();
+            if *load >= LINK_IN_FLIGHT_MAX {
+                continue;
+            }
+            *load += 1;
+            n += 1;
+        }
+        n
+    }
+
+    pub fn delivered(&mut self, from: ServerId, to: ServerId) {
+        if let Some(load) = self.in_flight.get_mut(&(from, to)) {
+            *load -= 1;
+        }
+    }
+}
+
 /// The scenario one seed draws.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -159,8 +209,7 @@ pub struct Sim {
     now_ms: u64,
     members: BTreeMap<ServerId, Member>,
     in_flight: BinaryHeap<InFlight>,
-    /// Messages in flight per directed link.
-    link_load: BTreeMap<(ServerId, ServerId), usize>,
+    links: VoteLinks,
     seq: u64,
     blocked: BTreeSet<(ServerId, ServerId)>,
     faults: bool,
@@ -210,7 +259,7 @@ impl Sim {
             now_ms: 0,
             members,
             in_flight: BinaryHeap::new(),
-            link_load: BTreeMap::new(),
+            links: VoteLinks::default(),
             seq: 0,
             blocked: BTreeSet::new(),
             faults: true,
@@ -360,20 +409,11 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: ServerId, to: ServerId, ballot: Ballot) {
-        let copies = if self.faults && self.rng.chance(self.scenario.duplication) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            if self.faults && self.rng.chance(self.scenario.loss) {
-                continue;
-            }
-            let load = self.link_load.entry((from, to)).or_default();
-            if *load >= LINK_IN_FLIGHT_MAX {
-                continue;
-            }
-            *load += 1;
+        let faults = self.faults.then_some(Lossy {
+            loss: self.scenario.loss,
+            duplication: self.scenario.duplication,
+        });
+        for _ in 0..self.links.copies(&mut self.rng, faults, from, to) {
             let delay = if self.faults {
                 self.rng.range(1, self.scenario.delay_ms_max)
             } else {
@@ -555,9 +595,7 @@ impl Sim {
         let now = self.now_ms;
         while self.in_flight.peek().is_some_and(|f| f.at_ms <= now) {
             let f = self.in_flight.pop().expect("peeked");
-            if let Some(load) = self.link_load.get_mut(&(f.from, f.to)) {
-                *load -= 1;
-            }
+            self.links.delivered(f.from, f.to);
             if !self.members[&f.to].up || self.blocked.contains(&(f.from, f.to)) {
                 continue;
             }

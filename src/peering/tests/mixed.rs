@@ -102,6 +102,38 @@ impl Drop for ZkMember {
     }
 }
 
+/// Three members on loopback ports: ringkeeper's member `ours` and the `server.N`
+/// lines the ZooKeeper members' zoo.cfg takes (tickTime 500 ms on every member).
+struct Ensemble {
+    servers: String,
+    cfg: MemberConfig,
+    client: Vec<u16>,
+}
+
+impl Ensemble {
+    fn new(ours: ServerId) -> Ensemble {
+        let ids = [1, 2, 3];
+        let (e, q, client) = (ports(3), ports(3), ports(3));
+        let servers = ids
+            .iter()
+            .map(|&i| {
+                format!(
+                    "server.{i}=127.0.0.1:{}:{}\n",
+                    q[i as usize - 1],
+                    e[i as usize - 1]
+                )
+            })
+            .collect();
+        let mut cfg = config(&ids, ours, &e, &q);
+        cfg.peer.tick_ms = 500;
+        Ensemble {
+            servers,
+            cfg,
+            client,
+        }
+    }
+}
+
 /// One request on a fresh session to a ZooKeeper client port: the reply's error code.
 fn zk_call(
     port: u16,
@@ -174,20 +206,11 @@ fn zk_exists(port: u16, path: &str) -> std::io::Result<i32> {
 #[test]
 fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
     log_to_test_output();
-    let ids = [1, 2, 3];
-    let (e, q, c) = (ports(3), ports(3), ports(3));
-    let servers: String = ids
-        .iter()
-        .map(|&i| {
-            format!(
-                "server.{i}=127.0.0.1:{}:{}\n",
-                q[i as usize - 1],
-                e[i as usize - 1]
-            )
-        })
-        .collect();
-    let mut cfg = config(&ids, 1, &e, &q);
-    cfg.peer.tick_ms = 500;
+    let Ensemble {
+        servers,
+        cfg,
+        client: c,
+    } = Ensemble::new(1);
     let ours = start(cfg);
     let zk2 = ZkMember::start(2, c[1], &servers, "a");
     let zk3 = ZkMember::start(3, c[2], &servers, "a");
@@ -236,20 +259,11 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
 /// and serve them to their own clients.
 #[test]
 fn zookeeper_members_follow_a_ringkeeper_leader() {
-    let ids = [1, 2, 3];
-    let (e, q, c) = (ports(3), ports(3), ports(3));
-    let servers: String = ids
-        .iter()
-        .map(|&i| {
-            format!(
-                "server.{i}=127.0.0.1:{}:{}\n",
-                q[i as usize - 1],
-                e[i as usize - 1]
-            )
-        })
-        .collect();
-    let mut cfg = config(&ids, 3, &e, &q);
-    cfg.peer.tick_ms = 500;
+    let Ensemble {
+        servers,
+        cfg,
+        client: c,
+    } = Ensemble::new(3);
     // ZooKeeper's member 1 alone has no quorum; with ours it has, and ours (the highest
     // id, every history empty) leads. Member 2 joins an established leader.
     let zk1 = ZkMember::start(1, c[0], &servers, "b");
