@@ -852,19 +852,15 @@ impl EnsembleSim {
 mod tests {
     use super::*;
 
+    use crate::zab::sim::env_u64;
+
     fn seeds() -> u64 {
-        std::env::var("RK_ZAB_SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5_000)
+        env_u64("RK_ZAB_SIM_SEEDS", 5_000)
     }
 
     #[test]
     fn zab_keeps_every_acknowledged_write_under_faults() {
-        let start = std::env::var("RK_ZAB_SIM_SEED_START")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0u64);
+        let start = env_u64("RK_ZAB_SIM_SEED_START", 0);
         let (mut worst, mut acked) = (0, 0);
         let mut stats: BTreeMap<&str, u64> = BTreeMap::new();
         for seed in start..start + seeds() {

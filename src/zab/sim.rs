@@ -90,6 +90,15 @@ impl VoteLinks {
     }
 }
 
+/// A number from the environment (seed counts and starts of the simulators' tests).
+#[cfg(test)]
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The scenario one seed draws.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -703,18 +712,12 @@ mod tests {
     /// Seeds per run of the suite (about 20 s on a 2-core VM in release);
     /// RK_SIM_SEEDS=1000000 for a long run, RK_SIM_SEED_START to begin elsewhere.
     fn seeds() -> u64 {
-        std::env::var("RK_SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3_000)
+        env_u64("RK_SIM_SEEDS", 3_000)
     }
 
     #[test]
     fn elections_are_sound_and_settle_under_faults() {
-        let start = std::env::var("RK_SIM_SEED_START")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0u64);
+        let start = env_u64("RK_SIM_SEED_START", 0);
         let mut settle_ms_worst = 0;
         for seed in start..start + seeds() {
             match Sim::new(seed).run() {
