@@ -118,8 +118,9 @@ fn main() -> ExitCode {
         // clients of one ensemble different trees: refuse instead.
         eprintln!(
             "ringkeeper: {} describes an ensemble of {} servers (this is server.{myid}), and \
-             ringkeeper cannot yet replicate; refusing to start rather than serve a tree the \
-             other members would not share. Remove the server.N lines to run standalone.",
+             the ringkeeper server does not run as an ensemble member yet; refusing to start \
+             rather than serve a tree the other members would not share. Remove the server.N \
+             lines to run standalone.",
             cfg.source,
             cfg.servers.len()
         );
