@@ -215,15 +215,21 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
     let zk2 = ZkMember::start(2, c[1], &servers, "a");
     let zk3 = ZkMember::start(3, c[2], &servers, "a");
     // Everyone starts at zxid 0: the highest id, ZooKeeper's member 3, leads.
-    wait_for(
-        "member 3 leading, member 2 and ringkeeper following it",
-        60,
-        || {
-            zk3.mode().as_deref() == Some("leader")
-                && zk2.mode().as_deref() == Some("follower")
-                && matches!(ours.role(), Role::Following { leader: 3, .. })
-        },
-    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while !(zk3.mode().as_deref() == Some("leader")
+        && zk2.mode().as_deref() == Some("follower")
+        && matches!(ours.role(), Role::Following { leader: 3, .. }))
+    {
+        assert!(
+            Instant::now() < end,
+            "not settled: zk2 {:?}, zk3 {:?}, ringkeeper {:?}\nzk3:\n{}",
+            zk2.mode(),
+            zk3.mode(),
+            ours.role(),
+            zk3.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(zk2);
     // Member 3 and ringkeeper are the quorum now.
     let mut err = None;

@@ -100,13 +100,28 @@ fn ports(n: usize) -> Vec<u16> {
     out
 }
 
+/// Member `me` of `ids` (voters, but for `observers`) on the given ports.
 fn config(ids: &[ServerId], me: ServerId, e: &[u16], q: &[u16]) -> MemberConfig {
+    config_with_observers(ids, &[], me, e, q)
+}
+
+fn config_with_observers(
+    ids: &[ServerId],
+    observers: &[ServerId],
+    me: ServerId,
+    e: &[u16],
+    q: &[u16],
+) -> MemberConfig {
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     MemberConfig {
         peer: PeerConfig {
             my_id: me,
-            voters: ids.iter().copied().collect(),
-            observers: Default::default(),
+            voters: ids
+                .iter()
+                .filter(|i| !observers.contains(i))
+                .copied()
+                .collect(),
+            observers: observers.iter().copied().collect(),
             tick_ms: 100,
             init_limit: 10,
             sync_limit: 5,
@@ -277,7 +292,7 @@ fn leader_of(members: &BTreeMap<ServerId, Running>) -> Option<ServerId> {
         .values()
         .all(|m| match m.role() {
             Role::Leading { .. } => true,
-            Role::Following { leader, .. } => leader == l,
+            Role::Following { leader, .. } | Role::Observing { leader, .. } => leader == l,
             _ => false,
         })
         .then_some(l)
@@ -351,6 +366,41 @@ fn three_members_on_loopback_replicate_and_survive_their_leader() {
             .iter()
             .all(|t| crate::zab::history::epoch_of(t.zxid) == epoch));
     }
+}
+
+/// An observer (member 4) of three voters: it takes the leader's epoch, gets every
+/// committed write by INFORM, in order, and does not count for the quorum: with two
+/// voters stopped, nothing commits although the observer is there.
+#[test]
+fn an_observer_gets_every_commit_and_counts_for_nothing() {
+    let ids = [1, 2, 3, 4];
+    let (e, q) = (ports(4), ports(4));
+    let mut members: BTreeMap<ServerId, Running> = ids
+        .iter()
+        .map(|&i| (i, start(config_with_observers(&ids, &[4], i, &e, &q))))
+        .collect();
+    wait_for("a leader followed and observed by all", 20, || {
+        leader_of(&members).is_some()
+    });
+    assert!(matches!(members[&4].role(), Role::Observing { .. }));
+    let leader = leader_of(&members).unwrap();
+    for k in 0..100 {
+        members[&leader].propose(write(&format!("o{k}")));
+    }
+    wait_for("100 writes on all four", 20, || {
+        members.values().all(|m| m.applied().len() == 100)
+    });
+    assert_eq!(members[&4].applied(), members[&leader].applied());
+    // Stop the two voters that do not lead: the leader and the observer are no quorum.
+    for id in [1, 2, 3].into_iter().filter(|i| *i != leader) {
+        members.get_mut(&id).unwrap().stop();
+    }
+    members[&leader].propose(write("after"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        members.values().all(|m| m.applied().len() == 100),
+        "a write committed without a quorum of voters"
+    );
 }
 
 mod mixed;
