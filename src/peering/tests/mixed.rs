@@ -134,12 +134,13 @@ impl Ensemble {
     }
 }
 
-/// One request on a fresh session to a ZooKeeper client port: the reply's error code.
+/// One request on a fresh session to a ZooKeeper client port: the reply's error code
+/// and body.
 fn zk_call(
     port: u16,
     req: crate::proto::records::Request,
     timeout: Duration,
-) -> std::io::Result<i32> {
+) -> std::io::Result<(i32, Vec<u8>)> {
     use crate::proto::records::ConnectRequest;
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -172,9 +173,8 @@ fn zk_call(
     req.encode(1, &mut body);
     s.write_all(&frame(body))?;
     let reply = read_frame(&mut s)?;
-    Ok(i32::from_be_bytes([
-        reply[12], reply[13], reply[14], reply[15],
-    ]))
+    let err = i32::from_be_bytes([reply[12], reply[13], reply[14], reply[15]]);
+    Ok((err, reply[16..].to_vec()))
 }
 
 fn zk_create(port: u16, path: &str, timeout: Duration) -> std::io::Result<i32> {
@@ -187,15 +187,68 @@ fn zk_create(port: u16, path: &str, timeout: Duration) -> std::io::Result<i32> {
         kind: CreateKind::Create,
         ttl_ms: 0,
     });
-    zk_call(port, req, timeout)
+    zk_call(port, req, timeout).map(|(err, _)| err)
 }
 
 fn zk_exists(port: u16, path: &str) -> std::io::Result<i32> {
+    zk_stat(port, path).map(|(err, _)| err)
+}
+
+/// exists: the error code and, for a node that is there, its Stat.
+fn zk_stat(port: u16, path: &str) -> std::io::Result<(i32, Option<crate::proto::Stat>)> {
     let req = crate::proto::records::Request::Exists {
         path: path.into(),
         watch: false,
     };
-    zk_call(port, req, Duration::from_secs(5))
+    let (err, body) = zk_call(port, req, Duration::from_secs(5))?;
+    if err != 0 {
+        return Ok((err, None));
+    }
+    let mut r = crate::proto::jute::Reader::new(&body);
+    let mut i64s = || r.i64().unwrap();
+    let (czxid, mzxid, ctime, mtime) = (i64s(), i64s(), i64s(), i64s());
+    let mut r = crate::proto::jute::Reader::new(&body[32..]);
+    let (version, cversion, aversion) = (r.i32().unwrap(), r.i32().unwrap(), r.i32().unwrap());
+    let ephemeral_owner = r.i64().unwrap();
+    let (data_length, num_children) = (r.i32().unwrap(), r.i32().unwrap());
+    let pzxid = r.i64().unwrap();
+    Ok((
+        0,
+        Some(crate::proto::Stat {
+            czxid,
+            mzxid,
+            ctime,
+            mtime,
+            version,
+            cversion,
+            aversion,
+            ephemeral_owner,
+            data_length,
+            num_children,
+            pzxid,
+        }),
+    ))
+}
+
+fn zk_set(port: u16, path: &str, data: &'static [u8]) -> std::io::Result<i32> {
+    let req = crate::proto::records::Request::SetData {
+        path: path.into(),
+        data: Some(Bytes::from_static(data)),
+        version: -1,
+    };
+    zk_call(port, req, Duration::from_secs(5)).map(|(err, _)| err)
+}
+
+/// ringkeeper's tree after applying, converted, the ZooKeeper txns a member applied
+/// (from an empty tree: the member must have taken no SNAP with nodes in it).
+fn tree_of(applied: &[Txn]) -> crate::tree::DataTree {
+    let mut tree = crate::tree::DataTree::new();
+    for t in applied {
+        let z = crate::zkformat::txn::ZkTxn::decode(&t.data).unwrap();
+        let (txn, time) = crate::zkformat::convert::from_zookeeper(&z).unwrap();
+        tree.apply(&txn, t.zxid, time, &mut Vec::new());
+    }
+    tree
 }
 
 /// A ringkeeper member (id 1) in an ensemble with two Apache ZooKeeper 3.8 members:
@@ -250,6 +303,37 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
         })
     });
     assert!(matches!(ours.role(), Role::Following { leader: 3, .. }));
+    // The txns ZooKeeper made, converted and applied to ringkeeper's tree, give the
+    // nodes ZooKeeper's own tree has, to the last Stat field.
+    assert_eq!(zk_set(c[2], "/mixed", b"changed").unwrap(), 0);
+    assert_eq!(
+        zk_create(c[2], "/mixed/child", Duration::from_secs(5)).unwrap(),
+        0
+    );
+    let zk_stats: Vec<_> = ["/mixed", "/mixed/child"]
+        .iter()
+        .map(|p| zk_stat(c[2], p).unwrap().1.unwrap())
+        .collect();
+    wait_for("ringkeeper applies the setData and the child", 10, || {
+        let tree = tree_of(&ours.applied());
+        ["/mixed", "/mixed/child"]
+            .iter()
+            .all(|p| tree.node(p).is_some())
+            && tree.node("/mixed").unwrap().stat().version == 1
+    });
+    assert!(
+        ours.shared
+            .lock()
+            .unwrap()
+            .snapshots
+            .iter()
+            .all(|(_, nodes)| *nodes <= 4),
+        "a SNAP with more than the system nodes: the replay below would miss them"
+    );
+    let tree = tree_of(&ours.applied());
+    for (p, zk) in ["/mixed", "/mixed/child"].iter().zip(&zk_stats) {
+        assert_eq!(tree.node(p).unwrap().stat(), *zk, "{p}");
+    }
     // And the write needed that ACK: without the ringkeeper member, nothing commits.
     let mut ours = ours;
     ours.stop();
