@@ -824,8 +824,18 @@ impl DataTree {
                 let p = node_mut(&mut self.nodes, base, parent_path)
                     .expect("create txn applied without its parent");
                 p.children.insert(base, name);
-                p.stat.cversion = *parent_cversion;
-                p.stat.pzxid = zxid;
+                // ZooKeeper's rule (DataTree.createNode): -1 (a create logged before
+                // 3.3) bumps the parent's cversion; a value not above it (a txn
+                // replayed over a fuzzy snapshot) leaves cversion and pzxid alone.
+                let cversion = if *parent_cversion == -1 {
+                    p.stat.cversion.wrapping_add(1)
+                } else {
+                    *parent_cversion
+                };
+                if cversion > p.stat.cversion {
+                    p.stat.cversion = cversion;
+                    p.stat.pzxid = zxid;
+                }
                 let parent_acl = p.acl.clone();
                 // Most nodes have their parent's ACL: share its list instead of
                 // holding a copy per node.

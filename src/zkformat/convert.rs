@@ -337,6 +337,59 @@ pub fn to_zookeeper(txn: &Txn, ctx: TxnContext, ephemerals: &[String]) -> ZkTxn 
     }
 }
 
+/// ringkeeper's tree as ZooKeeper serializes a data tree (what follows a SNAP, and
+/// what a ZooKeeper snapshot file holds after its header), with `sessions` (id,
+/// timeout). Parents come before their children, as ZooKeeper needs when it reads;
+/// each distinct ACL list is written once, the open one under ZooKeeper's key -1.
+pub fn to_zookeeper_tree(
+    tree: &crate::tree::DataTree,
+    sessions: &[(i64, i32)],
+) -> super::snapshot::ZkTree {
+    use super::snapshot::{StatPersisted, ZkNode, ZkTree};
+    let open = crate::tree::acl::open_acl_unsafe();
+    let mut acls: Vec<(i64, Option<Vec<crate::proto::Acl>>)> = Vec::new();
+    let mut nodes = Vec::new();
+    let _ = tree.for_each_node(|path, n| -> Result<(), ()> {
+        let acl = n.acl();
+        let acl_ref = if **acl == open {
+            -1
+        } else if let Some((k, _)) = acls.iter().find(|(_, a)| a.as_deref() == Some(&acl[..])) {
+            *k
+        } else {
+            let k = acls.len() as i64 + 1;
+            acls.push((k, Some(acl.to_vec())));
+            k
+        };
+        let st = n.stored_stat();
+        nodes.push(ZkNode {
+            path: if path == "/" {
+                String::new()
+            } else {
+                path.to_string()
+            },
+            data: n.data_slice().map(<[u8]>::to_vec),
+            acl_ref,
+            stat: StatPersisted {
+                czxid: st.czxid,
+                mzxid: st.mzxid,
+                ctime: st.ctime,
+                mtime: st.mtime,
+                version: st.version,
+                cversion: st.cversion,
+                aversion: st.aversion,
+                ephemeral_owner: st.ephemeral_owner,
+                pzxid: st.pzxid,
+            },
+        });
+        Ok(())
+    });
+    ZkTree {
+        sessions: sessions.to_vec(),
+        acls,
+        nodes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +496,53 @@ mod tests {
             from_zookeeper(&old).unwrap().0,
             Txn::CloseSession { session_id: 9 }
         );
+    }
+
+    #[test]
+    fn a_tree_goes_out_in_zookeepers_layout() {
+        use crate::proto::codes::perms;
+        use crate::proto::{Acl, Id};
+        let mut tree = crate::tree::DataTree::new();
+        let read_only = vec![Acl {
+            perms: perms::READ,
+            id: Id::new("world", "anyone"),
+        }];
+        let c = |path: &str, acl: Vec<Acl>, owner| Txn::Create {
+            path: path.into(),
+            data: Some(Bytes::from(path.to_string())),
+            acl,
+            ephemeral_owner: owner,
+            parent_cversion: 1,
+        };
+        tree.apply(&c("/a", open_acl_unsafe(), 0), 5, 100, &mut Vec::new());
+        tree.apply(&c("/a/b", read_only.clone(), 0), 6, 101, &mut Vec::new());
+        tree.apply(&c("/a/c", read_only.clone(), 0x77), 7, 102, &mut Vec::new());
+        let z = to_zookeeper_tree(&tree, &[(0x77, 4000)]);
+        let paths: Vec<&str> = z.nodes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(paths[0], "", "the root first, unnamed");
+        for (i, p) in paths.iter().enumerate().skip(1) {
+            let parent = &p[..p.rfind('/').unwrap()];
+            assert!(paths[..i].contains(&parent), "{p} before its parent");
+        }
+        assert_eq!(
+            z.acls,
+            vec![(1, Some(read_only))],
+            "one list written once; open is -1"
+        );
+        let b = z.nodes.iter().find(|n| n.path == "/a/b").unwrap();
+        assert_eq!(
+            (b.acl_ref, b.stat.czxid, b.data.as_deref()),
+            (1, 6, Some(&b"/a/b"[..]))
+        );
+        let c = z.nodes.iter().find(|n| n.path == "/a/c").unwrap();
+        assert_eq!(c.stat.ephemeral_owner, 0x77);
+        // ZooKeeper's reader takes it back whole.
+        let mut bytes = Vec::new();
+        z.encode(&mut bytes);
+        let back =
+            super::super::snapshot::ZkTree::decode(&mut crate::proto::jute::Reader::new(&bytes))
+                .unwrap();
+        assert_eq!(back, z);
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub struct ZkTree {
     pub nodes: Vec<ZkNode>,
 }
 
+/// Bytes a StatPersisted takes: four longs, three ints, two longs.
+const STAT_BYTES: usize = 4 * 8 + 3 * 4 + 2 * 8;
 /// Bytes a node record takes at least: path length, data length, ACL ref, stat.
-const NODE_BYTES_MIN: usize = 4 + 4 + 8 + 68;
+const NODE_BYTES_MIN: usize = 4 + 4 + 8 + STAT_BYTES;
 
 impl ZkTree {
     pub fn decode(r: &mut Reader) -> Result<ZkTree, DecodeError> {

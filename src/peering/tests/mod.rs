@@ -21,12 +21,19 @@ struct Shared {
     epochs: (i64, i64),
     /// Snapshots taken from a leader: (zxid, znodes).
     snapshots: Vec<(Zxid, usize)>,
+    /// Snapshots made for learners.
+    snapshots_sent: usize,
 }
 
+/// A log in memory, and ringkeeper's tree of what was applied (ZooKeeper txns,
+/// converted), which a SNAP to a learner sends in ZooKeeper's layout. A SNAP taken
+/// from a leader with more than the system nodes leaves no tree (this replica does
+/// not read ZooKeeper's trees in).
 struct MemReplica {
     /// The zxid of the snapshot the log follows.
     base: Zxid,
     log: Vec<Txn>,
+    tree: Option<crate::tree::DataTree>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -60,12 +67,25 @@ impl Replica for MemReplica {
             .push((zxid, tree.nodes.len()));
         self.log.clear();
         self.base = zxid;
+        // The system nodes alone: a new tree is that tree.
+        self.tree = (tree.nodes.len() <= 4).then(crate::tree::DataTree::new);
         Ok(())
     }
-    fn snapshot_image(&self, _: Zxid) -> Option<Vec<u8>> {
-        None
+    fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>> {
+        let tree = self.tree.as_ref().filter(|t| t.last_zxid() == zxid)?;
+        self.shared.lock().unwrap().snapshots_sent += 1;
+        let mut b = Vec::new();
+        crate::zkformat::convert::to_zookeeper_tree(tree, &[]).encode(&mut b);
+        use crate::proto::jute::JuteWrite;
+        b.put_string(crate::zkformat::snapshot::SNAP_SIGNATURE);
+        Some(b)
     }
     fn apply(&mut self, txn: &Txn) {
+        if let Some(tree) = self.tree.as_mut() {
+            let z = crate::zkformat::txn::ZkTxn::decode(&txn.data).expect("a ZooKeeper txn");
+            let (t, time) = crate::zkformat::convert::from_zookeeper(&z).expect("convertible");
+            tree.apply(&t, txn.zxid, time, &mut Vec::new());
+        }
         self.shared.lock().unwrap().applied.push(txn.clone());
     }
 }
@@ -141,6 +161,7 @@ fn start(cfg: MemberConfig) -> Running {
         .spawn(move || async move {
             let replica = Rc::new(RefCell::new(MemReplica {
                 base: 0,
+                tree: Some(crate::tree::DataTree::new()),
                 log: Vec::new(),
                 shared: s.clone(),
             }));
@@ -204,15 +225,15 @@ impl Drop for Running {
     }
 }
 
-/// A write of this test: a setData of /t to a tag, or the create of a path.
+/// A write of this test: the create of a path.
 #[derive(Clone)]
 enum Write {
-    Set(String),
     Create(String),
 }
 
+/// A write tagged `tag`: the create of /`tag`.
 fn write(tag: &str) -> Write {
-    Write::Set(tag.to_string())
+    Write::Create(format!("/{tag}"))
 }
 
 impl Write {
@@ -220,14 +241,6 @@ impl Write {
     fn txn(&self, zxid: Zxid) -> Bytes {
         use crate::zkformat::txn::{TxnHeader, TxnRecord, ZkTxn};
         let (txn_type, record) = match self {
-            Write::Set(tag) => (
-                5,
-                TxnRecord::SetData {
-                    path: "/t".into(),
-                    data: Some(tag.as_bytes().to_vec()),
-                    version: 0,
-                },
-            ),
             Write::Create(path) => (
                 1,
                 TxnRecord::Create {
@@ -235,7 +248,8 @@ impl Write {
                     data: Some(b"from ringkeeper".to_vec()),
                     acl: Some(crate::tree::acl::open_acl_unsafe()),
                     ephemeral: false,
-                    parent_cversion: Some(crate::zab::history::counter_of(zxid) as i32),
+                    // -1: the parent's cversion goes up by one (ZooKeeper's rule).
+                    parent_cversion: Some(-1),
                 },
             ),
         };
@@ -257,7 +271,7 @@ impl Write {
 fn tag(t: &Txn) -> String {
     use crate::zkformat::txn::{TxnRecord, ZkTxn};
     match ZkTxn::decode(&t.data).unwrap().record {
-        Some(TxnRecord::SetData { data: Some(d), .. }) => String::from_utf8(d).unwrap(),
+        Some(TxnRecord::Create { path, .. }) => path[1..].to_string(),
         other => panic!("not a write of this test: {other:?}"),
     }
 }
