@@ -17,7 +17,7 @@ mod quorum_net;
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -43,14 +43,17 @@ pub enum Event {
         from: ServerId,
         ballot: Ballot,
     },
+    /// `from_leader`: it came on a connection this member opened to its leader.
     Packet {
         from: ServerId,
         conn: u64,
+        from_leader: bool,
         received: Received,
     },
     Closed {
         peer: ServerId,
         conn: u64,
+        from_leader: bool,
     },
 }
 
@@ -178,10 +181,8 @@ struct Driver<R: Replica> {
     quorum: Rc<QuorumNet>,
     handle: Rc<MemberHandle>,
     config_text: Vec<u8>,
-    /// Our connection to our leader, and every one we opened (their packets come
-    /// from a leader; packets and closes of old ones are stale).
+    /// Our connection to our leader (what comes on older ones is stale).
     leader_conn: Option<u64>,
-    leader_conns: BTreeSet<u64>,
     pending_tree: Option<ZkTree>,
     last_proposed: Zxid,
 }
@@ -194,7 +195,6 @@ impl<R: Replica> Driver<R> {
                 Effect::Connect { leader } => {
                     let conn = self.quorum.connect(leader);
                     self.leader_conn = Some(conn);
-                    self.leader_conns.insert(conn);
                 }
                 Effect::Disconnect { peer } => self.quorum.disconnect(peer),
                 Effect::Send { to, msg } => self.send(to, &msg),
@@ -266,9 +266,9 @@ impl<R: Replica> Driver<R> {
             Event::Packet {
                 from,
                 conn,
+                from_leader,
                 received,
             } => {
-                let from_leader = self.leader_conns.contains(&conn);
                 if from_leader && self.leader_conn != Some(conn) {
                     return; // from a leader connection we have since closed
                 }
@@ -297,8 +297,12 @@ impl<R: Replica> Driver<R> {
                     }
                 }
             }
-            Event::Closed { peer: p, conn } => {
-                if self.leader_conns.contains(&conn) && self.leader_conn != Some(conn) {
+            Event::Closed {
+                peer: p,
+                conn,
+                from_leader,
+            } => {
+                if from_leader && self.leader_conn != Some(conn) {
                     return;
                 }
                 peer.on_disconnected(now, p, conn, out);
@@ -354,7 +358,6 @@ pub async fn run_member<R: Replica + 'static>(
         handle: handle.clone(),
         config_text: cfg.config_text(),
         leader_conn: None,
-        leader_conns: BTreeSet::new(),
         pending_tree: None,
         last_proposed: 0,
     };

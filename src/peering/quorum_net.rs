@@ -137,6 +137,7 @@ impl QuorumNet {
         self.inbox.push(Event::Packet {
             from: peer,
             conn: link.id,
+            from_leader: false,
             received: first,
         });
         let id = link.id;
@@ -156,12 +157,17 @@ impl QuorumNet {
                 inbox.push(Event::Packet {
                     from: peer,
                     conn,
+                    from_leader,
                     received,
                 })
             })
             .await;
         tracing::info!("quorum connection with {peer} ended: {why}");
-        self.inbox.push(Event::Closed { peer, conn });
+        self.inbox.push(Event::Closed {
+            peer,
+            conn,
+            from_leader,
+        });
     }
 
     /// Connects to `leader` as its learner (closing any connection to a leader).
@@ -200,6 +206,7 @@ impl QuorumNet {
                     net.inbox.push(Event::Closed {
                         peer: leader,
                         conn: link.id,
+                        from_leader: true,
                     });
                 }
             }
