@@ -390,6 +390,93 @@ pub fn to_zookeeper_tree(
     }
 }
 
+/// ZooKeeper's serialized tree (a SNAP's, or a ZooKeeper snapshot's) written as
+/// ringkeeper's snapshot of `zxid` in `dir`, and opened as a tree read in place, with
+/// its sessions (their passwords derived as ZooKeeper derives them). Fails on a tree
+/// ZooKeeper itself would refuse: a node without its parent, an ACL key not in the
+/// cache.
+pub fn snapshot_from_zookeeper_tree(
+    z: &super::snapshot::ZkTree,
+    zxid: i64,
+    dir: &std::path::Path,
+) -> std::io::Result<(
+    crate::tree::DataTree,
+    Vec<ringkeeper_storage::snapshot::SnapSession>,
+)> {
+    use ringkeeper_storage::snapshot::{
+        NodeRecord, SnapSession, SnapStat, Snapshot, SnapshotWriter,
+    };
+    use std::collections::HashMap;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let path_of = |p: &str| {
+        if p.is_empty() {
+            "/".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    let mut nodes: Vec<(String, &super::snapshot::ZkNode)> =
+        z.nodes.iter().map(|n| (path_of(&n.path), n)).collect();
+    nodes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut children: HashMap<&str, u32> = HashMap::new();
+    for (p, _) in &nodes {
+        if p != "/" {
+            let parent = &p[..p.rfind('/').unwrap_or(0).max(1)];
+            *children.entry(parent).or_default() += 1;
+        }
+    }
+    let sessions: Vec<SnapSession> = z
+        .sessions
+        .iter()
+        .map(|&(id, timeout_ms)| SnapSession {
+            id,
+            timeout_ms,
+            passwd: zookeeper_password(id),
+        })
+        .collect();
+    let mut w = SnapshotWriter::create(dir, zxid, &sessions, nodes.len() as u64)?;
+    let mut acl_index: HashMap<i64, u32> = HashMap::new();
+    let mut enc = Vec::new();
+    crate::proto::Acl::encode_list(&crate::tree::acl::open_acl_unsafe(), &mut enc);
+    acl_index.insert(-1, w.acl_list(&enc));
+    for (key, list) in &z.acls {
+        let mut enc = Vec::new();
+        crate::proto::Acl::encode_list(list.as_deref().unwrap_or_default(), &mut enc);
+        acl_index.insert(*key, w.acl_list(&enc));
+    }
+    for (path, n) in &nodes {
+        let acl = *acl_index.get(&n.acl_ref).ok_or_else(|| {
+            bad(format!(
+                "{path} names ACL {} which the tree does not hold",
+                n.acl_ref
+            ))
+        })?;
+        let st = &n.stat;
+        w.node(&NodeRecord {
+            path,
+            data: n.data.as_deref(),
+            acl,
+            child_count: children.get(path.as_str()).copied().unwrap_or(0),
+            stat: SnapStat {
+                czxid: st.czxid,
+                mzxid: st.mzxid,
+                ctime: st.ctime,
+                mtime: st.mtime,
+                version: st.version,
+                cversion: st.cversion,
+                aversion: st.aversion,
+                ephemeral_owner: st.ephemeral_owner,
+                pzxid: st.pzxid,
+            },
+        })?;
+    }
+    let path = w
+        .finish(|| true)?
+        .ok_or_else(|| bad(format!("the snapshot of {zxid:#x} was not published")))?;
+    let snap = Snapshot::open(&path).map_err(|e| bad(e.to_string()))?;
+    crate::tree::DataTree::from_snapshot(snap).map_err(|e| bad(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

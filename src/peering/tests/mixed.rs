@@ -419,3 +419,49 @@ fn zookeeper_members_follow_a_ringkeeper_leader() {
         }
     }
 }
+
+/// A ringkeeper member joins a ZooKeeper ensemble that already holds data: it takes
+/// the leader's tree (by SNAP, read into ringkeeper's snapshot format, or by DIFF from
+/// the leader's log, as ZooKeeper chooses) and holds every node with ZooKeeper's Stat.
+#[test]
+fn a_ringkeeper_member_joining_late_takes_zookeepers_tree() {
+    log_to_test_output();
+    let Ensemble {
+        servers,
+        cfg,
+        client: c,
+    } = Ensemble::new(1);
+    let zk2 = ZkMember::start(2, c[1], &servers, "c");
+    let zk3 = ZkMember::start(3, c[2], &servers, "c");
+    let end = Instant::now() + Duration::from_secs(60);
+    while !(zk3.mode().as_deref() == Some("leader") && zk2.mode().as_deref() == Some("follower")) {
+        assert!(
+            Instant::now() < end,
+            "ZooKeeper not serving: {:?} {:?}\n{}",
+            zk2.mode(),
+            zk3.mode(),
+            zk3.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let paths: Vec<String> = (0..10).map(|k| format!("/early{k}")).collect();
+    for p in &paths {
+        assert_eq!(zk_create(c[2], p, Duration::from_secs(5)).unwrap(), 0);
+    }
+    assert_eq!(zk_set(c[2], "/early3", b"changed").unwrap(), 0);
+    let ours = start(cfg);
+    wait_for("ringkeeper following ZooKeeper's leader", 60, || {
+        matches!(ours.role(), Role::Following { leader: 3, .. })
+    });
+    let stats = || ours.shared.lock().unwrap().stats.clone();
+    wait_for("ringkeeper holding the early nodes", 10, || {
+        paths.iter().all(|p| stats().contains_key(p))
+    });
+    for p in &paths {
+        assert_eq!(stats()[p], zk_stat(c[2], p).unwrap().1.unwrap(), "{p}");
+    }
+    eprintln!(
+        "synced by {} SNAP(s)",
+        ours.shared.lock().unwrap().snapshots.len()
+    );
+}

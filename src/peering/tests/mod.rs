@@ -23,6 +23,8 @@ struct Shared {
     snapshots: Vec<(Zxid, usize)>,
     /// Snapshots made for learners.
     snapshots_sent: usize,
+    /// The replica's tree: every node's Stat.
+    stats: BTreeMap<String, crate::proto::Stat>,
 }
 
 /// A log in memory, and ringkeeper's tree of what was applied (ZooKeeper txns,
@@ -34,7 +36,31 @@ struct MemReplica {
     base: Zxid,
     log: Vec<Txn>,
     tree: Option<crate::tree::DataTree>,
+    /// Directories made for snapshots taken from a leader (removed on drop).
+    base_dirs: u32,
+    made: Vec<std::path::PathBuf>,
     shared: Arc<Mutex<Shared>>,
+}
+
+impl Drop for MemReplica {
+    fn drop(&mut self) {
+        for d in &self.made {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl MemReplica {
+    /// Every node's Stat, for the test thread to compare.
+    fn publish_stats(&self) {
+        let Some(tree) = &self.tree else { return };
+        let mut stats = BTreeMap::new();
+        let _ = tree.for_each_node(|p, n| -> Result<(), ()> {
+            stats.insert(p.to_string(), n.stat());
+            Ok(())
+        });
+        self.shared.lock().unwrap().stats = stats;
+    }
 }
 
 impl Replica for MemReplica {
@@ -67,8 +93,18 @@ impl Replica for MemReplica {
             .push((zxid, tree.nodes.len()));
         self.log.clear();
         self.base = zxid;
-        // The system nodes alone: a new tree is that tree.
-        self.tree = (tree.nodes.len() <= 4).then(crate::tree::DataTree::new);
+        // Read in as ringkeeper's snapshot, in a directory of this replica's own.
+        let dir = std::env::temp_dir().join(format!(
+            "rk-memreplica-{}-{zxid:x}-{}",
+            std::process::id(),
+            self.base_dirs
+        ));
+        self.base_dirs += 1;
+        std::fs::create_dir_all(&dir)?;
+        self.made.push(dir.clone());
+        let (t, _) = crate::zkformat::convert::snapshot_from_zookeeper_tree(&tree, zxid, &dir)?;
+        self.tree = Some(t);
+        self.publish_stats();
         Ok(())
     }
     fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>> {
@@ -87,6 +123,7 @@ impl Replica for MemReplica {
             tree.apply(&t, txn.zxid, time, &mut Vec::new());
         }
         self.shared.lock().unwrap().applied.push(txn.clone());
+        self.publish_stats();
     }
 }
 
@@ -162,6 +199,8 @@ fn start(cfg: MemberConfig) -> Running {
             let replica = Rc::new(RefCell::new(MemReplica {
                 base: 0,
                 tree: Some(crate::tree::DataTree::new()),
+                base_dirs: 0,
+                made: Vec::new(),
                 log: Vec::new(),
                 shared: s.clone(),
             }));
