@@ -15,6 +15,22 @@ use super::base::BaseTree;
 use super::DataTree;
 use crate::proto::Acl;
 
+/// The fields of a Stat a snapshot keeps (ZooKeeper's StatPersisted: no data length
+/// or child count, which the node itself gives).
+pub fn persisted_stat(st: &crate::proto::Stat) -> SnapStat {
+    SnapStat {
+        czxid: st.czxid,
+        mzxid: st.mzxid,
+        ctime: st.ctime,
+        mtime: st.mtime,
+        version: st.version,
+        cversion: st.cversion,
+        aversion: st.aversion,
+        ephemeral_owner: st.ephemeral_owner,
+        pzxid: st.pzxid,
+    }
+}
+
 impl DataTree {
     /// Writes this version, with `sessions`, as the snapshot for its last zxid in
     /// `dir`. `durable` is asked, before the snapshot is published, whether the log
@@ -49,17 +65,7 @@ impl DataTree {
                 data: n.data_slice(),
                 acl,
                 child_count: n.child_count() as u32,
-                stat: SnapStat {
-                    czxid: st.czxid,
-                    mzxid: st.mzxid,
-                    ctime: st.ctime,
-                    mtime: st.mtime,
-                    version: st.version,
-                    cversion: st.cversion,
-                    aversion: st.aversion,
-                    ephemeral_owner: st.ephemeral_owner,
-                    pzxid: st.pzxid,
-                },
+                stat: persisted_stat(&st),
             })
         })?;
         w.finish(durable)

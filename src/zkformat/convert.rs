@@ -345,7 +345,7 @@ pub fn to_zookeeper_tree(
     tree: &crate::tree::DataTree,
     sessions: &[(i64, i32)],
 ) -> super::snapshot::ZkTree {
-    use super::snapshot::{StatPersisted, ZkNode, ZkTree};
+    use super::snapshot::{ZkNode, ZkTree};
     let open = crate::tree::acl::open_acl_unsafe();
     let mut acls: Vec<(i64, Option<Vec<crate::proto::Acl>>)> = Vec::new();
     let mut nodes = Vec::new();
@@ -369,17 +369,7 @@ pub fn to_zookeeper_tree(
             },
             data: n.data_slice().map(<[u8]>::to_vec),
             acl_ref,
-            stat: StatPersisted {
-                czxid: st.czxid,
-                mzxid: st.mzxid,
-                ctime: st.ctime,
-                mtime: st.mtime,
-                version: st.version,
-                cversion: st.cversion,
-                aversion: st.aversion,
-                ephemeral_owner: st.ephemeral_owner,
-                pzxid: st.pzxid,
-            },
+            stat: crate::tree::snapshot::persisted_stat(&st),
         });
         Ok(())
     });
@@ -403,9 +393,7 @@ pub fn snapshot_from_zookeeper_tree(
     crate::tree::DataTree,
     Vec<ringkeeper_storage::snapshot::SnapSession>,
 )> {
-    use ringkeeper_storage::snapshot::{
-        NodeRecord, SnapSession, SnapStat, Snapshot, SnapshotWriter,
-    };
+    use ringkeeper_storage::snapshot::{NodeRecord, SnapSession, Snapshot, SnapshotWriter};
     use std::collections::HashMap;
     let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let path_of = |p: &str| {
@@ -451,23 +439,12 @@ pub fn snapshot_from_zookeeper_tree(
                 n.acl_ref
             ))
         })?;
-        let st = &n.stat;
         w.node(&NodeRecord {
             path,
             data: n.data.as_deref(),
             acl,
             child_count: children.get(path.as_str()).copied().unwrap_or(0),
-            stat: SnapStat {
-                czxid: st.czxid,
-                mzxid: st.mzxid,
-                ctime: st.ctime,
-                mtime: st.mtime,
-                version: st.version,
-                cversion: st.cversion,
-                aversion: st.aversion,
-                ephemeral_owner: st.ephemeral_owner,
-                pzxid: st.pzxid,
-            },
+            stat: n.stat,
         })?;
     }
     let path = w
