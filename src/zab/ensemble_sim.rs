@@ -25,7 +25,7 @@ use super::election::{Ballot, ServerId};
 use super::history::{epoch_of, History, Txn, Zxid};
 use super::messages::{Effect, Msg, Role};
 use super::peer::{Peer, PeerConfig, Recovered};
-use super::sim::{Lossy, SimRng, VoteLinks};
+use super::sim::{Lossy, SimRng, Violation, VoteLinks};
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -148,13 +148,6 @@ impl Ord for Timed {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         (o.at_ms, o.seq).cmp(&(self.at_ms, self.seq))
     }
-}
-
-#[derive(Debug)]
-pub struct Violation {
-    pub seed: u64,
-    pub at_ms: u64,
-    pub what: String,
 }
 
 /// A planted bug, to show the checks catch it.

@@ -204,30 +204,9 @@ fn zk_stat(port: u16, path: &str) -> std::io::Result<(i32, Option<crate::proto::
     if err != 0 {
         return Ok((err, None));
     }
-    let mut r = crate::proto::jute::Reader::new(&body);
-    let mut i64s = || r.i64().unwrap();
-    let (czxid, mzxid, ctime, mtime) = (i64s(), i64s(), i64s(), i64s());
-    let mut r = crate::proto::jute::Reader::new(&body[32..]);
-    let (version, cversion, aversion) = (r.i32().unwrap(), r.i32().unwrap(), r.i32().unwrap());
-    let ephemeral_owner = r.i64().unwrap();
-    let (data_length, num_children) = (r.i32().unwrap(), r.i32().unwrap());
-    let pzxid = r.i64().unwrap();
-    Ok((
-        0,
-        Some(crate::proto::Stat {
-            czxid,
-            mzxid,
-            ctime,
-            mtime,
-            version,
-            cversion,
-            aversion,
-            ephemeral_owner,
-            data_length,
-            num_children,
-            pzxid,
-        }),
-    ))
+    let stat = crate::proto::Stat::decode(&mut crate::proto::jute::Reader::new(&body))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok((0, Some(stat)))
 }
 
 fn zk_set(port: u16, path: &str, data: &'static [u8]) -> std::io::Result<i32> {
