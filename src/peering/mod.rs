@@ -138,7 +138,6 @@ pub struct MemberHandle {
     inbox: Rc<Inbox>,
     role: Cell<Option<Role>>,
     proposals: RefCell<VecDeque<MakeTxn>>,
-    refused: Cell<u64>,
     stop: Cell<bool>,
 }
 
@@ -152,14 +151,10 @@ impl MemberHandle {
     }
 
     /// Proposes a write, if this member is the established leader when the driver
-    /// takes it (else it counts in `refused`).
+    /// takes it (else it is dropped with a log line).
     pub fn propose(&self, make: MakeTxn) {
         self.proposals.borrow_mut().push_back(make);
         self.inbox.notify.notify();
-    }
-
-    pub fn refused(&self) -> u64 {
-        self.refused.get()
     }
 
     /// Ends the driver (its connections close).
@@ -390,8 +385,8 @@ pub async fn run_member<R: Replica + 'static>(
         }
         let proposals: Vec<MakeTxn> = handle.proposals.borrow_mut().drain(..).collect();
         for make in proposals {
-            if peer.propose(t, make, &mut out).is_err() {
-                handle.refused.set(handle.refused.get() + 1);
+            if let Err(e) = peer.propose(t, make, &mut out) {
+                tracing::warn!("member {me}: a write was not proposed: {e}");
             }
             d.run_effects(&mut out)?;
         }

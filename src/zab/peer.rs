@@ -117,18 +117,6 @@ impl Peer {
         }
     }
 
-    pub fn id(&self) -> ServerId {
-        self.local.cfg.my_id
-    }
-
-    pub fn history(&self) -> &History {
-        &self.local.history
-    }
-
-    pub fn epochs(&self) -> (i64, i64) {
-        (self.local.accepted_epoch, self.local.current_epoch)
-    }
-
     pub fn role(&self) -> Role {
         match &self.doing {
             Doing::Looking => Role::Looking,
