@@ -246,34 +246,40 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
     let ours = start(cfg);
     let zk2 = ZkMember::start(2, c[1], &servers, "a");
     let zk3 = ZkMember::start(3, c[2], &servers, "a");
-    // Everyone starts at zxid 0: the highest id, ZooKeeper's member 3, leads.
+    // Everyone starts at zxid 0; which ZooKeeper member leads depends on who hears whom
+    // first (member 2 with ringkeeper is a quorum before member 3 is up).
     let end = Instant::now() + Duration::from_secs(60);
-    while !(zk3.mode().as_deref() == Some("leader")
-        && zk2.mode().as_deref() == Some("follower")
-        && matches!(ours.role(), Role::Following { leader: 3, .. }))
-    {
+    let (leader_id, lead, other) = loop {
+        let (m2, m3) = (zk2.mode(), zk3.mode());
+        let settled =
+            |l: ServerId| matches!(ours.role(), Role::Following { leader, .. } if leader == l);
+        if m3.as_deref() == Some("leader") && m2.as_deref() == Some("follower") && settled(3) {
+            break (3, zk3, zk2);
+        }
+        if m2.as_deref() == Some("leader") && m3.as_deref() == Some("follower") && settled(2) {
+            break (2, zk2, zk3);
+        }
         assert!(
             Instant::now() < end,
-            "not settled: zk2 {:?}, zk3 {:?}, ringkeeper {:?}\nzk3:\n{}",
-            zk2.mode(),
-            zk3.mode(),
+            "not settled: zk2 {m2:?}, zk3 {m3:?}, ringkeeper {:?}\nzk3:\n{}",
             ours.role(),
             zk3.log()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(zk2);
-    // Member 3 and ringkeeper are the quorum now.
+    };
+    let lp = lead.client_port;
+    drop(other);
+    // The ZooKeeper leader and ringkeeper are the quorum now.
     let mut err = None;
     wait_for("a write committed with ringkeeper's ACK", 30, || {
-        err = zk_create(c[2], "/mixed", Duration::from_secs(5)).ok();
+        err = zk_create(lp, "/mixed", Duration::from_secs(5)).ok();
         err.is_some()
     });
     assert_eq!(
         err,
         Some(0),
         "create /mixed failed; leader log:\n{}",
-        zk3.log()
+        lead.log()
     );
     wait_for("ringkeeper applies ZooKeeper's create", 10, || {
         ours.applied().iter().any(|t| {
@@ -281,17 +287,17 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
             matches!(ZkTxn::decode(&t.data).map(|z| z.record), Ok(Some(TxnRecord::Create { ref path, .. })) if path == "/mixed")
         })
     });
-    assert!(matches!(ours.role(), Role::Following { leader: 3, .. }));
+    assert!(matches!(ours.role(), Role::Following { leader, .. } if leader == leader_id));
     // The txns ZooKeeper made, converted and applied to ringkeeper's tree, give the
     // nodes ZooKeeper's own tree has, to the last Stat field.
-    assert_eq!(zk_set(c[2], "/mixed", b"changed").unwrap(), 0);
+    assert_eq!(zk_set(lp, "/mixed", b"changed").unwrap(), 0);
     assert_eq!(
-        zk_create(c[2], "/mixed/child", Duration::from_secs(5)).unwrap(),
+        zk_create(lp, "/mixed/child", Duration::from_secs(5)).unwrap(),
         0
     );
     let zk_stats: Vec<_> = ["/mixed", "/mixed/child"]
         .iter()
-        .map(|p| zk_stat(c[2], p).unwrap().1.unwrap())
+        .map(|p| zk_stat(lp, p).unwrap().1.unwrap())
         .collect();
     wait_for("ringkeeper applies the setData and the child", 10, || {
         let tree = tree_of(&ours.applied());
@@ -317,7 +323,7 @@ fn a_ringkeeper_member_votes_and_acks_in_a_zookeeper_ensemble() {
     let mut ours = ours;
     ours.stop();
     assert_ne!(
-        zk_create(c[2], "/alone", Duration::from_secs(3)).ok(),
+        zk_create(lp, "/alone", Duration::from_secs(3)).ok(),
         Some(0),
         "member 3 committed alone"
     );
