@@ -8,7 +8,8 @@
 //! 1. binds the port once *without* SO_REUSEPORT, which fails while anything listens on
 //!    it (another ringkeeper, Apache ZooKeeper, any server), and names the process that
 //!    does; listeners that no process holds any more (a server killed a moment ago,
-//!    whose io_uring rings the kernel has yet to tear down) are waited for instead;
+//!    whose io_uring rings the kernel has yet to tear down) are waited for instead, and
+//!    so is a refusal whose listener is gone by the time we look;
 //! 2. binds the shards' listeners (SO_REUSEADDR + SO_REUSEPORT);
 //! 3. checks, in the kernel's socket table, that every listener on the port is one of
 //!    ours, which catches a second server that probed in the instant between 1 and 2.
@@ -140,8 +141,7 @@ fn probe(addr: SocketAddr) -> Result<SocketAddr, ListenError> {
         } else {
             Vec::new()
         };
-        let orphaned = !holders.is_empty() && holders.iter().all(|h| h.pid.is_none());
-        if !orphaned || Instant::now() >= deadline {
+        if !worth_waiting_for(&err, &holders) || Instant::now() >= deadline {
             return Err(ListenError::Bind {
                 addr,
                 source: err,
@@ -156,6 +156,15 @@ fn probe(addr: SocketAddr) -> Result<SocketAddr, ListenError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a failed probe may succeed soon: the port is in use, yet no process we can
+/// see listens on it. Either every listener found belongs to no process (a killed
+/// server's, closing), or none is found at all: the listener that refused the bind
+/// closed in the instant before the kernel's table was read. That second case is how a
+/// restart right after a SIGKILL failed in CI ("Address already in use", no holder).
+fn worth_waiting_for(err: &std::io::Error, holders: &[ForeignListener]) -> bool {
+    err.kind() == std::io::ErrorKind::AddrInUse && holders.iter().all(|h| h.pid.is_none())
 }
 
 /// The listening TCP sockets whose address overlaps `addr` (same port; same address,
@@ -310,6 +319,33 @@ mod tests {
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(overlaps(lo, lo) && overlaps(lo, any4) && overlaps(any6, lo));
         assert!(!overlaps(lo, other));
+    }
+
+    #[test]
+    fn a_port_in_use_is_waited_for_only_while_no_process_holds_it() {
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let closing = ForeignListener {
+            addr: "127.0.0.1:2181".parse().unwrap(),
+            inode: 1,
+            pid: None,
+        };
+        let held = ForeignListener {
+            pid: Some(4242),
+            ..closing.clone()
+        };
+        assert!(
+            worth_waiting_for(&in_use, &[]),
+            "the listener closed before the look"
+        );
+        assert!(worth_waiting_for(&in_use, std::slice::from_ref(&closing)));
+        assert!(!worth_waiting_for(
+            &in_use,
+            &[closing.clone(), held.clone()]
+        ));
+        assert!(!worth_waiting_for(&in_use, &[held]));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!worth_waiting_for(&denied, &[]));
+        assert!(!worth_waiting_for(&denied, &[closing]));
     }
 
     fn raw_reuseport_listener(addr: SocketAddr) -> TcpListener {
