@@ -1,0 +1,815 @@
+//! The ordering core, sans IO: it validates each write against the current state (as
+//! ZooKeeper's PrepRequestProcessor does), assigns it the next zxid, applies it to the
+//! working tree and frames it for the log, and says what each step means for the
+//! shards (an [`Entry`]: the reply, the watch events, the tree version at a cut).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::messages::{CoreOp, Effect, Entry, Granted, SessionSummary, ToCore};
+use crate::config::Config;
+use crate::proto::{ErrorCode, MultiResult, Response};
+use crate::session::table::{Session, SessionTable, PASSWD_BYTES};
+use crate::tree::{Applied, DataTree, Requester, Trigger, Txn};
+use ringkeeper_storage::record::encode_record;
+use ringkeeper_storage::snapshot::SnapSession;
+
+/// Most requests folded into one batch.
+pub const BATCH_REQUESTS_MAX: usize = 1024;
+
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Txn records framed for the log but not yet handed to it.
+#[derive(Default)]
+pub struct Framed {
+    pub bytes: Vec<u8>,
+    pub first_zxid: Option<i64>,
+    pub count: u64,
+}
+
+/// The core's state: the working tree, the session table, the zxid counter.
+pub struct Core {
+    cfg: Arc<Config>,
+    tree: DataTree,
+    sessions: SessionTable,
+    started: Instant,
+    last_cleanup_ms: u64,
+    framed: Framed,
+    scratch: Vec<u8>,
+    /// The log failed: no more txns; writes are refused, reads go on.
+    pub(super) read_only: bool,
+    /// See `cut`.
+    cut_for_queued: Option<Arc<DataTree>>,
+}
+
+impl Core {
+    /// A core continuing from a recovered tree and session table. Recovered sessions
+    /// get a full timeout from now to reconnect, as ZooKeeper gives them.
+    pub fn new(cfg: Arc<Config>, tree: DataTree, sessions: &[SnapSession]) -> Core {
+        let mut table = SessionTable::new(0, wall_ms());
+        for s in sessions {
+            table.insert(
+                s.id,
+                Session {
+                    timeout_ms: s.timeout_ms,
+                    passwd: s.passwd,
+                    deadline_ms: s.timeout_ms.max(0) as u64,
+                    attached: None,
+                },
+            );
+        }
+        Core {
+            cfg,
+            tree,
+            sessions: table,
+            started: Instant::now(),
+            last_cleanup_ms: 0,
+            framed: Framed::default(),
+            scratch: Vec::new(),
+            read_only: false,
+            cut_for_queued: None,
+        }
+    }
+
+    /// A fresh, empty core (tests).
+    pub fn empty(cfg: Arc<Config>) -> Core {
+        Core::new(cfg, DataTree::new(), &[])
+    }
+
+    /// Stops ordering txns (the log failed).
+    pub fn set_read_only(&mut self) {
+        self.read_only = true;
+    }
+
+    /// The records framed since the last call.
+    pub fn take_framed(&mut self) -> Framed {
+        std::mem::take(&mut self.framed)
+    }
+
+    /// The session table as a snapshot stores it.
+    pub fn session_records(&self) -> Vec<SnapSession> {
+        let mut v: Vec<SnapSession> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| SnapSession {
+                id: *id,
+                timeout_ms: s.timeout_ms,
+                passwd: s.passwd,
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Applies a txn to the working tree and frames it for the log.
+    fn commit(&mut self, txn: &Txn, zxid: i64, time: i64, triggers: &mut Vec<Trigger>) -> Applied {
+        let applied = self.tree.apply(txn, zxid, time, triggers);
+        self.frame(txn, zxid, time);
+        applied
+    }
+
+    /// Frames an already applied txn for the log.
+    fn frame(&mut self, txn: &Txn, zxid: i64, time: i64) {
+        self.scratch.clear();
+        txn.encode_logged(time, &mut self.scratch);
+        encode_record(&mut self.framed.bytes, zxid, &self.scratch);
+        self.framed.first_zxid.get_or_insert(zxid);
+        self.framed.count += 1;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn tree(&self) -> &DataTree {
+        &self.tree
+    }
+
+    /// Takes `tree`, the same state as the working tree, in its place (see `rebase`).
+    pub(super) fn replace_tree(&mut self, tree: DataTree) {
+        debug_assert_eq!(tree.last_zxid(), self.tree.last_zxid());
+        self.tree = tree;
+    }
+
+    /// Makes the last entry a cut: it carries the tree as it is now. With nothing in
+    /// `out`, the last entry is the one pushed before, which may still wait in the log
+    /// queue unsealed: the version is kept for `take_cut_for_queued`.
+    fn cut(&mut self, out: &mut [Entry]) {
+        match out.last_mut() {
+            Some(last) => {
+                if last.tree.is_none() {
+                    last.tree = Some(Arc::new(self.tree.clone()));
+                }
+            }
+            None => {
+                if self.cut_for_queued.is_none() {
+                    self.cut_for_queued = Some(Arc::new(self.tree.clone()));
+                }
+            }
+        }
+    }
+
+    /// The version the last queued entry must carry (if it is still queued), when a
+    /// cut was asked for before anything else was stepped since that push.
+    pub fn take_cut_for_queued(&mut self) -> Option<Arc<DataTree>> {
+        self.cut_for_queued.take()
+    }
+
+    /// Ends a batch: its last entry is a cut. Call before handing `out` on.
+    pub fn finish_batch(&mut self, out: &mut [Entry]) {
+        self.cut(out);
+    }
+
+    /// An entry that carries no txn.
+    fn entry(&self, triggers: Vec<Trigger>, effect: Effect) -> Entry {
+        Entry {
+            tree: None,
+            triggers,
+            effect,
+            logged: false,
+        }
+    }
+
+    /// An entry for the txn just committed.
+    fn logged_entry(&self, triggers: Vec<Trigger>, effect: Effect) -> Entry {
+        Entry {
+            logged: true,
+            ..self.entry(triggers, effect)
+        }
+    }
+
+    fn next_zxid(&self) -> i64 {
+        self.tree.last_zxid() + 1
+    }
+
+    /// Orders one message; appends the resulting entries to `out`.
+    pub fn step(&mut self, msg: ToCore, out: &mut Vec<Entry>) {
+        // A reconnect may move a session with pending work; a request with reads of its
+        // session queued ahead of it must not be visible to them.
+        if matches!(
+            msg,
+            ToCore::Connect { .. }
+                | ToCore::Request {
+                    cut_before: true,
+                    ..
+                }
+        ) {
+            self.cut(out);
+        }
+        self.step_inner(msg, out);
+    }
+
+    fn step_inner(&mut self, msg: ToCore, out: &mut Vec<Entry>) {
+        match msg {
+            ToCore::Touch(ids) => {
+                let now = self.now_ms();
+                for id in ids {
+                    self.sessions.touch(id, now);
+                }
+            }
+            ToCore::Sessions(reply) => {
+                // The asker may have gone (its connection closed): nothing to do then.
+                let _ = reply.send(self.session_summaries());
+            }
+            ToCore::Connect {
+                shard,
+                conn_id,
+                session_id,
+                passwd,
+                timeout_ms,
+            } => self.connect(shard, conn_id, session_id, &passwd, timeout_ms, out),
+            ToCore::Request {
+                session_id,
+                conn_id,
+                xid,
+                op,
+                auth,
+                ..
+            } => self.request(session_id, conn_id, xid, op, &auth, out),
+        }
+    }
+
+    fn connect(
+        &mut self,
+        shard: usize,
+        conn_id: u64,
+        session_id: i64,
+        passwd: &[u8],
+        timeout_ms: i32,
+        out: &mut Vec<Entry>,
+    ) {
+        let timeout_ms = self.cfg.negotiate_timeout_ms(timeout_ms);
+        let now = self.now_ms();
+        if session_id == 0 {
+            let id = self.sessions.next_session_id();
+            let mut pw = [0u8; PASSWD_BYTES];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut pw[..]);
+            self.sessions.insert(
+                id,
+                Session {
+                    timeout_ms,
+                    passwd: pw,
+                    deadline_ms: now + timeout_ms as u64,
+                    attached: Some((shard, conn_id)),
+                },
+            );
+            let effect = Effect::Connected {
+                shard,
+                conn_id,
+                granted: Some(Granted {
+                    session_id: id,
+                    timeout_ms,
+                    passwd: pw,
+                }),
+            };
+            if self.read_only {
+                // Lives in memory only, like a read-only ZooKeeper server's sessions.
+                out.push(self.entry(Vec::new(), effect));
+                return;
+            }
+            let zxid = self.next_zxid();
+            let txn = Txn::CreateSession {
+                session_id: id,
+                timeout_ms,
+                passwd: pw,
+            };
+            self.commit(&txn, zxid, wall_ms(), &mut Vec::new());
+            out.push(self.logged_entry(Vec::new(), effect));
+            return;
+        }
+        let valid = self
+            .sessions
+            .get(session_id)
+            .is_some_and(|s| s.passwd[..] == *passwd);
+        if !valid {
+            out.push(self.entry(
+                Vec::new(),
+                Effect::Connected {
+                    shard,
+                    conn_id,
+                    granted: None,
+                },
+            ));
+            return;
+        }
+        let s = self.sessions.get_mut(session_id).expect("checked above");
+        // A reconnecting client keeps its session's original timeout unless it asks
+        // for another one, which is renegotiated as on a new session.
+        s.timeout_ms = timeout_ms;
+        s.attached = Some((shard, conn_id));
+        let granted = Granted {
+            session_id,
+            timeout_ms: s.timeout_ms,
+            passwd: s.passwd,
+        };
+        self.sessions.touch(session_id, now);
+        out.push(self.entry(
+            Vec::new(),
+            Effect::Connected {
+                shard,
+                conn_id,
+                granted: Some(granted),
+            },
+        ));
+        out.push(self.entry(
+            Vec::new(),
+            Effect::Attached {
+                session_id,
+                conn_id,
+            },
+        ));
+    }
+
+    fn reply(
+        &self,
+        (session_id, conn_id): (i64, u64),
+        xid: i32,
+        zxid: i64,
+        err: i32,
+        body: Response,
+    ) -> Effect {
+        Effect::Reply {
+            session_id,
+            conn_id,
+            xid,
+            zxid,
+            err,
+            body,
+        }
+    }
+
+    fn request(
+        &mut self,
+        session_id: i64,
+        conn_id: u64,
+        xid: i32,
+        op: CoreOp,
+        auth: &[crate::proto::Id],
+        out: &mut Vec<Entry>,
+    ) {
+        if self.sessions.get(session_id).is_none() {
+            let zxid = self.tree.last_zxid();
+            let e = self.reply(
+                (session_id, conn_id),
+                xid,
+                zxid,
+                ErrorCode::SessionExpired.code(),
+                Response::Empty,
+            );
+            out.push(self.entry(Vec::new(), e));
+            return;
+        }
+        if self.read_only {
+            self.refuse(session_id, conn_id, xid, op, out);
+            return;
+        }
+        let who = Requester {
+            session_id,
+            auth,
+            extended_types: self.cfg.extended_types_enabled,
+        };
+        let zxid = self.next_zxid();
+        let time = wall_ms();
+        let mut triggers = Vec::new();
+        let (err, body) = match op {
+            CoreOp::Sync { path } => {
+                let e = self.reply(
+                    (session_id, conn_id),
+                    xid,
+                    self.tree.last_zxid(),
+                    0,
+                    Response::Path(path),
+                );
+                out.push(self.entry(Vec::new(), e));
+                return;
+            }
+            CoreOp::CloseSession => {
+                self.commit(&Txn::CloseSession { session_id }, zxid, time, &mut triggers);
+                self.sessions.remove(session_id);
+                let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
+                out.push(self.logged_entry(triggers, e));
+                out.push(self.logged_entry(Vec::new(), Effect::SessionClosed { session_id }));
+                return;
+            }
+            CoreOp::Multi(ops) => {
+                match self
+                    .tree
+                    .prepare_apply_multi(&ops, &who, zxid, time, &mut triggers)
+                {
+                    Ok((txn, applied)) => {
+                        self.frame(&txn, zxid, time);
+                        let results = applied
+                            .into_iter()
+                            .zip(ops.iter())
+                            .map(|(a, op)| multi_result(a, op))
+                            .collect();
+                        (0, Response::Multi(results))
+                    }
+                    Err(codes) => {
+                        self.commit(&Txn::MultiError(codes.clone()), zxid, time, &mut triggers);
+                        let results = codes.into_iter().map(MultiResult::Error).collect();
+                        (0, Response::Multi(results))
+                    }
+                }
+            }
+            CoreOp::SetAcl { path, acl, version } => {
+                match self.tree.prepare_set_acl(&path, &acl, version, &who) {
+                    Ok(txn) => match self.commit(&txn, zxid, time, &mut triggers) {
+                        Applied::Stat(s) => (0, Response::Stat(s)),
+                        other => unreachable!("setACL applied as {other:?}"),
+                    },
+                    Err(code) => self.fail(code, zxid, time),
+                }
+            }
+            CoreOp::Write(w) => match self.tree.prepare(&w, &who) {
+                Ok(txn) => {
+                    let applied = self.commit(&txn, zxid, time, &mut triggers);
+                    (0, single_response(applied, &w))
+                }
+                Err(code) => self.fail(code, zxid, time),
+            },
+        };
+        let e = self.reply((session_id, conn_id), xid, zxid, err, body);
+        out.push(self.logged_entry(triggers, e));
+    }
+
+    /// A request while the log is down: syncs and closes are answered (a close only
+    /// in memory), every write is refused with NOTREADONLY.
+    fn refuse(
+        &mut self,
+        session_id: i64,
+        conn_id: u64,
+        xid: i32,
+        op: CoreOp,
+        out: &mut Vec<Entry>,
+    ) {
+        let zxid = self.tree.last_zxid();
+        let (err, body) = match op {
+            CoreOp::Sync { path } => (0, Response::Path(path)),
+            CoreOp::CloseSession => {
+                self.sessions.remove(session_id);
+                let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
+                out.push(self.entry(Vec::new(), e));
+                out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
+                return;
+            }
+            _ => (ErrorCode::NotReadOnly.code(), Response::Empty),
+        };
+        let e = self.reply((session_id, conn_id), xid, zxid, err, body);
+        out.push(self.entry(Vec::new(), e));
+    }
+
+    /// A rejected write: logged as an error txn that consumes its zxid.
+    fn fail(&mut self, code: ErrorCode, zxid: i64, time: i64) -> (i32, Response) {
+        self.commit(&Txn::Error(code.code()), zxid, time, &mut Vec::new());
+        (code.code(), Response::Empty)
+    }
+
+    /// Expires sessions past their deadline and removes empty containers and expired
+    /// TTL nodes (at most `znode.container.maxPerMinute` per minute).
+    pub fn tick(&mut self, out: &mut Vec<Entry>) {
+        // Expiries and container deletions concern sessions that may have entries in
+        // this batch: start from a cut.
+        self.cut(out);
+        if self.read_only {
+            // Expiring a session or deleting a node would be a txn.
+            return;
+        }
+        let now = self.now_ms();
+        for session_id in self.sessions.expired(now) {
+            tracing::info!("Expiring session 0x{session_id:x}, timeout exceeded");
+            self.sessions.remove(session_id);
+            let mut triggers = Vec::new();
+            let zxid = self.next_zxid();
+            self.commit(
+                &Txn::CloseSession { session_id },
+                zxid,
+                wall_ms(),
+                &mut triggers,
+            );
+            out.push(self.logged_entry(triggers, Effect::SessionClosed { session_id }));
+        }
+        let interval = self.cfg.container_check_interval_ms;
+        if now.saturating_sub(self.last_cleanup_ms) >= interval {
+            self.last_cleanup_ms = now;
+            let per_run = ((self.cfg.container_max_per_minute as u64 * interval) / 60_000).max(1);
+            for path in self
+                .tree
+                .cleanup_candidates(wall_ms())
+                .into_iter()
+                .take(per_run as usize)
+            {
+                if let Ok(txn) = self.tree.prepare_delete_container(&path) {
+                    let mut triggers = Vec::new();
+                    let zxid = self.next_zxid();
+                    self.commit(&txn, zxid, wall_ms(), &mut triggers);
+                    out.push(self.logged_entry(triggers, Effect::None));
+                }
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The live sessions, by id.
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        let now = self.now_ms();
+        let wall_now = wall_ms();
+        let mut v: Vec<SessionSummary> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionSummary {
+                session_id: *id,
+                timeout_ms: s.timeout_ms,
+                expires_at_wall_ms: wall_now + s.deadline_ms.saturating_sub(now) as i64,
+            })
+            .collect();
+        v.sort_by_key(|s| s.session_id);
+        v
+    }
+}
+
+fn single_response(applied: Applied, op: &crate::proto::WriteOp) -> Response {
+    use crate::proto::{CreateKind, WriteOp};
+    match (applied, op) {
+        (Applied::Created { path, stat }, WriteOp::Create(c)) => match c.kind {
+            CreateKind::Create => Response::Create { path },
+            _ => Response::Create2 { path, stat },
+        },
+        (Applied::Stat(s), _) => Response::Stat(s),
+        // check (op 13) answers like setData with a stat in ZooKeeper's
+        // FinalRequestProcessor, but the stat it sends is empty.
+        (Applied::Done, WriteOp::Check { .. }) => Response::Stat(Default::default()),
+        _ => Response::Empty,
+    }
+}
+
+fn multi_result(applied: Applied, op: &crate::proto::WriteOp) -> MultiResult {
+    use crate::proto::{CreateKind, WriteOp};
+    match (applied, op) {
+        (Applied::Created { path, stat }, WriteOp::Create(c)) => MultiResult::Create {
+            path,
+            stat: (c.kind != CreateKind::Create).then_some(stat),
+        },
+        (Applied::Stat(s), _) => MultiResult::SetData(s),
+        (_, WriteOp::Check { .. }) => MultiResult::Check,
+        _ => MultiResult::Delete,
+    }
+}
+
+/// What a batch becomes when its write failed: none of its txns may be shown as done,
+/// yet each may or may not have reached the disk. The connections that sent its writes
+/// are closed (the client sees a connection loss: outcome unknown, as after a crash),
+/// no watch fires, and the tree stays the last durable version.
+pub fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            if !e.logged {
+                return Some(Entry {
+                    tree: Some(durable.clone()),
+                    ..e
+                });
+            }
+            let effect = match e.effect {
+                Effect::Reply {
+                    session_id,
+                    conn_id,
+                    ..
+                } => Effect::Disconnect {
+                    session_id,
+                    conn_id,
+                },
+                Effect::None => return None,
+                other => other,
+            };
+            Some(Entry {
+                tree: Some(durable.clone()),
+                triggers: Vec::new(),
+                effect,
+                logged: false,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{CreateKind, CreateRequest, WriteOp};
+    use bytes::Bytes;
+
+    fn connect(core: &mut Core) -> i64 {
+        let mut out = Vec::new();
+        core.step(
+            ToCore::Connect {
+                shard: 0,
+                conn_id: 1,
+                session_id: 0,
+                passwd: vec![],
+                timeout_ms: 30000,
+            },
+            &mut out,
+        );
+        match &out[0].effect {
+            Effect::Connected {
+                granted: Some(g), ..
+            } => g.session_id,
+            e => panic!("{e:?}"),
+        }
+    }
+
+    /// A create of `path` with empty data, open ACL and `flags`.
+    fn create(path: &str, flags: i32) -> CoreOp {
+        CoreOp::Write(WriteOp::Create(CreateRequest {
+            kind: CreateKind::Create,
+            path: path.into(),
+            data: Some(Bytes::new()),
+            acl: crate::tree::acl::open_acl_unsafe(),
+            flags,
+            ttl_ms: -1,
+        }))
+    }
+
+    /// One request from session `s` on connection 1; returns what it produced.
+    fn request(core: &mut Core, s: i64, xid: i32, op: CoreOp) -> Vec<Entry> {
+        let mut out = Vec::new();
+        core.step(
+            ToCore::Request {
+                session_id: s,
+                conn_id: 1,
+                xid,
+                op,
+                auth: Arc::new(vec![]),
+                cut_before: false,
+            },
+            &mut out,
+        );
+        core.finish_batch(&mut out);
+        out
+    }
+
+    fn request_into(core: &mut Core, s: i64, op: CoreOp, cut_before: bool, out: &mut Vec<Entry>) {
+        core.step(
+            ToCore::Request {
+                session_id: s,
+                conn_id: 1,
+                xid: 1,
+                op,
+                auth: Arc::new(vec![]),
+                cut_before,
+            },
+            out,
+        );
+    }
+
+    #[test]
+    fn a_batch_has_a_tree_version_only_where_reads_wait_and_at_its_end() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let (a, b) = (connect(&mut core), connect(&mut core));
+        // (each connect asked for a cut with nothing stepped: for the queued entry)
+        assert!(core.take_cut_for_queued().is_some());
+        let mut out = Vec::new();
+        request_into(&mut core, a, create("/a1", 0), false, &mut out);
+        request_into(&mut core, a, create("/a2", 0), false, &mut out);
+        request_into(&mut core, b, create("/b1", 0), false, &mut out);
+        // a has a read queued behind /a2: it must see /a1, /a2, /b1 and not /a3.
+        request_into(&mut core, a, create("/a3", 0), true, &mut out);
+        request_into(&mut core, b, create("/b2", 0), false, &mut out);
+        core.finish_batch(&mut out);
+        let has = |e: &Entry, p: &str| e.tree.as_ref().unwrap().node(p).is_some();
+        assert_eq!(
+            out.iter().map(|e| e.tree.is_some()).collect::<Vec<_>>(),
+            [false, false, true, false, true]
+        );
+        assert!(has(&out[2], "/a2") && has(&out[2], "/b1") && !has(&out[2], "/a3"));
+        assert!(has(&out[4], "/a3") && has(&out[4], "/b2"));
+        // A new batch: a single entry is its own cut.
+        let mut next = Vec::new();
+        request_into(&mut core, a, create("/a4", 0), false, &mut next);
+        core.finish_batch(&mut next);
+        assert!(next[0].tree.is_some());
+        assert!(core.take_cut_for_queued().is_none());
+        // A cut asked for first thing in a push belongs to the entry pushed before
+        // (still queued for the log): the version without the new request.
+        let mut third = Vec::new();
+        request_into(&mut core, a, create("/a5", 0), true, &mut third);
+        let queued = core
+            .take_cut_for_queued()
+            .expect("a version for the queued entry");
+        assert!(queued.node("/a4").is_some() && queued.node("/a5").is_none());
+    }
+
+    #[test]
+    fn failed_writes_consume_a_zxid_like_zookeeper() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        assert_eq!(core.tree().last_zxid(), 1, "createSession is txn 1");
+        let out = request(
+            &mut core,
+            s,
+            1,
+            CoreOp::Write(WriteOp::Delete {
+                path: "/missing".into(),
+                version: -1,
+            }),
+        );
+        match &out[0].effect {
+            Effect::Reply { err, zxid, .. } => {
+                assert_eq!(*err, ErrorCode::NoNode.code());
+                assert_eq!(*zxid, 2);
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn close_session_deletes_ephemerals_and_fires_watches() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        request(&mut core, s, 1, create("/eph", 1));
+        let out = request(&mut core, s, 2, CoreOp::CloseSession);
+        assert!(out
+            .last()
+            .unwrap()
+            .tree
+            .as_ref()
+            .unwrap()
+            .node("/eph")
+            .is_none());
+        assert!(out[0].triggers.iter().any(|t| &*t.path == "/eph"));
+        assert!(matches!(out[1].effect, Effect::SessionClosed { .. }));
+        assert_eq!(core.session_count(), 0);
+    }
+
+    #[test]
+    fn a_failed_batch_shows_nothing_of_its_txns() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        let durable = Arc::new(core.tree().clone());
+        let mut entries = request(&mut core, s, 1, create("/lost", 0));
+        entries.extend(request(&mut core, s, 2, CoreOp::Sync { path: "/".into() }));
+        assert!(entries[0].logged && !entries[1].logged);
+        assert!(!entries[0].triggers.is_empty());
+        let out = undo_failed(entries, &durable);
+        assert_eq!(out.len(), 2);
+        // The write's outcome is unknown: its connection is closed, nothing fires, and
+        // the tree stays the durable one.
+        assert!(
+            matches!(out[0].effect, Effect::Disconnect { session_id, conn_id: 1 } if session_id == s)
+        );
+        assert!(out[0].triggers.is_empty());
+        let trees: Vec<&Arc<DataTree>> = out.iter().map(|e| e.tree.as_ref().unwrap()).collect();
+        assert!(trees.iter().all(|t| t.node("/lost").is_none()));
+        assert!(trees.iter().all(|t| t.last_zxid() == durable.last_zxid()));
+        // The sync (no txn) is still answered.
+        assert!(matches!(out[1].effect, Effect::Reply { err: 0, .. }));
+        // From then on, writes are refused without a txn.
+        core.set_read_only();
+        let refused = request(
+            &mut core,
+            s,
+            3,
+            CoreOp::Write(WriteOp::Delete {
+                path: "/zookeeper".into(),
+                version: -1,
+            }),
+        );
+        assert!(!refused[0].logged);
+        assert!(
+            matches!(refused[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code())
+        );
+        assert_eq!(
+            core.take_framed().count,
+            2,
+            "only the create session and the create were framed"
+        );
+    }
+
+    #[test]
+    fn reconnect_with_wrong_password_is_refused() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let s = connect(&mut core);
+        let mut out = Vec::new();
+        core.step(
+            ToCore::Connect {
+                shard: 0,
+                conn_id: 2,
+                session_id: s,
+                passwd: vec![9; 16],
+                timeout_ms: 30000,
+            },
+            &mut out,
+        );
+        assert!(matches!(
+            out[0].effect,
+            Effect::Connected { granted: None, .. }
+        ));
+    }
+}

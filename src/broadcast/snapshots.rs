@@ -1,0 +1,107 @@
+//! Snapshots in the background and retention: a snapshot of an immutable tree version
+//! is written on a thread of its own once the log holds its zxid, then the working
+//! tree is rebased onto it (see `rebase`); old snapshots and logs are purged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::rebase::Rebase;
+use crate::config::Config;
+use crate::tree::DataTree;
+use ringkeeper_storage::snapshot::SnapSession;
+
+/// Set by SIGUSR1: take a snapshot now.
+pub static SNAPSHOT_REQUESTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a snapshot of `tree` on its own thread, published once the log holds its
+/// zxid; then rebuilds the tree on it (see `rebase`) and purges by retention if that
+/// is due.
+pub struct Snapshotter {
+    pub running: Arc<std::sync::atomic::AtomicBool>,
+    pub rebase: Arc<Rebase>,
+    pub durable: Arc<std::sync::atomic::AtomicI64>,
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
+    pub last_purge: Arc<std::sync::Mutex<Instant>>,
+    pub cfg: Arc<Config>,
+}
+
+impl Snapshotter {
+    /// Starts a snapshot of `tree` unless one is still being written; false if one is.
+    pub fn start(&self, tree: DataTree, sessions: Vec<SnapSession>) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if self.running.swap(true, AcqRel) {
+            return false;
+        }
+        self.rebase.begin();
+        let rebase = self.rebase.clone();
+        let running = self.running.clone();
+        let durable = self.durable.clone();
+        let failed = self.failed.clone();
+        let last_purge = self.last_purge.clone();
+        let cfg = self.cfg.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rk-snapshot".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let zxid = tree.last_zxid();
+                let dir = cfg.snapshot_dir();
+                let r = tree.write_snapshot(&sessions, &dir, || loop {
+                    if durable.load(Acquire) >= zxid {
+                        return true;
+                    }
+                    if failed.load(Acquire) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                });
+                match &r {
+                    Ok(Some(p)) => tracing::info!(
+                        "snapshot {} written: {} znodes, {} sessions, in {} ms",
+                        p.display(),
+                        tree.node_count(),
+                        sessions.len(),
+                        t0.elapsed().as_millis()
+                    ),
+                    Ok(None) => tracing::warn!(
+                        "snapshot at zxid {zxid:#x} abandoned: the txn log failed before holding it"
+                    ),
+                    Err(e) => tracing::error!(
+                        "snapshot at zxid {zxid:#x} failed: {e} (the txn log still holds every txn)"
+                    ),
+                }
+                drop(tree);
+                match r {
+                    Ok(Some(p)) => rebase.rebuild(&p),
+                    _ => rebase.cancel(),
+                }
+                let hours = cfg.autopurge_purge_interval_hours as u64;
+                let mut last = last_purge.lock().expect("last_purge poisoned");
+                if hours > 0 && last.elapsed() >= Duration::from_secs(hours * 3600) {
+                    *last = Instant::now();
+                    purge(&cfg);
+                }
+                running.store(false, std::sync::atomic::Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the snapshot thread: {e}");
+            self.rebase.cancel();
+            self.running
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        true
+    }
+}
+
+/// Deletes snapshots beyond autopurge.snapRetainCount and the log they no longer need.
+pub fn purge(cfg: &Config) {
+    let retain = cfg.autopurge_snap_retain_count as usize;
+    match ringkeeper_storage::purge::purge(&cfg.snapshot_dir(), &cfg.log_dir(), retain) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            "autopurge removed {} old snapshot(s) and log segment(s), keeping {retain} snapshots",
+            removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("autopurge failed: {e}"),
+    }
+}
