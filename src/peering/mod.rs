@@ -95,6 +95,25 @@ pub trait Replica {
     /// follow a SNAP we send; None if this replica cannot make one.
     fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>>;
     fn apply(&mut self, txn: &Txn);
+    /// A learner forwarded a client's request (REQUEST's data and the session's
+    /// identities) for this leader to order.
+    fn forwarded(&mut self, from: ServerId, data: Bytes, auth: Vec<crate::proto::Id>) {
+        let _ = auth;
+        tracing::warn!(
+            "a request forwarded by member {from} ({} bytes) is not served by this replica",
+            data.len()
+        );
+    }
+    /// A learner reported activity of these sessions (id, timeout).
+    fn touched(&mut self, sessions: Vec<(i64, i32)>) {
+        let _ = sessions;
+    }
+    /// The leader's SYNC arrived: the oldest sync this member forwarded is answered.
+    fn synced(&mut self) {}
+    /// This member's role changed (after every effect before it has run).
+    fn role_changed(&mut self, role: Role) {
+        let _ = role;
+    }
 }
 
 /// Where each member listens, and the configuration text votes carry.
@@ -132,12 +151,21 @@ impl MemberConfig {
 /// Builds a txn's bytes for the zxid it is proposed at.
 pub type MakeTxn = Box<dyn FnOnce(Zxid) -> Bytes>;
 
+/// What the embedding side asks of its member, run in the order asked.
+enum Ask {
+    Propose(MakeTxn),
+    /// Answer a sync that learner `to` forwarded (as the leader).
+    Sync(ServerId),
+    /// Our clients' sessions (id, timeout) showed activity (as a learner).
+    Touch(Vec<(i64, i32)>),
+}
+
 /// The embedding side's handle on a running member.
 #[derive(Default)]
 pub struct MemberHandle {
     inbox: Rc<Inbox>,
     role: Cell<Option<Role>>,
-    proposals: RefCell<VecDeque<MakeTxn>>,
+    asks: RefCell<VecDeque<Ask>>,
     stop: Cell<bool>,
 }
 
@@ -153,7 +181,22 @@ impl MemberHandle {
     /// Proposes a write, if this member is the established leader when the driver
     /// takes it (else it is dropped with a log line).
     pub fn propose(&self, make: MakeTxn) {
-        self.proposals.borrow_mut().push_back(make);
+        self.ask(Ask::Propose(make));
+    }
+
+    /// Answers a sync that learner `to` forwarded, after every proposal asked for
+    /// before it has been committed.
+    pub fn sync(&self, to: ServerId) {
+        self.ask(Ask::Sync(to));
+    }
+
+    /// Reports our clients' sessions (id, timeout) as alive to our leader.
+    pub fn touch(&self, sessions: Vec<(i64, i32)>) {
+        self.ask(Ask::Touch(sessions));
+    }
+
+    fn ask(&self, a: Ask) {
+        self.asks.borrow_mut().push_back(a);
         self.inbox.notify.notify();
     }
 
@@ -206,18 +249,15 @@ impl<R: Replica> Driver<R> {
                         .install_snapshot(leader, zxid, tree)?
                 }
                 Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
-                Effect::Forwarded { from, .. } => {
-                    // Turning a client's request into a txn is the core's: until a
-                    // member runs with one, forwarded requests go unanswered (the
-                    // client times out and retries, as with a leader that is busy).
-                    tracing::warn!(
-                        "member {}: a request forwarded by {from} is not served here",
-                        self.me
-                    )
+                Effect::Forwarded { from, data, auth } => {
+                    self.replica.borrow_mut().forwarded(from, data, auth)
                 }
+                Effect::Touched(sessions) => self.replica.borrow_mut().touched(sessions),
+                Effect::Synced => self.replica.borrow_mut().synced(),
                 Effect::Role(role) => {
                     tracing::info!("member {}: {role:?}", self.me);
                     self.handle.role.set(Some(role));
+                    self.replica.borrow_mut().role_changed(role);
                 }
                 Effect::Warn(w) => tracing::warn!("member {}: {w}", self.me),
             }
@@ -383,10 +423,20 @@ pub async fn run_member<R: Replica + 'static>(
             d.event(&mut peer, t, e, &mut out);
             d.run_effects(&mut out)?;
         }
-        let proposals: Vec<MakeTxn> = handle.proposals.borrow_mut().drain(..).collect();
-        for make in proposals {
-            if let Err(e) = peer.propose(t, make, &mut out) {
-                tracing::warn!("member {me}: a write was not proposed: {e}");
+        let asks: Vec<Ask> = handle.asks.borrow_mut().drain(..).collect();
+        for ask in asks {
+            match ask {
+                Ask::Propose(make) => {
+                    if let Err(e) = peer.propose(t, make, &mut out) {
+                        tracing::warn!("member {me}: a write was not proposed: {e}");
+                    }
+                }
+                Ask::Sync(to) => {
+                    if let Err(e) = peer.sync(to, &mut out) {
+                        tracing::debug!("member {me}: a sync for {to} was not answered: {e}");
+                    }
+                }
+                Ask::Touch(sessions) => peer.touch(sessions),
             }
             d.run_effects(&mut out)?;
         }

@@ -430,11 +430,13 @@ impl EnsembleSim {
                     self.claim_epoch(id, epoch)?;
                 }
             }
-            Effect::Forwarded { .. } => {
+            Effect::Forwarded { .. } | Effect::Synced => {
                 return Err(self.fail(format!(
-                    "member {id} got a REQUEST, which no one sends here"
+                    "member {id} got a REQUEST or SYNC, which no one sends here"
                 )))
             }
+            // Sessions are not modelled: learners report no touches.
+            Effect::Touched(_) => {}
             Effect::Warn(w) => {
                 if self.trace {
                     eprintln!("{now} {id}: {w}");

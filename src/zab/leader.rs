@@ -74,6 +74,9 @@ pub(crate) struct Leader {
     outstanding: BTreeMap<Zxid, BTreeSet<ServerId>>,
     next_counter: i64,
     ping_at_ms: u64,
+    /// Syncs learners forwarded, each answered once the proposal it came after
+    /// (its zxid) is committed.
+    pending_syncs: Vec<(Zxid, ServerId)>,
 }
 
 impl Leader {
@@ -92,6 +95,7 @@ impl Leader {
             outstanding: BTreeMap::new(),
             next_counter: 1,
             ping_at_ms: now_ms,
+            pending_syncs: Vec::new(),
         };
         l.maybe_fix_epoch(local, out);
         l
@@ -284,7 +288,11 @@ impl Leader {
         link.heard_ms = now_ms;
         let voter = !link.observer;
         match msg {
-            Msg::Ping => {}
+            Msg::Ping { touches } => {
+                if !touches.is_empty() {
+                    out.push(Effect::Touched(touches));
+                }
+            }
             Msg::AckEpoch {
                 current_epoch,
                 last_zxid,
@@ -333,10 +341,10 @@ impl Leader {
                     }
                 }
             }
-            Msg::Request { data } => {
+            Msg::Request { data, auth } => {
                 // A client's request a learner forwards: the driver turns it into a
                 // txn (as ZooKeeper's PrepRequestProcessor does) and proposes that.
-                out.push(Effect::Forwarded { from, data });
+                out.push(Effect::Forwarded { from, data, auth });
             }
             other => {
                 out.push(Effect::Warn(format!(
@@ -380,7 +388,32 @@ impl Leader {
                     };
                     Self::send(to, msg, out);
                 }
+                let zxid = txn.zxid;
                 out.push(Effect::Apply(txn));
+                self.answer_syncs(zxid, out);
+            }
+        }
+    }
+
+    /// A sync learner `to` forwarded: SYNC follows the commit of everything proposed
+    /// so far (at once if nothing is outstanding), so once the learner has it, it has
+    /// applied every write the leader ordered before the sync.
+    pub fn sync_forwarded(&mut self, to: ServerId, out: &mut Vec<Effect>) {
+        match self.outstanding.last_key_value() {
+            Some((&zxid, _)) => self.pending_syncs.push((zxid, to)),
+            None => Self::send(to, Msg::Sync, out),
+        }
+    }
+
+    fn answer_syncs(&mut self, committed: Zxid, out: &mut Vec<Effect>) {
+        let due = self
+            .pending_syncs
+            .iter()
+            .take_while(|(z, _)| *z <= committed)
+            .count();
+        for (_, to) in self.pending_syncs.drain(..due) {
+            if self.links.contains_key(&to) {
+                Self::send(to, Msg::Sync, out);
             }
         }
     }
@@ -486,7 +519,13 @@ impl Leader {
         }
         if now_ms >= self.ping_at_ms {
             for &to in self.links.keys() {
-                Self::send(to, Msg::Ping, out);
+                Self::send(
+                    to,
+                    Msg::Ping {
+                        touches: Vec::new(),
+                    },
+                    out,
+                );
             }
             self.ping_at_ms = now_ms + local.cfg.tick_ms / 2;
         }

@@ -128,7 +128,11 @@ impl Learner {
         self.heard_ms = now_ms;
         let bad = |what: String| Err(Quit(what));
         match (self.stage, msg) {
-            (_, Msg::Ping) => self.send(Msg::Ping, out),
+            (_, Msg::Ping { .. }) => {
+                let touches = std::mem::take(&mut local.touches).into_iter().collect();
+                self.send(Msg::Ping { touches }, out)
+            }
+            (Stage::Broadcast, Msg::Sync) => out.push(Effect::Synced),
             (Stage::Discovery, Msg::LeaderInfo { new_epoch }) => {
                 // An epoch above ours is accepted (and persisted) and our currentEpoch
                 // goes with the ACKEPOCH; an equal one, accepted before from any

@@ -28,9 +28,12 @@ pub enum Msg {
     Ack {
         zxid: Zxid,
     },
-    /// REQUEST: a write a learner forwards to be proposed.
+    /// REQUEST: a client's request a learner forwards to be ordered (session, cxid,
+    /// type and the request record, as ZooKeeper lays them out), with the identities
+    /// the session has authenticated as.
     Request {
         data: Bytes,
+        auth: Vec<crate::proto::Id>,
     },
     // Leader to learner.
     /// LEADERINFO: the epoch the leader proposes.
@@ -57,8 +60,15 @@ pub enum Msg {
         zxid: Zxid,
     },
     UpToDate,
+    /// SYNC: every commit before it has been sent; the learner answers its oldest
+    /// forwarded sync.
+    Sync,
     // Both ways.
-    Ping,
+    /// PING; a learner's carries the sessions it saw activity from since its last
+    /// one, with their timeouts (a leader's carries none).
+    Ping {
+        touches: Vec<(i64, i32)>,
+    },
 }
 
 /// What this member does in the ensemble, as `srvr` reports it.
@@ -105,7 +115,15 @@ pub enum Effect {
     Apply(Txn),
     /// A learner forwarded a client's request (REQUEST's data: session, cxid, type
     /// and the request's bytes) for this leader to turn into a txn and propose.
-    Forwarded { from: ServerId, data: Bytes },
+    Forwarded {
+        from: ServerId,
+        data: Bytes,
+        auth: Vec<crate::proto::Id>,
+    },
+    /// A learner reported activity of these sessions (id, timeout): they live on.
+    Touched(Vec<(i64, i32)>),
+    /// The leader's SYNC arrived: answer the oldest sync this member forwarded.
+    Synced,
     /// The member's role changed.
     Role(Role),
     /// Something a peer did wrong or a role ended: for the log.

@@ -73,7 +73,10 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
             Some((*current_epoch as i32).to_be_bytes().to_vec()),
         ),
         Msg::Ack { zxid } => p(t::ACK, *zxid, None),
-        Msg::Request { data } => p(t::REQUEST, -1, Some(data.to_vec())),
+        Msg::Request { data, auth } => QuorumPacket {
+            authinfo: Some(auth.clone()),
+            ..p(t::REQUEST, -1, Some(data.to_vec()))
+        },
         Msg::Diff { zxid } => p(t::DIFF, *zxid, None),
         Msg::Trunc { zxid } => p(t::TRUNC, *zxid, None),
         Msg::Snap { zxid } => p(t::SNAP, *zxid, None),
@@ -82,7 +85,18 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
         Msg::Inform(txn) => p(t::INFORM, txn.zxid, Some(txn.data.to_vec())),
         Msg::NewLeader { zxid } => p(t::NEWLEADER, *zxid, out.config.clone()),
         Msg::UpToDate => p(t::UPTODATE, -1, None),
-        Msg::Ping => p(t::PING, out.last_proposed, out.to_leader.then(Vec::new)),
+        Msg::Sync => p(t::SYNC, 0, None),
+        Msg::Ping { touches } => {
+            let data = out.to_leader.then(|| {
+                let mut b = Vec::with_capacity(touches.len() * 12);
+                for (id, timeout_ms) in touches {
+                    b.extend_from_slice(&id.to_be_bytes());
+                    b.extend_from_slice(&timeout_ms.to_be_bytes());
+                }
+                b
+            });
+            p(t::PING, out.last_proposed, data)
+        }
     }
 }
 
@@ -125,6 +139,7 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
         (t::ACK, Direction::ToLeader) => Msg::Ack { zxid: p.zxid },
         (t::REQUEST, Direction::ToLeader) => Msg::Request {
             data: Bytes::copy_from_slice(p.data.as_deref().unwrap_or_default()),
+            auth: p.authinfo.clone().unwrap_or_default(),
         },
         (t::LEADERINFO, Direction::FromLeader) => {
             p.payload(direction)?;
@@ -144,7 +159,16 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
         }
         (t::NEWLEADER, Direction::FromLeader) => Msg::NewLeader { zxid: p.zxid },
         (t::UPTODATE, Direction::FromLeader) => Msg::UpToDate,
-        (t::PING, _) => Msg::Ping,
+        (t::SYNC, Direction::FromLeader) => Msg::Sync,
+        (t::PING, Direction::ToLeader) => match p.payload(direction)? {
+            super::wire::Payload::Touches(touches) => Msg::Ping { touches },
+            _ => Msg::Ping {
+                touches: Vec::new(),
+            },
+        },
+        (t::PING, Direction::FromLeader) => Msg::Ping {
+            touches: Vec::new(),
+        },
         _ => return Err(PacketError::Unsupported(name)),
     })
 }
@@ -202,8 +226,17 @@ mod tests {
             Msg::Ack { zxid: z },
             Msg::Request {
                 data: Bytes::from_static(b"\0\0\0\0\0\0\0\x01\0\0\0\x02\0\0\0\x05"),
+                auth: vec![crate::proto::Id {
+                    scheme: "digest".into(),
+                    id: "u:x".into(),
+                }],
             },
-            Msg::Ping,
+            Msg::Ping {
+                touches: vec![(0x100, 30_000), (0x101, 4_000)],
+            },
+            Msg::Ping {
+                touches: Vec::new(),
+            },
         ];
         let from_leader = [
             Msg::LeaderInfo { new_epoch: 5 },
@@ -223,12 +256,19 @@ mod tests {
                 zxid: make_zxid(5, 0),
             },
             Msg::UpToDate,
-            Msg::Ping,
+            Msg::Sync,
+            Msg::Ping {
+                touches: Vec::new(),
+            },
         ];
         for (msgs, dir) in [
             (&to_leader[..], Direction::ToLeader),
             (&from_leader[..], Direction::FromLeader),
         ] {
+            let out = Outgoing {
+                to_leader: dir == Direction::ToLeader,
+                ..out.clone()
+            };
             for m in msgs {
                 let p = to_packet(m, &out);
                 let mut bytes = Vec::new();
@@ -248,10 +288,10 @@ mod tests {
 
     #[test]
     fn what_is_not_a_message_is_named() {
-        let sync = QuorumPacket::new(t::SYNC, 0, None);
+        let revalidate = QuorumPacket::new(t::REVALIDATE, 0, None);
         assert!(matches!(
-            from_packet(&sync, Direction::FromLeader),
-            Err(PacketError::Unsupported("SYNC"))
+            from_packet(&revalidate, Direction::FromLeader),
+            Err(PacketError::Unsupported("REVALIDATE"))
         ));
         let bare = QuorumPacket::new(t::PROPOSAL, 1, None);
         assert!(matches!(

@@ -67,6 +67,9 @@ pub(crate) struct Local {
     pub history: History,
     /// The log is on disk up to here.
     pub persisted: Zxid,
+    /// Sessions of our clients that showed activity since the last PING to our
+    /// leader, with their timeouts (what the next PING reports).
+    pub touches: std::collections::BTreeMap<i64, i32>,
 }
 
 impl Local {
@@ -112,6 +115,7 @@ impl Peer {
                 current_epoch: recovered.current_epoch,
                 history: recovered.history,
                 persisted,
+                touches: Default::default(),
             },
             doing: Doing::Looking,
         }
@@ -298,6 +302,24 @@ impl Peer {
             Doing::Leading(l) => Some(l.next_tick()),
             Doing::Learning(l) => Some(l.next_tick(&self.local)),
         }
+    }
+
+    /// Our clients' sessions `(id, timeout)` showed activity: a learner reports them to
+    /// its leader with its next PING (a leader tracks its own sessions itself).
+    pub fn touch(&mut self, sessions: impl IntoIterator<Item = (i64, i32)>) {
+        if matches!(self.doing, Doing::Learning(_)) {
+            self.local.touches.extend(sessions);
+        }
+    }
+
+    /// Answers a sync that learner `to` forwarded (as the established leader): SYNC
+    /// goes to it once everything proposed before has been committed.
+    pub fn sync(&mut self, to: ServerId, out: &mut Vec<Effect>) -> Result<(), ProposeError> {
+        let Doing::Leading(l) = &mut self.doing else {
+            return Err(ProposeError::NotLeading);
+        };
+        l.sync_forwarded(to, out);
+        Ok(())
     }
 
     /// Proposes a write (as the established leader): `make` builds the txn for the

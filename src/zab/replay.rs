@@ -85,6 +85,7 @@ pub fn replay_learner(
         current_epoch,
         history: History::recovered(0, Vec::new(), 0, 500),
         persisted: 0,
+        touches: Default::default(),
     };
     let mut out = Vec::new();
     let mut learner = Learner::start(0, LEADER, observer, &local, &mut out);
