@@ -3,7 +3,10 @@
 //! working tree and frames it for the log, and says what each step means for the
 //! shards (an [`Entry`]: the reply, the watch events, the tree version at a cut).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::messages::{CoreOp, Effect, Entry, Granted, SessionSummary, ToCore};
@@ -44,7 +47,53 @@ pub struct Core {
     pub(super) read_only: bool,
     /// See `cut`.
     cut_for_queued: Option<Arc<DataTree>>,
+    /// Where this core's orders come from and go (see [`Ordering`]).
+    ordering: Ordering,
+    /// A leader's first zxid of its epoch: its txns count from here.
+    zxid_floor: i64,
+    /// The session and cxid of the request being ordered (a txn header holds them).
+    ctx: (i64, i32),
+    /// As a leader: each txn framed, as ZooKeeper serializes it, to propose.
+    proposals: Vec<(i64, Bytes)>,
+    /// As a learner: what to send the leader, and what its answers are for.
+    learner: LearnerState,
+    /// As a leader: the learners whose syncs are due once what was proposed before
+    /// them is committed.
+    syncs_due: Vec<i64>,
 }
+
+/// Where a core's writes are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// Here, alone: a txn is done once it is on our disk.
+    Standalone,
+    /// Here, as an ensemble's leader: each txn is proposed, and done once a quorum has
+    /// it on disk.
+    Leader,
+    /// At our leader: requests are forwarded to it, and answered when its commits
+    /// reach us (also while looking for a leader, when nothing is forwarded).
+    Learner,
+}
+
+/// Requests a learner forwarded and waits on.
+#[derive(Debug, Default)]
+struct LearnerState {
+    /// REQUEST payloads to send (session, cxid, type, request record) with the
+    /// session's identities.
+    forwards: Vec<(Bytes, Vec<crate::proto::Id>)>,
+    /// Sessions seen alive since the last report, with their timeouts.
+    touches: Vec<(i64, i32)>,
+    /// (session, cxid) -> (connection, op): the reply is made when the txn commits.
+    replies: HashMap<(i64, i32), (u64, CoreOp)>,
+    /// New sessions asked for: session -> (shard, connection).
+    connects: HashMap<i64, (usize, u64)>,
+    /// Forwarded syncs, oldest first: (session, connection, xid, path).
+    syncs: VecDeque<(i64, u64, i32, String)>,
+}
+
+/// Bytes of the header a learner puts before a forwarded request record: session
+/// (8), cxid (4), type (4).
+const FORWARD_HEADER_BYTES: usize = 16;
 
 impl Core {
     /// A core continuing from a recovered tree and session table. Recovered sessions
@@ -72,7 +121,95 @@ impl Core {
             scratch: Vec::new(),
             read_only: false,
             cut_for_queued: None,
+            ordering: Ordering::Standalone,
+            zxid_floor: 0,
+            ctx: (0, 0),
+            proposals: Vec::new(),
+            learner: LearnerState::default(),
+            syncs_due: Vec::new(),
         }
+    }
+
+    /// A core of ensemble member `my_id`: session ids carry the id in their top byte
+    /// and passwords are derived from the id as ZooKeeper's are, so that any member
+    /// can check a reconnecting client's. It starts as a learner (not leading).
+    pub fn member(cfg: Arc<Config>, my_id: i64, tree: DataTree, sessions: &[SnapSession]) -> Core {
+        let mut core = Core::new(cfg, tree, sessions);
+        let mut table = SessionTable::new(my_id as u8, wall_ms());
+        for (id, s) in core.sessions.iter() {
+            table.insert(*id, s.clone());
+        }
+        core.sessions = table;
+        core.ordering = Ordering::Learner;
+        core
+    }
+
+    pub fn ordering(&self) -> Ordering {
+        self.ordering
+    }
+
+    /// Starts ordering as the leader of `epoch`: txns count from its first zxid.
+    pub fn lead(&mut self, epoch: i64) {
+        self.ordering = Ordering::Leader;
+        self.zxid_floor = crate::zab::history::make_zxid(epoch, 1);
+        // Every live session gets a full timeout from now: their members reported
+        // touches to the old leader, not to us.
+        let now = self.now_ms();
+        let ids: Vec<i64> = self.sessions.iter().map(|(id, _)| *id).collect();
+        for id in ids {
+            self.sessions.touch(id, now);
+        }
+    }
+
+    /// Stops ordering here: requests are forwarded from now on. Requests waiting on
+    /// a leader are forgotten (their connections are closed by the caller).
+    pub fn learn(&mut self) {
+        self.ordering = Ordering::Learner;
+        self.learner = LearnerState::default();
+        self.syncs_due.clear();
+        self.proposals.clear();
+    }
+
+    /// Replaces the tree and sessions (after the member's storage was reloaded).
+    /// Each session gets a full timeout from now.
+    pub fn reset(&mut self, tree: DataTree, sessions: &[SnapSession]) {
+        let now = self.now_ms();
+        self.sessions.clear();
+        for s in sessions {
+            self.sessions.insert(
+                s.id,
+                Session {
+                    timeout_ms: s.timeout_ms,
+                    passwd: s.passwd,
+                    deadline_ms: now + s.timeout_ms.max(0) as u64,
+                    attached: None,
+                },
+            );
+        }
+        self.tree = tree;
+        self.framed = Framed::default();
+        self.cut_for_queued = None;
+    }
+
+    /// As a leader: the txns framed since the last call, as ZooKeeper serializes
+    /// them (zxid, bytes), to propose in this order.
+    pub fn take_proposals(&mut self) -> Vec<(i64, Bytes)> {
+        std::mem::take(&mut self.proposals)
+    }
+
+    /// As a leader: learners whose forwarded syncs were ordered since the last call.
+    pub fn take_syncs_due(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.syncs_due)
+    }
+
+    /// As a learner: requests to forward to the leader since the last call.
+    pub fn take_forwards(&mut self) -> Vec<(Bytes, Vec<crate::proto::Id>)> {
+        std::mem::take(&mut self.learner.forwards)
+    }
+
+    /// As a learner: sessions (id, timeout) seen alive since the last call.
+    pub fn take_touches(&mut self) -> Vec<(i64, i32)> {
+        std::mem::take(&mut self.learner.touches)
     }
 
     /// A fresh, empty core (tests).
@@ -107,13 +244,34 @@ impl Core {
 
     /// Applies a txn to the working tree and frames it for the log.
     fn commit(&mut self, txn: &Txn, zxid: i64, time: i64, triggers: &mut Vec<Trigger>) -> Applied {
+        // A closeSession's ZooKeeper form lists the ephemerals it deletes.
+        let ephemerals = match txn {
+            Txn::CloseSession { session_id } if self.ordering == Ordering::Leader => {
+                self.tree.ephemerals_of(*session_id)
+            }
+            _ => Vec::new(),
+        };
         let applied = self.tree.apply(txn, zxid, time, triggers);
-        self.frame(txn, zxid, time);
+        self.frame_with(txn, zxid, time, &ephemerals);
         applied
     }
 
     /// Frames an already applied txn for the log.
     fn frame(&mut self, txn: &Txn, zxid: i64, time: i64) {
+        self.frame_with(txn, zxid, time, &[]);
+    }
+
+    fn frame_with(&mut self, txn: &Txn, zxid: i64, time: i64, ephemerals: &[String]) {
+        if self.ordering == Ordering::Leader {
+            let ctx = crate::zkformat::convert::TxnContext {
+                session_id: self.ctx.0,
+                cxid: self.ctx.1,
+                zxid,
+                time_ms: time,
+            };
+            let z = crate::zkformat::convert::to_zookeeper(txn, ctx, ephemerals);
+            self.proposals.push((zxid, Bytes::from(z.to_bytes())));
+        }
         self.scratch.clear();
         txn.encode_logged(time, &mut self.scratch);
         encode_record(&mut self.framed.bytes, zxid, &self.scratch);
@@ -183,7 +341,7 @@ impl Core {
     }
 
     fn next_zxid(&self) -> i64 {
-        self.tree.last_zxid() + 1
+        (self.tree.last_zxid() + 1).max(self.zxid_floor)
     }
 
     /// Orders one message; appends the resulting entries to `out`.
@@ -209,6 +367,11 @@ impl Core {
                 let now = self.now_ms();
                 for id in ids {
                     self.sessions.touch(id, now);
+                    if self.ordering == Ordering::Learner {
+                        if let Some(s) = self.sessions.get(id) {
+                            self.learner.touches.push((id, s.timeout_ms));
+                        }
+                    }
                 }
             }
             ToCore::Sessions(reply) => {
@@ -244,10 +407,28 @@ impl Core {
     ) {
         let timeout_ms = self.cfg.negotiate_timeout_ms(timeout_ms);
         let now = self.now_ms();
+        if session_id == 0 && self.ordering == Ordering::Learner {
+            // The leader makes the session a txn; the client is answered when that
+            // commits here (see `apply_committed`).
+            let id = self.sessions.next_session_id();
+            self.learner.connects.insert(id, (shard, conn_id));
+            let mut data = Vec::with_capacity(FORWARD_HEADER_BYTES + 4);
+            data.extend_from_slice(&id.to_be_bytes());
+            data.extend_from_slice(&0i32.to_be_bytes());
+            data.extend_from_slice(&crate::zkformat::txn::txn_type::CREATE_SESSION.to_be_bytes());
+            data.extend_from_slice(&timeout_ms.to_be_bytes());
+            self.learner.forwards.push((Bytes::from(data), Vec::new()));
+            return;
+        }
         if session_id == 0 {
             let id = self.sessions.next_session_id();
             let mut pw = [0u8; PASSWD_BYTES];
-            rand::Rng::fill(&mut rand::thread_rng(), &mut pw[..]);
+            if self.ordering == Ordering::Leader {
+                pw = crate::zkformat::convert::zookeeper_password(id);
+            } else {
+                rand::Rng::fill(&mut rand::thread_rng(), &mut pw[..]);
+            }
+            self.ctx = (id, 0);
             self.sessions.insert(
                 id,
                 Session {
@@ -324,6 +505,225 @@ impl Core {
         ));
     }
 
+    /// As a learner: sends the request to the leader and remembers who to answer
+    /// when its txn (or, for a sync, the leader's SYNC) comes back.
+    fn forward(
+        &mut self,
+        session_id: i64,
+        conn_id: u64,
+        xid: i32,
+        op: CoreOp,
+        auth: &[crate::proto::Id],
+    ) {
+        let mut frame = Vec::new();
+        op.to_request().encode(xid, &mut frame);
+        let mut data = Vec::with_capacity(8 + frame.len());
+        data.extend_from_slice(&session_id.to_be_bytes());
+        // The request's frame is xid, type, record: what follows the session.
+        data.extend_from_slice(&frame);
+        match op {
+            CoreOp::Sync { path } => self
+                .learner
+                .syncs
+                .push_back((session_id, conn_id, xid, path)),
+            op => {
+                self.learner
+                    .replies
+                    .insert((session_id, xid), (conn_id, op));
+            }
+        }
+        self.learner
+            .forwards
+            .push((Bytes::from(data), auth.to_vec()));
+    }
+
+    /// As a learner: the leader's SYNC answers our oldest forwarded sync; every
+    /// commit the leader ordered before it has been applied here.
+    pub fn synced(&mut self, out: &mut Vec<Entry>) {
+        if let Some((session_id, conn_id, xid, path)) = self.learner.syncs.pop_front() {
+            let zxid = self.tree.last_zxid();
+            let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Path(path));
+            out.push(self.entry(Vec::new(), e));
+        }
+    }
+
+    /// As a leader: learners report these sessions (id, timeout) alive.
+    pub fn touched(&mut self, sessions: &[(i64, i32)]) {
+        let now = self.now_ms();
+        for (id, _) in sessions {
+            self.sessions.touch(*id, now);
+        }
+    }
+
+    /// As a leader: orders a request learner `from` forwarded (REQUEST's data: session,
+    /// cxid, type, request record). Its reply is the learner's to make, from the txn;
+    /// here it goes nowhere. A request that does not decode is dropped with a log line
+    /// (its client times out, as behind a leader that lost it).
+    pub fn forwarded(
+        &mut self,
+        from: i64,
+        data: &[u8],
+        auth: Vec<crate::proto::Id>,
+        out: &mut Vec<Entry>,
+    ) {
+        if data.len() < FORWARD_HEADER_BYTES {
+            tracing::warn!(
+                "member {from} forwarded a request of {} bytes: dropped",
+                data.len()
+            );
+            return;
+        }
+        let session_id = i64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+        let cxid = i32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
+        let op = i32::from_be_bytes(data[12..16].try_into().expect("4 bytes"));
+        let body = &data[FORWARD_HEADER_BYTES..];
+        if op == crate::zkformat::txn::txn_type::CREATE_SESSION {
+            let Some(timeout_ms) = body
+                .get(..4)
+                .map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
+            else {
+                tracing::warn!(
+                    "member {from} forwarded a createSession without its timeout: dropped"
+                );
+                return;
+            };
+            if self.sessions.get(session_id).is_some() || self.read_only {
+                return;
+            }
+            let timeout_ms = self.cfg.negotiate_timeout_ms(timeout_ms);
+            let passwd = crate::zkformat::convert::zookeeper_password(session_id);
+            let now = self.now_ms();
+            self.sessions.insert(
+                session_id,
+                Session {
+                    timeout_ms,
+                    passwd,
+                    deadline_ms: now + timeout_ms as u64,
+                    attached: None,
+                },
+            );
+            self.ctx = (session_id, 0);
+            let zxid = self.next_zxid();
+            let txn = Txn::CreateSession {
+                session_id,
+                timeout_ms,
+                passwd,
+            };
+            self.commit(&txn, zxid, wall_ms(), &mut Vec::new());
+            out.push(self.logged_entry(Vec::new(), Effect::None));
+            return;
+        }
+        let request = match crate::proto::Request::decode(&data[8..]) {
+            Ok((_, r)) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "member {from} forwarded a request that does not decode ({e}): dropped"
+                );
+                return;
+            }
+        };
+        let Some(op) = CoreOp::from_request(request) else {
+            tracing::warn!(
+                "member {from} forwarded a request of type {op}, which is not a write: dropped"
+            );
+            return;
+        };
+        if let CoreOp::Sync { .. } = op {
+            self.syncs_due.push(from);
+            return;
+        }
+        let auth = Arc::new(auth);
+        self.step(
+            ToCore::Request {
+                session_id,
+                conn_id: REMOTE_CONN,
+                xid: cxid,
+                op,
+                auth,
+                cut_before: false,
+            },
+            out,
+        );
+    }
+
+    /// Applies a txn committed by the ensemble that this core did not order itself
+    /// (as a learner, or a leader's history from before its epoch), and answers the
+    /// requests of ours it was for. A txn at or below the tree's last zxid is already
+    /// in it (a leader's own).
+    pub fn apply_committed(
+        &mut self,
+        zxid: i64,
+        data: &[u8],
+        out: &mut Vec<Entry>,
+    ) -> Result<(), String> {
+        if zxid <= self.tree.last_zxid() {
+            return Ok(());
+        }
+        let z = crate::zkformat::txn::ZkTxn::decode(data)
+            .map_err(|e| format!("committed txn {zxid:#x} does not decode: {e}"))?;
+        let (txn, time) = crate::zkformat::convert::from_zookeeper(&z)
+            .map_err(|e| format!("committed txn {zxid:#x}: {e}"))?;
+        let (client, cxid) = (z.header.client_id, z.header.cxid);
+        let mut triggers = Vec::new();
+        let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
+        let now = self.now_ms();
+        match &txn {
+            Txn::CreateSession {
+                session_id,
+                timeout_ms,
+                passwd,
+            } => {
+                let attached = self.learner.connects.remove(session_id);
+                self.sessions.insert(
+                    *session_id,
+                    Session {
+                        timeout_ms: *timeout_ms,
+                        passwd: *passwd,
+                        deadline_ms: now + *timeout_ms as u64,
+                        attached,
+                    },
+                );
+                if let Some((shard, conn_id)) = attached {
+                    let effect = Effect::Connected {
+                        shard,
+                        conn_id,
+                        granted: Some(Granted {
+                            session_id: *session_id,
+                            timeout_ms: *timeout_ms,
+                            passwd: *passwd,
+                        }),
+                    };
+                    out.push(self.entry(triggers, effect));
+                    return Ok(());
+                }
+            }
+            Txn::CloseSession { session_id } => {
+                self.sessions.remove(*session_id);
+                if let Some((conn_id, _)) = self.learner.replies.remove(&(client, cxid)) {
+                    let e = self.reply((client, conn_id), cxid, zxid, 0, Response::Empty);
+                    out.push(self.entry(std::mem::take(&mut triggers), e));
+                }
+                out.push(self.entry(
+                    triggers,
+                    Effect::SessionClosed {
+                        session_id: *session_id,
+                    },
+                ));
+                return Ok(());
+            }
+            _ => {}
+        }
+        let effect = match self.learner.replies.remove(&(client, cxid)) {
+            Some((conn_id, op)) => {
+                let (err, body) = reply_for(&txn, applied, &op);
+                self.reply((client, conn_id), cxid, zxid, err, body)
+            }
+            None => Effect::None,
+        };
+        out.push(self.entry(triggers, effect));
+        Ok(())
+    }
+
     fn reply(
         &self,
         (session_id, conn_id): (i64, u64),
@@ -367,6 +767,11 @@ impl Core {
             self.refuse(session_id, conn_id, xid, op, out);
             return;
         }
+        if self.ordering == Ordering::Learner {
+            self.forward(session_id, conn_id, xid, op, auth);
+            return;
+        }
+        self.ctx = (session_id, xid);
         let who = Requester {
             session_id,
             auth,
@@ -475,8 +880,8 @@ impl Core {
         // Expiries and container deletions concern sessions that may have entries in
         // this batch: start from a cut.
         self.cut(out);
-        if self.read_only {
-            // Expiring a session or deleting a node would be a txn.
+        if self.read_only || self.ordering == Ordering::Learner {
+            // Expiring a session or deleting a node would be a txn: the leader's.
             return;
         }
         let now = self.now_ms();
@@ -485,6 +890,7 @@ impl Core {
             self.sessions.remove(session_id);
             let mut triggers = Vec::new();
             let zxid = self.next_zxid();
+            self.ctx = (session_id, 0);
             self.commit(
                 &Txn::CloseSession { session_id },
                 zxid,
@@ -506,6 +912,7 @@ impl Core {
                 if let Ok(txn) = self.tree.prepare_delete_container(&path) {
                     let mut triggers = Vec::new();
                     let zxid = self.next_zxid();
+                    self.ctx = (0, 0);
                     self.commit(&txn, zxid, wall_ms(), &mut triggers);
                     out.push(self.logged_entry(triggers, Effect::None));
                 }
@@ -532,6 +939,34 @@ impl Core {
             .collect();
         v.sort_by_key(|s| s.session_id);
         v
+    }
+}
+
+/// The connection id a leader's core gives requests learners forwarded: no shard has
+/// it, so their replies go nowhere (the learner answers from the committed txn).
+pub const REMOTE_CONN: u64 = u64::MAX;
+
+/// A learner's reply to its client, from the committed txn the request became.
+fn reply_for(txn: &Txn, applied: Applied, op: &CoreOp) -> (i32, Response) {
+    match (txn, applied, op) {
+        (Txn::Error(code), _, _) => (*code, Response::Empty),
+        (Txn::MultiError(codes), _, _) => (
+            0,
+            Response::Multi(codes.iter().map(|c| MultiResult::Error(*c)).collect()),
+        ),
+        (_, Applied::Multi(results), CoreOp::Multi(ops)) => (
+            0,
+            Response::Multi(
+                results
+                    .into_iter()
+                    .zip(ops.iter())
+                    .map(|(a, op)| multi_result(a, op))
+                    .collect(),
+            ),
+        ),
+        (_, Applied::Stat(s), CoreOp::SetAcl { .. }) => (0, Response::Stat(s)),
+        (_, applied, CoreOp::Write(w)) => (0, single_response(applied, w)),
+        _ => (0, Response::Empty),
     }
 }
 

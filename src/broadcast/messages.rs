@@ -22,6 +22,55 @@ pub enum CoreOp {
     CloseSession,
 }
 
+impl CoreOp {
+    /// The request a client sent for this op (what a learner forwards to its leader).
+    pub fn to_request(&self) -> crate::proto::Request {
+        use crate::proto::Request;
+        match self.clone() {
+            CoreOp::Write(WriteOp::Create(c)) => Request::Create(c),
+            CoreOp::Write(WriteOp::Delete { path, version }) => Request::Delete { path, version },
+            CoreOp::Write(WriteOp::SetData {
+                path,
+                data,
+                version,
+            }) => Request::SetData {
+                path,
+                data,
+                version,
+            },
+            CoreOp::Write(WriteOp::Check { path, version }) => Request::Check { path, version },
+            CoreOp::SetAcl { path, acl, version } => Request::SetAcl { path, acl, version },
+            CoreOp::Multi(ops) => Request::Multi(ops),
+            CoreOp::Sync { path } => Request::Sync { path },
+            CoreOp::CloseSession => Request::CloseSession,
+        }
+    }
+
+    /// The op a request is, if it must be ordered with writes.
+    pub fn from_request(r: crate::proto::Request) -> Option<CoreOp> {
+        use crate::proto::Request;
+        Some(match r {
+            Request::Create(cr) => CoreOp::Write(WriteOp::Create(cr)),
+            Request::Delete { path, version } => CoreOp::Write(WriteOp::Delete { path, version }),
+            Request::SetData {
+                path,
+                data,
+                version,
+            } => CoreOp::Write(WriteOp::SetData {
+                path,
+                data,
+                version,
+            }),
+            Request::Check { path, version } => CoreOp::Write(WriteOp::Check { path, version }),
+            Request::SetAcl { path, acl, version } => CoreOp::SetAcl { path, acl, version },
+            Request::Multi(ops) => CoreOp::Multi(ops),
+            Request::Sync { path } => CoreOp::Sync { path },
+            Request::CloseSession => CoreOp::CloseSession,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub enum ToCore {
     /// A handshake: `session_id == 0` asks for a new session.

@@ -74,7 +74,9 @@ impl Inbox {
     }
 }
 
-/// A member's log and tree, as the driver uses them.
+/// A member's log and tree, as the driver uses them. The futures need not be Send:
+/// a member runs on one executor.
+#[allow(async_fn_in_trait)]
 pub trait Replica {
     /// Durable before returning.
     fn persist_epochs(&mut self, accepted: i64, current: i64) -> std::io::Result<()>;
@@ -82,10 +84,11 @@ pub trait Replica {
     fn append(&mut self, txn: &Txn);
     /// How far the log is on disk.
     fn persisted(&self) -> Zxid;
-    /// Durable before returning.
-    fn truncate(&mut self, to: Zxid) -> std::io::Result<()>;
+    /// Durable before returning. The driver waits for it (and does nothing else
+    /// meanwhile): a log writer may first have to finish the write it has in flight.
+    async fn truncate(&mut self, to: Zxid) -> std::io::Result<()>;
     /// The tree a leader sent after SNAP replaces ours; durable before returning.
-    fn install_snapshot(
+    async fn install_snapshot(
         &mut self,
         leader: ServerId,
         zxid: Zxid,
@@ -226,8 +229,12 @@ struct Driver<R: Replica> {
 }
 
 impl<R: Replica> Driver<R> {
-    fn run_effects(&mut self, out: &mut Vec<Effect>) -> std::io::Result<()> {
-        for e in out.drain(..) {
+    // The replica is borrowed across the awaits of a truncation or a snapshot install:
+    // only this driver borrows it, and it does nothing else until they return.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn run_effects(&mut self, out: &mut Vec<Effect>) -> std::io::Result<()> {
+        let effects: Vec<Effect> = std::mem::take(out);
+        for e in effects {
             match e {
                 Effect::Vote { to, ballot } => self.election.send(to, ballot),
                 Effect::Connect { leader } => {
@@ -241,12 +248,13 @@ impl<R: Replica> Driver<R> {
                     .borrow_mut()
                     .persist_epochs(accepted, current)?,
                 Effect::Append(txn) => self.replica.borrow_mut().append(&txn),
-                Effect::Truncate { to } => self.replica.borrow_mut().truncate(to)?,
+                Effect::Truncate { to } => self.replica.borrow_mut().truncate(to).await?,
                 Effect::InstallSnapshot { leader, zxid } => {
                     let tree = self.pending_tree.take();
                     self.replica
                         .borrow_mut()
-                        .install_snapshot(leader, zxid, tree)?
+                        .install_snapshot(leader, zxid, tree)
+                        .await?
                 }
                 Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
                 Effect::Forwarded { from, data, auth } => {
@@ -401,7 +409,7 @@ pub async fn run_member<R: Replica + 'static>(
     let mut peer = Peer::new(cfg.peer, recovered);
     let mut out = Vec::new();
     peer.start(now(), &mut out);
-    d.run_effects(&mut out)?;
+    d.run_effects(&mut out).await?;
     let mut persisted = replica.borrow().persisted();
     loop {
         // At least a ms: a task that never waits would starve the connections' tasks.
@@ -421,7 +429,7 @@ pub async fn run_member<R: Replica + 'static>(
         let t = now();
         for e in inbox.drain() {
             d.event(&mut peer, t, e, &mut out);
-            d.run_effects(&mut out)?;
+            d.run_effects(&mut out).await?;
         }
         let asks: Vec<Ask> = handle.asks.borrow_mut().drain(..).collect();
         for ask in asks {
@@ -438,17 +446,17 @@ pub async fn run_member<R: Replica + 'static>(
                 }
                 Ask::Touch(sessions) => peer.touch(sessions),
             }
-            d.run_effects(&mut out)?;
+            d.run_effects(&mut out).await?;
         }
         let p = replica.borrow().persisted();
         if p > persisted {
             persisted = p;
             peer.persisted(t, p, &mut out);
-            d.run_effects(&mut out)?;
+            d.run_effects(&mut out).await?;
         }
         if peer.next_deadline().is_some_and(|at| at <= t) {
             peer.tick(t, &mut out);
-            d.run_effects(&mut out)?;
+            d.run_effects(&mut out).await?;
         }
         if replica.borrow().persisted() > persisted {
             inbox.notify.notify();

@@ -53,6 +53,10 @@ impl SessionTable {
         self.sessions.remove(&id)
     }
 
+    pub fn clear(&mut self) {
+        self.sessions.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.len()
     }

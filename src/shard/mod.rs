@@ -883,26 +883,14 @@ async fn dispatch(
             enqueue_ready(shard, c, f, false);
             return Ok(());
         }
-        Request::Create(cr) => CoreOp::Write(crate::proto::WriteOp::Create(cr)),
-        Request::Delete { path, version } => {
-            CoreOp::Write(crate::proto::WriteOp::Delete { path, version })
-        }
-        Request::SetData {
-            path,
-            data,
-            version,
-        } => CoreOp::Write(crate::proto::WriteOp::SetData {
-            path,
-            data,
-            version,
-        }),
-        Request::Check { path, version } => {
-            CoreOp::Write(crate::proto::WriteOp::Check { path, version })
-        }
-        Request::SetAcl { path, acl, version } => CoreOp::SetAcl { path, acl, version },
-        Request::Multi(ops) => CoreOp::Multi(ops),
-        Request::Sync { path } => CoreOp::Sync { path },
-        Request::CloseSession => CoreOp::CloseSession,
+        Request::Create(_)
+        | Request::Delete { .. }
+        | Request::SetData { .. }
+        | Request::Check { .. }
+        | Request::SetAcl { .. }
+        | Request::Multi(_)
+        | Request::Sync { .. }
+        | Request::CloseSession => CoreOp::from_request(req).expect("an ordered op"),
         read => {
             let published = shard.shared.last_zxid();
             let behind = shard.tree().last_zxid() < published;

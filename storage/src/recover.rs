@@ -198,3 +198,60 @@ fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
     }
     f.sync_all().map_err(io_err(path))
 }
+
+/// Cuts the log in `dir` back to `zxid` (Zab's TRUNC), durably: segments that start
+/// after it are removed, and in the one that holds it everything after its record is
+/// zeroed, so recovery ends the log exactly there. Returns how many records went.
+/// The caller MUST NOT have a writer open on the log.
+pub fn truncate_log_after(dir: &Path, zxid: i64) -> Result<u64, RecoveryError> {
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    let mut dropped = 0;
+    let mut kept = None;
+    for (base, path) in segments.iter().rev() {
+        if *base > zxid {
+            let (data, written) = map(path)?;
+            if written > SEGMENT_HEADER_BYTES {
+                dropped += scan(&data[SEGMENT_HEADER_BYTES..written]).records.len() as u64;
+            }
+            drop(data);
+            std::fs::remove_file(path).map_err(io_err(path))?;
+        } else {
+            kept = Some(path.clone());
+            break;
+        }
+    }
+    if let Some(path) = kept {
+        let (data, written) = map(&path)?;
+        let body = &data[SEGMENT_HEADER_BYTES..written.max(SEGMENT_HEADER_BYTES)];
+        let s = scan(body);
+        let keep_end = s
+            .records
+            .iter()
+            .take_while(|r| r.zxid <= zxid)
+            .last()
+            .map_or(0, |r| r.payload.end);
+        dropped += s.records.iter().filter(|r| r.zxid > zxid).count() as u64;
+        let last_nonzero = body.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        drop(data);
+        if last_nonzero > keep_end {
+            zero_range(
+                &path,
+                (SEGMENT_HEADER_BYTES + keep_end) as u64,
+                (SEGMENT_HEADER_BYTES + last_nonzero) as u64,
+            )?;
+        }
+    }
+    crate::fsutil::fsync_dir(dir).map_err(io_err(dir))?;
+    Ok(dropped)
+}
+
+/// Removes every log segment in `dir`, durably (the log starts over after a snapshot
+/// taken from a leader). The caller MUST NOT have a writer open on the log.
+pub fn remove_log(dir: &Path) -> Result<usize, RecoveryError> {
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    for (_, path) in &segments {
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    crate::fsutil::fsync_dir(dir).map_err(io_err(dir))?;
+    Ok(segments.len())
+}

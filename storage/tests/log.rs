@@ -296,3 +296,39 @@ fn a_half_made_segment_is_never_under_its_final_name() {
     assert!(!dir.join("log.000000000000000b.tmp").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn truncation_cuts_mid_batch_and_across_segments_and_the_log_continues_after_it() {
+    use ringkeeper_storage::recover::{remove_log, truncate_log_after};
+    let dir = test_dir("truncate");
+    // Small segments: 200 records in batches of 7 roll over several times.
+    write_batches(&dir, 200, 7, 4 << 10);
+    let segments = ringkeeper_storage::segment::list_segments(&dir).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // 60 is inside a batch (57..=63) of a segment that is not the last.
+    let dropped = truncate_log_after(&dir, 60).unwrap();
+    assert_eq!(dropped, 140);
+    let (seen, end) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=60).collect::<Vec<_>>());
+    assert_eq!(end.last_zxid, 60);
+    // A writer resumes where recovery ended; the next records follow 60.
+    let (path, at) = end.segment.clone().unwrap();
+    let d = dir.clone();
+    on_executor(move || async move {
+        let mut log = LogWriter::resume(&d, &path, at, opts(4 << 10))
+            .await
+            .unwrap();
+        let mut b = Vec::new();
+        for x in 61..=65 {
+            encode_record(&mut b, x, &payload(x));
+        }
+        log.append(&b, 61).await.unwrap();
+    });
+    let (seen, _) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=65).collect::<Vec<_>>());
+    // Truncating to what is already the end changes nothing.
+    assert_eq!(truncate_log_after(&dir, 65).unwrap(), 0);
+    assert_eq!(recover(&dir, 0).unwrap().0.len(), 65);
+    assert!(remove_log(&dir).unwrap() > 0);
+    assert_eq!(recover(&dir, 0).unwrap().0, Vec::<i64>::new());
+}

@@ -74,11 +74,11 @@ impl Replica for MemReplica {
     fn persisted(&self) -> Zxid {
         self.log.last().map_or(self.base, |t| t.zxid)
     }
-    fn truncate(&mut self, to: Zxid) -> std::io::Result<()> {
+    async fn truncate(&mut self, to: Zxid) -> std::io::Result<()> {
         self.log.retain(|t| t.zxid <= to);
         Ok(())
     }
-    fn install_snapshot(
+    async fn install_snapshot(
         &mut self,
         _: ServerId,
         zxid: Zxid,
