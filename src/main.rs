@@ -97,6 +97,7 @@ fn main() -> ExitCode {
     for k in &cfg.unknown_keys {
         tracing::warn!("unknown configuration key {k:?} ignored");
     }
+    let mut member = None;
     if cfg.is_ensemble() {
         // Read as ZooKeeper does, so a wrong myid is named before anything else.
         let myid = match ringkeeper::config::quorum::read_myid(&cfg.data_dir) {
@@ -114,17 +115,13 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        // Serving this member's tree alone while its peers serve theirs would give
-        // clients of one ensemble different trees: refuse instead.
-        eprintln!(
-            "ringkeeper: {} describes an ensemble of {} servers (this is server.{myid}), and \
-             the ringkeeper server does not run as an ensemble member yet; refusing to start \
-             rather than serve a tree the other members would not share. Remove the server.N \
-             lines to run standalone.",
-            cfg.source,
-            cfg.servers.len()
-        );
-        return ExitCode::from(2);
+        member = match ringkeeper::peering::MemberConfig::from_config(&cfg, myid) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("ringkeeper: {}: {e}", cfg.source);
+                return ExitCode::from(2);
+            }
+        };
     }
     install_snapshot_signal();
     let memlock = ringkeeper::server::raise_memlock_limit();
@@ -145,9 +142,17 @@ fn main() -> ExitCode {
         cfg.snapshot_dir().display(),
         cfg.log_dir().display()
     );
-    let result = ringkeeper::server::run(cfg, move |addr| {
+    let role = match &member {
+        Some(m) => format!(
+            "member {} of an ensemble of {}",
+            m.peer.my_id,
+            m.quorum.len()
+        ),
+        None => "standalone".to_string(),
+    };
+    let result = ringkeeper::server::run_as(cfg, member, move |addr| {
         tracing::info!(
-            "ringkeeper {} serving ZooKeeper clients on {addr} (standalone, {layout}, config: {source}; {dirs})",
+            "ringkeeper {} serving ZooKeeper clients on {addr} ({role}, {layout}, config: {source}; {dirs})",
             env!("CARGO_PKG_VERSION")
         );
     });

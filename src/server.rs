@@ -145,6 +145,37 @@ pub struct ServerShared {
     pub initial_tree: Arc<crate::tree::DataTree>,
     /// What the txn log has done (writes, fsyncs, txns).
     pub log_stats: Arc<ringkeeper_storage::group::LogStats>,
+    /// What this server is in its ensemble (see [`ServerMode`]).
+    mode: std::sync::atomic::AtomicU8,
+}
+
+/// What a server is, as `srvr` and `mntr` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerMode {
+    Standalone = 0,
+    /// An ensemble member without a leader: it serves no clients.
+    Looking = 1,
+    Leader = 2,
+    Follower = 3,
+    Observer = 4,
+}
+
+impl ServerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerMode::Standalone => "standalone",
+            ServerMode::Looking => "looking",
+            ServerMode::Leader => "leader",
+            ServerMode::Follower => "follower",
+            ServerMode::Observer => "observer",
+        }
+    }
+
+    /// Whether clients are served (a looking member has no leader to order writes).
+    pub fn serving(self) -> bool {
+        self != ServerMode::Looking
+    }
 }
 
 impl ServerShared {
@@ -160,7 +191,23 @@ impl ServerShared {
             started_monotonic_ms: monotonic_ms(),
             conns: Mutex::default(),
             conns_per_ip: Mutex::default(),
+            mode: std::sync::atomic::AtomicU8::new(ServerMode::Standalone as u8),
         }
+    }
+
+    pub fn mode(&self) -> ServerMode {
+        match self.mode.load(std::sync::atomic::Ordering::Acquire) {
+            1 => ServerMode::Looking,
+            2 => ServerMode::Leader,
+            3 => ServerMode::Follower,
+            4 => ServerMode::Observer,
+            _ => ServerMode::Standalone,
+        }
+    }
+
+    pub fn set_mode(&self, m: ServerMode) {
+        self.mode
+            .store(m as u8, std::sync::atomic::Ordering::Release);
     }
 
     /// Registers a new connection unless its IP already holds maxClientCnxns.
@@ -335,9 +382,33 @@ fn lock_storage_dirs(cfg: &Config) -> Result<Vec<DirLock>, StartError> {
     Ok(locks)
 }
 
+/// The broadcast core: standalone, or as an ensemble member.
+async fn run_core(
+    cfg: Arc<Config>,
+    member: Option<crate::peering::MemberConfig>,
+    recovered: crate::recovery::Recovered,
+    inbound: Vec<shared_channel::SharedReceiver<broadcast::messages::ToCore>>,
+    outbound: Vec<shared_channel::SharedSender<Arc<broadcast::messages::Batch>>>,
+    shared: Arc<ServerShared>,
+) {
+    match member {
+        Some(m) => broadcast::member::run(cfg, m, recovered, inbound, outbound, shared).await,
+        None => broadcast::run(cfg, recovered, inbound, outbound, shared).await,
+    }
+}
+
 /// Starts the broadcast core and the shards, binds the client port, and blocks until
 /// the server stops. `ready` is called with the bound address once clients can connect.
 pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Result<(), StartError> {
+    run_as(cfg, None, ready)
+}
+
+/// [`run`], as ensemble member `member` when given one.
+pub fn run_as(
+    cfg: Config,
+    member: Option<crate::peering::MemberConfig>,
+    ready: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<(), StartError> {
     let cfg = Arc::new(cfg);
     // Held until the process ends: the kernel drops them however it ends.
     let _dir_locks = lock_storage_dirs(&cfg)?;
@@ -354,6 +425,10 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
         cfg.clone(),
         Arc::new(recovered.tree.clone()),
     ));
+    if member.is_some() {
+        // No clients until the member has a leader.
+        shared.set_mode(ServerMode::Looking);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cfg.shards < cores;
     let placement = |cpu: usize| {
@@ -398,8 +473,9 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
             .io_memory(CORE_IO_MEMORY_BYTES)
             .spin_before_park(spin)
             .spawn(move || async move {
-                glommio::spawn_local(broadcast::run(
+                glommio::spawn_local(run_core(
                     core_cfg,
+                    member,
                     recovered,
                     to_core_rx,
                     to_shard_tx,
@@ -417,7 +493,14 @@ pub fn run(cfg: Config, ready: impl FnOnce(SocketAddr) + Send + 'static) -> Resu
                 .io_memory(CORE_IO_MEMORY_BYTES)
                 .spin_before_park(spin)
                 .spawn(move || {
-                    broadcast::run(core_cfg, recovered, to_core_rx, to_shard_tx, core_shared)
+                    run_core(
+                        core_cfg,
+                        member,
+                        recovered,
+                        to_core_rx,
+                        to_shard_tx,
+                        core_shared,
+                    )
                 })
                 .map_err(|source| StartError::Executor {
                     name: "rk-broadcast".into(),

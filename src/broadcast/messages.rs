@@ -149,6 +149,9 @@ pub enum Effect {
         session_id: i64,
         conn_id: u64,
     },
+    /// Close every client connection (sessions live on): an ensemble member lost its
+    /// leader, and its clients must find a member that has one.
+    DropClients,
     /// The session is gone (closed or expired): its connection closes.
     SessionClosed {
         session_id: i64,

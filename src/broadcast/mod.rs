@@ -11,6 +11,7 @@
 //! reads go on from the last durable tree version.
 
 mod core;
+pub mod member;
 pub mod messages;
 mod rebase;
 mod snapshots;
@@ -36,9 +37,9 @@ pub use snapshots::{purge, SNAPSHOT_REQUESTED};
 
 /// Most bytes of framed records waiting for the log before the core stops taking
 /// requests (back-pressure when the disk is slower than the clients).
-const QUEUED_LOG_BYTES_MAX: usize = 64 << 20;
+pub(crate) const QUEUED_LOG_BYTES_MAX: usize = 64 << 20;
 
-async fn open_log(cfg: &Config, recovered: &Recovered) -> std::io::Result<LogWriter> {
+pub(crate) async fn open_log(cfg: &Config, recovered: &Recovered) -> std::io::Result<LogWriter> {
     let opts = LogOptions {
         prealloc_bytes: cfg.pre_alloc_size_kb.max(4) * 1024,
         force_sync: cfg.force_sync,

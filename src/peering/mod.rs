@@ -128,6 +128,58 @@ pub struct MemberConfig {
 }
 
 impl MemberConfig {
+    /// Member `my_id` of the ensemble `cfg`'s server lines describe (each member's
+    /// first address; host names are resolved now, as ZooKeeper does at start).
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        my_id: ServerId,
+    ) -> Result<MemberConfig, String> {
+        use crate::config::quorum::LearnerType;
+        use std::net::ToSocketAddrs;
+        let mut election = BTreeMap::new();
+        let mut quorum = BTreeMap::new();
+        let mut voters = std::collections::BTreeSet::new();
+        let mut observers = std::collections::BTreeSet::new();
+        for s in &cfg.servers {
+            let a = s
+                .addresses
+                .first()
+                .ok_or_else(|| format!("server.{} has no address", s.id))?;
+            let resolve = |port: u16| -> Result<SocketAddr, String> {
+                (a.host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("server.{}: cannot resolve {}: {e}", s.id, a.host))?
+                    .next()
+                    .ok_or_else(|| format!("server.{}: {} has no address", s.id, a.host))
+            };
+            quorum.insert(s.id, resolve(a.quorum_port)?);
+            election.insert(s.id, resolve(a.election_port)?);
+            let observer = s.learner_type == LearnerType::Observer
+                || (s.id == my_id && cfg.peer_type == LearnerType::Observer);
+            if observer {
+                observers.insert(s.id);
+            } else {
+                voters.insert(s.id);
+            }
+        }
+        if !quorum.contains_key(&my_id) {
+            return Err(format!("my id {my_id} is not among the server.N lines"));
+        }
+        Ok(MemberConfig {
+            peer: PeerConfig {
+                my_id,
+                voters,
+                observers,
+                tick_ms: u64::from(cfg.tick_time_ms),
+                init_limit: u64::from(cfg.init_limit),
+                sync_limit: u64::from(cfg.sync_limit),
+                retain: 500,
+            },
+            election,
+            quorum,
+        })
+    }
+
     /// The ensemble as ZooKeeper's QuorumVerifier prints it (what notifications and
     /// NEWLEADER carry).
     pub fn config_text(&self) -> Vec<u8> {
@@ -161,6 +213,8 @@ enum Ask {
     Sync(ServerId),
     /// Our clients' sessions (id, timeout) showed activity (as a learner).
     Touch(Vec<(i64, i32)>),
+    /// A client's request for our leader (as a learner).
+    Forward(Bytes, Vec<crate::proto::Id>),
 }
 
 /// The embedding side's handle on a running member.
@@ -191,6 +245,12 @@ impl MemberHandle {
     /// before it has been committed.
     pub fn sync(&self, to: ServerId) {
         self.ask(Ask::Sync(to));
+    }
+
+    /// Forwards a client's request (REQUEST's data) to our leader; dropped with a log
+    /// line when there is none.
+    pub fn forward(&self, data: Bytes, auth: Vec<crate::proto::Id>) {
+        self.ask(Ask::Forward(data, auth));
     }
 
     /// Reports our clients' sessions (id, timeout) as alive to our leader.
@@ -445,6 +505,11 @@ pub async fn run_member<R: Replica + 'static>(
                     }
                 }
                 Ask::Touch(sessions) => peer.touch(sessions),
+                Ask::Forward(data, auth) => {
+                    if let Err(e) = peer.forward(data, auth, &mut out) {
+                        tracing::warn!("member {me}: a client's request was not forwarded: {e}");
+                    }
+                }
             }
             d.run_effects(&mut out).await?;
         }

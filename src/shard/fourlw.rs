@@ -127,7 +127,7 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
     }
     let _ = write!(
         s,
-        "Latency min/avg/max: {}/{}/{}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: 0x{:x}\nMode: standalone\nNode count: {}\n",
+        "Latency min/avg/max: {}/{}/{}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: 0x{:x}\nMode: {}\nNode count: {}\n",
         t.lat_min_us / 1000,
         java_double(t.lat_avg_ms),
         t.lat_max_us / 1000,
@@ -136,6 +136,7 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
         shard.shared.connection_count(),
         t.outstanding,
         shard.tree().last_zxid(),
+        shard.shared.mode().name(),
         shard.tree().reported_node_count()
     );
     s
@@ -428,7 +429,7 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
                 let _ = writeln!(s, "{k}\t{v}");
             };
             kv("zk_version", version());
-            kv("zk_server_state", "standalone".into());
+            kv("zk_server_state", shard.shared.mode().name().into());
             kv("zk_avg_latency", java_double(t.lat_avg_ms));
             kv("zk_max_latency", (t.lat_max_us / 1000).to_string());
             kv("zk_min_latency", (t.lat_min_us / 1000).to_string());

@@ -263,6 +263,19 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                     c.close();
                 }
             }
+            Effect::DropClients => {
+                let conns: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+                if !conns.is_empty() {
+                    tracing::info!(
+                        "closing {} client connection(s): this member lost its leader",
+                        conns.len()
+                    );
+                }
+                shard.sessions.borrow_mut().clear();
+                for c in conns {
+                    c.close();
+                }
+            }
             Effect::SessionClosed { session_id } => {
                 let c = shard.sessions.borrow_mut().remove(session_id);
                 if let Some(c) = c {
@@ -694,6 +707,12 @@ async fn read_loop(
         );
         tracing::info!("{msg}");
         return Err(ConnError::Refused(msg));
+    }
+    if !shard.shared.mode().serving() {
+        // As ZooKeeper's "ZooKeeperServer not running": the client tries another member.
+        return Err(ConnError::Refused(format!(
+            "Refusing session request for client {peer}: this member has no leader (looking)"
+        )));
     }
     c.sent_read_only.set(req.read_only.is_some());
     let (tx, rx) = oneshot::channel();

@@ -96,6 +96,8 @@ enum Doing {
 pub enum ProposeError {
     #[error("not the established leader")]
     NotLeading,
+    #[error("not following an established leader")]
+    NotFollowing,
 }
 
 pub struct Peer {
@@ -309,6 +311,25 @@ impl Peer {
     pub fn touch(&mut self, sessions: impl IntoIterator<Item = (i64, i32)>) {
         if matches!(self.doing, Doing::Learning(_)) {
             self.local.touches.extend(sessions);
+        }
+    }
+
+    /// Forwards a client's request to our leader (as a learner in broadcast).
+    pub fn forward(
+        &mut self,
+        data: Bytes,
+        auth: Vec<crate::proto::Id>,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), ProposeError> {
+        match &self.doing {
+            Doing::Learning(l) if l.role().is_some() => {
+                out.push(Effect::Send {
+                    to: l.leader(),
+                    msg: Msg::Request { data, auth },
+                });
+                Ok(())
+            }
+            _ => Err(ProposeError::NotFollowing),
         }
     }
 

@@ -60,6 +60,7 @@ pub struct GroupCommit<T> {
     durable_zxid: Arc<AtomicI64>,
     failed_flag: Arc<AtomicBool>,
     in_flight: Cell<bool>,
+    closing: Cell<bool>,
     stats: Arc<LogStats>,
 }
 
@@ -78,6 +79,7 @@ impl<T> GroupCommit<T> {
             durable_zxid: Arc::new(AtomicI64::new(durable_zxid)),
             failed_flag: Arc::default(),
             in_flight: Cell::new(false),
+            closing: Cell::new(false),
             stats,
         })
     }
@@ -108,7 +110,13 @@ impl<T> GroupCommit<T> {
         self.notify.notify();
     }
 
-    /// Bytes of records waiting for the next write.
+    /// Makes `run` return (dropping its writer) once everything queued is written
+    /// and released.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.notify.notify();
+    }
+
     /// Changes the last item still queued (not yet taken by the writer), if any.
     pub fn update_last(&self, f: impl FnOnce(&mut T)) {
         if let Some(last) = self.pending.borrow_mut().items.last_mut() {
@@ -167,6 +175,9 @@ impl<T> GroupCommit<T> {
         loop {
             let mut batch = std::mem::take(&mut *self.pending.borrow_mut());
             if batch.items.is_empty() {
+                if self.closing.get() {
+                    return log.counters();
+                }
                 self.notify.wait().await;
                 continue;
             }

@@ -144,9 +144,10 @@ COMMON_CFG = {
 }
 
 
-def start_ringkeeper(extra=None, shards=None, wait=True):
+def start_ringkeeper(extra=None, shards=None, wait=True, myid=None):
     """ringkeeper with its own temp dir (and port, unless `extra` names one); with
-    wait=False, returns at once, without waiting for it to serve."""
+    wait=False, returns at once, without waiting for it to serve. `myid`: the member
+    id written to dataDir/myid (an ensemble's server lines come in `extra`)."""
     if not RINGKEEPER_BIN.exists():
         raise RuntimeError(f"{RINGKEEPER_BIN} is missing: build it with cargo build --release")
     tmp = tempfile.TemporaryDirectory(prefix="rk-test-")
@@ -158,6 +159,9 @@ def start_ringkeeper(extra=None, shards=None, wait=True):
     cfg.update(extra or {})
     cfg_path = Path(tmp.name) / "zoo.cfg"
     cfg_path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
+    if myid is not None:
+        (Path(tmp.name) / "data").mkdir(parents=True, exist_ok=True)
+        (Path(tmp.name) / "data" / "myid").write_text(f"{myid}\n")
     log_path = Path(tmp.name) / "server.log"
 
     def launch(wait=True):
@@ -218,3 +222,47 @@ def start_zookeeper(extra=None, heap="512m", wait=True):
     server = Server(launch(wait), port, tmp, "zookeeper", restart=launch)
     server.launch = launch
     return server
+
+
+def start_ringkeeper_ensemble(n=3, extra=None, observers=()):
+    """`n` ringkeeper members of one ensemble on loopback (ids 1..n, each with its own
+    client, quorum and election port and data dir); waits until one leads and the
+    rest follow (or observe). Returns the Servers in id order."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(n)]
+    lines = {}
+    for i, (_, q, e) in enumerate(ports, start=1):
+        kind = ":observer" if i in observers else ""
+        lines[f"server.{i}"] = f"127.0.0.1:{q}:{e}{kind}"
+    members = []
+    for i, (client, _, _) in enumerate(ports, start=1):
+        cfg = dict(lines, clientPort=str(client), initLimit="10", syncLimit="5", tickTime="200")
+        cfg.update(extra or {})
+        # The myid file must be in dataDir before the member starts: made by a hook.
+        members.append((i, cfg))
+    started = []
+    try:
+        for i, cfg in members:
+            started.append(start_ringkeeper(cfg, wait=False, myid=i))
+        for s in started:
+            _wait_ready(s.proc, s.port, Path(s.tmp.name) / "server.log", "ringkeeper")
+        ok = wait_for(lambda: all(member_mode(s) in ("leader", "follower", "observer") for s in started)
+                      and sum(member_mode(s) == "leader" for s in started) == 1, 60)
+        if not ok:
+            raise RuntimeError("no leader within 60 s: " + ", ".join(
+                f"{s.port}: {member_mode(s)}" for s in started))
+        return started
+    except BaseException:
+        for s in started:
+            s.stop()
+        raise
+
+
+def member_mode(server):
+    """What `srvr` says the member is (leader, follower, observer, looking), or None."""
+    try:
+        for line in four_letter(server.port, "srvr", timeout=2.0).splitlines():
+            if line.startswith("Mode: "):
+                return line[len("Mode: "):]
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,680 @@
+//! The broadcast core of an ensemble member: the same [`Core`] as standalone, the
+//! same group-committed log, and the member's Zab ([`crate::peering::run_member`]) on
+//! the same executor, joined by a [`Replica`] over the real storage.
+//!
+//! - As **leader**, the core orders every write (its clients' and those learners
+//!   forward). Each txn is framed for our log and proposed; the entries it produced
+//!   (replies, watch events, tree versions) wait, once our own write returned, until
+//!   Zab commits their txns (a quorum has them on disk), and only then reach the shards.
+//! - As **follower** or **observer**, the core forwards writes, new sessions and syncs
+//!   to the leader; PROPOSALs are appended to our log through the same group commit
+//!   (their ACK goes once it is on disk); COMMITs are applied to the tree, and the
+//!   shards get the watch events and the replies to our clients' requests from them.
+//! - **Looking**, the member serves no clients: their connections are closed and new
+//!   handshakes refused, so they find a member with a leader.
+//!
+//! Leaving the leader's role, a TRUNC and a SNAP all reload the tree from disk (the
+//! log may hold txns this member proposed or logged that never committed; the new
+//! leader's sync then brings the member in line), as ZooKeeper's members do.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+
+use super::core::{Core, Ordering};
+use super::messages::{Batch, Effect, Entry, ToCore};
+use super::{open_log, undo_failed, BATCH_REQUESTS_MAX, QUEUED_LOG_BYTES_MAX};
+use crate::config::Config;
+use crate::peering::{MemberConfig, MemberHandle, Replica};
+use crate::recovery::Recovered;
+use crate::server::{ServerMode, ServerShared};
+use crate::tree::DataTree;
+use crate::util::Notify;
+use crate::zab::history::{History, Txn as ZabTxn, Zxid};
+use crate::zab::messages::Role;
+use crate::zkformat::snapshot::ZkTree;
+use ringkeeper_storage::epochs::{self, Epochs};
+use ringkeeper_storage::group::GroupCommit;
+use ringkeeper_storage::log::LogError;
+
+/// Committed txns a leader keeps in memory for DIFFs (ZooKeeper keeps 500).
+const DIFF_TXNS_RETAINED: usize = 500;
+
+/// What the group commit carries: the core's entries, or a learner's append (its
+/// record is all there is to it).
+enum Item {
+    Entry(Entry),
+    Append,
+}
+
+/// Work for the core loop, in arrival order.
+enum Work {
+    Shard(ToCore),
+    Forwarded {
+        from: i64,
+        data: Bytes,
+        auth: Vec<crate::proto::Id>,
+    },
+    Touched(Vec<(i64, i32)>),
+    Synced,
+    Role(Role),
+}
+
+/// Everything the core loop, the replica and the log's release share (one executor).
+struct State {
+    cfg: Arc<Config>,
+    shared: Arc<ServerShared>,
+    core: RefCell<Core>,
+    group: RefCell<Rc<GroupCommit<Item>>>,
+    writer: RefCell<Option<glommio::Task<ringkeeper_storage::log::LogCounters>>>,
+    /// A leader's batches, durable here, waiting for their txns to commit: (the last
+    /// zxid the batch needs, its entries).
+    held: RefCell<VecDeque<(Zxid, Vec<Entry>)>>,
+    committed: Cell<Zxid>,
+    /// The highest zxid the core framed itself as leader (Zab's append of it is ours
+    /// already).
+    own_upto: Cell<Zxid>,
+    epochs: Cell<Epochs>,
+    /// Batches for the shards, in order.
+    outbox: RefCell<VecDeque<Vec<Entry>>>,
+    outbox_notify: Notify,
+    /// The tree version the shards were last sent.
+    published: RefCell<Arc<DataTree>>,
+    work: RefCell<VecDeque<Work>>,
+    notify: Notify,
+    handle: Rc<MemberHandle>,
+}
+
+impl State {
+    fn wake(&self) {
+        self.notify.notify();
+    }
+
+    fn send_to_shards(&self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.outbox.borrow_mut().push_back(entries);
+        self.outbox_notify.notify();
+    }
+
+    /// Releases the held batches whose txns have all committed.
+    fn release_committed(&self) {
+        let committed = self.committed.get();
+        loop {
+            let due = matches!(self.held.borrow().front(), Some((upto, _)) if *upto <= committed);
+            if !due {
+                return;
+            }
+            let (_, entries) = self.held.borrow_mut().pop_front().expect("checked");
+            self.send_to_shards(entries);
+        }
+    }
+
+    /// Starts a log writer (and its group commit) continuing from `recovered`.
+    async fn start_log(self: &Rc<Self>, recovered: &Recovered) -> std::io::Result<()> {
+        let log = open_log(&self.cfg, recovered).await?;
+        let group = GroupCommit::<Item>::with_stats(
+            recovered.log_end.last_zxid,
+            self.shared.log_stats.clone(),
+        );
+        let me = self.clone();
+        let seal = move |items: &mut Vec<Item>| {
+            // The batch's last entry carries the tree as it is when the write starts
+            // (the core is suspended then: the tree after that entry).
+            if let Some(Item::Entry(e)) = items.last_mut() {
+                if e.tree.is_none() {
+                    e.tree = Some(Arc::new(me.core.borrow().tree().clone()));
+                }
+            }
+        };
+        let me = self.clone();
+        let release = move |items: Vec<Item>, err: Option<Rc<LogError>>| {
+            let me = me.clone();
+            async move {
+                let entries: Vec<Entry> = items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Item::Entry(e) => Some(e),
+                        Item::Append => None,
+                    })
+                    .collect();
+                if err.is_some() {
+                    let undone = undo_failed(entries, &me.published.borrow());
+                    me.send_to_shards(undone);
+                } else if !entries.is_empty() {
+                    let upto = me
+                        .group
+                        .borrow()
+                        .durable_zxid()
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    me.held.borrow_mut().push_back((upto, entries));
+                    me.release_committed();
+                }
+                // The log reached the disk further: Zab ACKs what it holds.
+                me.handle.wake();
+                true
+            }
+        };
+        let task = glommio::spawn_local(group.clone().run_sealed(log, seal, release));
+        *self.writer.borrow_mut() = Some(task);
+        *self.group.borrow_mut() = group;
+        Ok(())
+    }
+
+    /// Waits until the log writer has written and released everything queued, then
+    /// stops it.
+    async fn stop_log(&self) {
+        self.group.borrow().close();
+        let task = self.writer.borrow_mut().take();
+        if let Some(t) = task {
+            t.await;
+        }
+    }
+
+    /// Stops the log, runs `change` on the files, and rebuilds the tree, the sessions
+    /// and the log writer from disk. What the shards were shown stays until the next
+    /// batch; requests in flight here end in a connection loss.
+    async fn reload(
+        self: &Rc<Self>,
+        what: &str,
+        change: impl FnOnce(&Config) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.stop_log().await;
+        let undone = {
+            let held: Vec<Entry> = self
+                .held
+                .borrow_mut()
+                .drain(..)
+                .flat_map(|(_, e)| e)
+                .collect();
+            undo_failed(held, &self.published.borrow())
+        };
+        self.send_to_shards(undone);
+        change(&self.cfg)?;
+        let recovered = crate::recovery::recover(&self.cfg).map_err(std::io::Error::other)?;
+        tracing::info!(
+            "{what}: the tree is reloaded from disk at zxid {:#x}",
+            recovered.tree.last_zxid()
+        );
+        self.core
+            .borrow_mut()
+            .reset(recovered.tree.clone(), &recovered.sessions);
+        self.own_upto.set(0);
+        self.start_log(&recovered).await
+    }
+}
+
+/// The member's side of [`Replica`]: our log, our tree.
+struct StorageReplica(Rc<State>);
+
+impl Replica for StorageReplica {
+    fn persist_epochs(&mut self, accepted: i64, current: i64) -> std::io::Result<()> {
+        let s = &self.0;
+        let new = Epochs { accepted, current };
+        epochs::store(&s.cfg.snapshot_dir(), s.epochs.get(), new).map_err(std::io::Error::other)?;
+        s.epochs.set(new);
+        Ok(())
+    }
+
+    fn append(&mut self, txn: &ZabTxn) {
+        let s = &self.0;
+        if txn.zxid <= s.own_upto.get() {
+            return; // framed by our core as it ordered it
+        }
+        let z = match crate::zkformat::txn::ZkTxn::decode(&txn.data) {
+            Ok(z) => z,
+            Err(e) => {
+                tracing::error!("proposal {:#x} does not decode ({e}): not logged", txn.zxid);
+                return;
+            }
+        };
+        let (t, time) = match crate::zkformat::convert::from_zookeeper(&z) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("proposal {:#x}: {e}: not logged", txn.zxid);
+                return;
+            }
+        };
+        let mut payload = Vec::new();
+        t.encode_logged(time, &mut payload);
+        s.group
+            .borrow()
+            .push_record(txn.zxid, &payload, Item::Append);
+    }
+
+    fn persisted(&self) -> Zxid {
+        self.0
+            .group
+            .borrow()
+            .durable_zxid()
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn truncate(&mut self, to: Zxid) -> std::io::Result<()> {
+        let s = self.0.clone();
+        s.reload(&format!("TRUNC to {to:#x}"), |cfg| {
+            let dropped = ringkeeper_storage::recover::truncate_log_after(&cfg.log_dir(), to)
+                .map_err(std::io::Error::other)?;
+            remove_snapshots_after(cfg, to)?;
+            tracing::info!("TRUNC: {dropped} logged txn(s) after {to:#x} removed");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        leader: i64,
+        zxid: Zxid,
+        tree: Option<ZkTree>,
+    ) -> std::io::Result<()> {
+        let tree = tree.ok_or_else(|| std::io::Error::other("SNAP without its tree"))?;
+        let s = self.0.clone();
+        s.reload(&format!("SNAP from {leader} at {zxid:#x}"), |cfg| {
+            ringkeeper_storage::recover::remove_log(&cfg.log_dir())
+                .map_err(std::io::Error::other)?;
+            remove_snapshots_after(cfg, -1)?;
+            crate::zkformat::convert::snapshot_from_zookeeper_tree(
+                &tree,
+                zxid,
+                &cfg.snapshot_dir(),
+            )?;
+            Ok(())
+        })
+        .await?;
+        // The shards switch to the new tree at once.
+        let tree = Arc::new(s.core.borrow().tree().clone());
+        s.send_to_shards(vec![Entry {
+            tree: Some(tree),
+            triggers: Vec::new(),
+            effect: Effect::None,
+            logged: false,
+        }]);
+        Ok(())
+    }
+
+    fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>> {
+        let s = &self.0;
+        let core = s.core.borrow();
+        let tree = if core.tree().last_zxid() == zxid {
+            core.tree().clone()
+        } else {
+            let p = s.published.borrow();
+            if p.last_zxid() != zxid {
+                tracing::warn!(
+                    "a SNAP at {zxid:#x} was asked for; our trees are at {:#x} and {:#x}",
+                    core.tree().last_zxid(),
+                    p.last_zxid()
+                );
+                return None;
+            }
+            (**p).clone()
+        };
+        let sessions: Vec<(i64, i32)> = core
+            .session_records()
+            .iter()
+            .map(|r| (r.id, r.timeout_ms))
+            .collect();
+        let mut b = Vec::new();
+        crate::zkformat::convert::to_zookeeper_tree(&tree, &sessions).encode(&mut b);
+        use crate::proto::jute::JuteWrite;
+        b.put_string(crate::zkformat::snapshot::SNAP_SIGNATURE);
+        Some(b)
+    }
+
+    fn apply(&mut self, txn: &ZabTxn) {
+        let s = &self.0;
+        s.committed.set(txn.zxid);
+        let mut entries = Vec::new();
+        let r = s
+            .core
+            .borrow_mut()
+            .apply_committed(txn.zxid, &txn.data, &mut entries);
+        if let Err(e) = r {
+            // A committed txn we cannot apply would leave our tree behind the
+            // ensemble's: stop serving rather than answer from it.
+            tracing::error!("{e}; this member stops");
+            std::process::exit(1);
+        }
+        if !entries.is_empty() {
+            s.core.borrow_mut().finish_batch(&mut entries);
+            s.send_to_shards(entries);
+        }
+        s.release_committed();
+    }
+
+    fn forwarded(&mut self, from: i64, data: Bytes, auth: Vec<crate::proto::Id>) {
+        self.0
+            .work
+            .borrow_mut()
+            .push_back(Work::Forwarded { from, data, auth });
+        self.0.wake();
+    }
+
+    fn touched(&mut self, sessions: Vec<(i64, i32)>) {
+        self.0.work.borrow_mut().push_back(Work::Touched(sessions));
+        self.0.wake();
+    }
+
+    fn synced(&mut self) {
+        self.0.work.borrow_mut().push_back(Work::Synced);
+        self.0.wake();
+    }
+
+    fn role_changed(&mut self, role: Role) {
+        self.0.work.borrow_mut().push_back(Work::Role(role));
+        self.0.wake();
+    }
+}
+
+/// Removes our snapshots of zxids above `zxid` (a TRUNC below them, or a SNAP that
+/// replaces them all), durably.
+fn remove_snapshots_after(cfg: &Config, zxid: Zxid) -> std::io::Result<()> {
+    let dir = cfg.snapshot_dir();
+    for (z, path) in ringkeeper_storage::snapshot::list_snapshots(&dir)? {
+        if z > zxid {
+            std::fs::remove_file(&path)?;
+            tracing::info!("removed snapshot {} (past {zxid:#x})", path.display());
+        }
+    }
+    ringkeeper_storage::fsutil::fsync_dir(&dir)
+}
+
+/// What Zab starts from: the epochs on disk and the log's end (the txns themselves are
+/// not kept for DIFFs across a restart: a learner behind our start point takes a SNAP).
+fn zab_recovered(
+    cfg: &Config,
+    recovered: &Recovered,
+) -> Result<(crate::zab::peer::Recovered, Epochs), String> {
+    let last = recovered.log_end.last_zxid;
+    let e = epochs::load(&cfg.snapshot_dir(), crate::zab::history::epoch_of(last))
+        .map_err(|e| e.to_string())?;
+    Ok((
+        crate::zab::peer::Recovered {
+            accepted_epoch: e.accepted,
+            current_epoch: e.current,
+            history: History::recovered(last, Vec::new(), last, DIFF_TXNS_RETAINED),
+        },
+        e,
+    ))
+}
+
+/// Runs member `member.peer.my_id`'s core until every shard has gone.
+pub async fn run(
+    cfg: Arc<Config>,
+    member: MemberConfig,
+    recovered: Recovered,
+    inbound: Vec<SharedReceiver<ToCore>>,
+    outbound: Vec<SharedSender<Arc<Batch>>>,
+    shared: Arc<ServerShared>,
+) {
+    let fail = |what: String| -> ! {
+        tracing::error!("{what}");
+        eprintln!("ringkeeper: {what}");
+        std::process::exit(1);
+    };
+    let (zab, epochs) = zab_recovered(&cfg, &recovered).unwrap_or_else(|e| fail(e));
+    let my_id = member.peer.my_id;
+    shared.set_mode(ServerMode::Looking);
+    let handle = MemberHandle::new();
+    let state = Rc::new(State {
+        cfg: cfg.clone(),
+        shared: shared.clone(),
+        core: RefCell::new(Core::member(
+            cfg.clone(),
+            my_id,
+            recovered.tree.clone(),
+            &recovered.sessions,
+        )),
+        group: RefCell::new(GroupCommit::new(recovered.log_end.last_zxid)),
+        writer: RefCell::new(None),
+        held: RefCell::default(),
+        committed: Cell::new(0),
+        own_upto: Cell::new(0),
+        epochs: Cell::new(epochs),
+        outbox: RefCell::default(),
+        outbox_notify: Notify::default(),
+        published: RefCell::new(Arc::new(recovered.tree.clone())),
+        work: RefCell::default(),
+        notify: Notify::default(),
+        handle: handle.clone(),
+    });
+    if let Err(e) = state.start_log(&recovered).await {
+        fail(format!(
+            "cannot open the txn log in {}: {e}",
+            cfg.log_dir().display()
+        ));
+    }
+    for rx in inbound {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(msg) = rx.recv().await {
+                state.work.borrow_mut().push_back(Work::Shard(msg));
+                state.wake();
+            }
+        })
+        .detach();
+    }
+    let mut senders: Vec<ConnectedSender<Arc<Batch>>> = Vec::new();
+    for tx in outbound {
+        senders.push(tx.connect().await);
+    }
+    let stopped = Rc::new(Cell::new(false));
+    {
+        // The shards get batches in the order they were made.
+        let state = state.clone();
+        let stopped = stopped.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let next = state.outbox.borrow_mut().pop_front();
+                let Some(entries) = next else {
+                    state.outbox_notify.wait().await;
+                    continue;
+                };
+                if let Some(t) = entries.iter().rev().find_map(|e| e.tree.clone()) {
+                    state.shared.set_last_zxid(t.last_zxid());
+                    *state.published.borrow_mut() = t;
+                }
+                let batch = Arc::new(Batch { entries });
+                for tx in &senders {
+                    if tx.send(batch.clone()).await.is_err() {
+                        stopped.set(true);
+                        state.wake();
+                        return;
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+    {
+        let replica = Rc::new(RefCell::new(StorageReplica(state.clone())));
+        let handle = handle.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = crate::peering::run_member(member, zab, replica, handle).await {
+                tracing::error!("member {my_id} stopped: {e}");
+                eprintln!("ringkeeper: member {my_id} stopped: {e}");
+                std::process::exit(1);
+            }
+        })
+        .detach();
+    }
+    let tick_ms = (cfg.tick_time_ms as u64 / 4).clamp(10, 500);
+    {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+                state.wake();
+            }
+        })
+        .detach();
+    }
+    let mut last_tick = Instant::now();
+    loop {
+        state.notify.wait().await;
+        if stopped.get() {
+            handle.stop();
+            return;
+        }
+        while state.group.borrow().queued_bytes() > QUEUED_LOG_BYTES_MAX
+            && state.group.borrow().failed().is_none()
+        {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        let mut entries = Vec::new();
+        let mut steps = 0;
+        loop {
+            let next = state.work.borrow_mut().pop_front();
+            let Some(w) = next else { break };
+            if let Work::Role(role) = w {
+                // Entries ordered before the change go out under the old role.
+                flush(&state, &mut entries);
+                change_role(&state, role).await;
+                continue;
+            }
+            let mut core = state.core.borrow_mut();
+            match w {
+                Work::Shard(m) => core.step(m, &mut entries),
+                Work::Forwarded { from, data, auth } => {
+                    if core.ordering() == Ordering::Leader {
+                        core.forwarded(from, &data, auth, &mut entries)
+                    }
+                }
+                Work::Touched(sessions) => core.touched(&sessions),
+                Work::Synced => core.synced(&mut entries),
+                Work::Role(_) => unreachable!("handled above"),
+            }
+            drop(core);
+            steps += 1;
+            if steps >= BATCH_REQUESTS_MAX {
+                state.wake();
+                break;
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
+            last_tick = Instant::now();
+            state.core.borrow_mut().tick(&mut entries);
+        }
+        flush(&state, &mut entries);
+    }
+}
+
+/// Hands on what the core produced: as leader, the framed txns to the log (with the
+/// entries, released on commit) and to Zab as proposals; as learner, the requests to
+/// forward and the entries straight to the shards.
+fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
+    let mut core = state.core.borrow_mut();
+    if let Some(t) = core.take_cut_for_queued() {
+        state.group.borrow().update_last(|i| {
+            if let Item::Entry(e) = i {
+                if e.tree.is_none() {
+                    e.tree = Some(t);
+                }
+            }
+        });
+    }
+    let framed = core.take_framed();
+    let proposals = core.take_proposals();
+    let syncs = core.take_syncs_due();
+    let forwards = core.take_forwards();
+    let touches = core.take_touches();
+    let leading = core.ordering() == Ordering::Leader;
+    if !leading && !entries.is_empty() {
+        core.finish_batch(entries);
+    }
+    drop(core);
+    if let Some(&(last, _)) = proposals.last() {
+        state.own_upto.set(last);
+    }
+    for (zxid, bytes) in proposals {
+        state.handle.propose(Box::new(move |got| {
+            if got != zxid {
+                // Our core and Zab count zxids in step; if they ever do not, the
+                // proposal would carry a header for another zxid.
+                tracing::error!("proposal for {zxid:#x} was given {got:#x}: this member stops");
+                std::process::exit(1);
+            }
+            bytes
+        }));
+    }
+    for to in syncs {
+        state.handle.sync(to);
+    }
+    for (data, auth) in forwards {
+        state.handle.forward(data, auth);
+    }
+    if !touches.is_empty() {
+        state.handle.touch(touches);
+    }
+    let entries = std::mem::take(entries);
+    if leading {
+        if !entries.is_empty() || framed.count > 0 {
+            let items = entries.into_iter().map(Item::Entry).collect();
+            state
+                .group
+                .borrow()
+                .push(&framed.bytes, framed.first_zxid, framed.count, items);
+        }
+    } else {
+        debug_assert_eq!(framed.count, 0, "a learner's core frames nothing");
+        state.send_to_shards(entries);
+    }
+}
+
+async fn change_role(state: &Rc<State>, role: Role) {
+    let was_leading = state.core.borrow().ordering() == Ordering::Leader;
+    match role {
+        Role::Leading { epoch } => {
+            state.core.borrow_mut().lead(epoch);
+            state.shared.set_mode(ServerMode::Leader);
+            tracing::info!("leading epoch {epoch}: serving clients");
+        }
+        Role::Following { leader, epoch } | Role::Observing { leader, epoch } => {
+            if was_leading {
+                leave_leading(state).await;
+            }
+            state.core.borrow_mut().learn();
+            let mode = if matches!(role, Role::Observing { .. }) {
+                ServerMode::Observer
+            } else {
+                ServerMode::Follower
+            };
+            state.shared.set_mode(mode);
+            tracing::info!("{} {leader} in epoch {epoch}: serving clients", mode.name());
+        }
+        Role::Looking => {
+            let serving = state.shared.mode().serving();
+            state.shared.set_mode(ServerMode::Looking);
+            if was_leading {
+                leave_leading(state).await;
+            }
+            state.core.borrow_mut().learn();
+            if serving {
+                state.send_to_shards(vec![Entry {
+                    tree: None,
+                    triggers: Vec::new(),
+                    effect: Effect::DropClients,
+                    logged: false,
+                }]);
+            }
+        }
+    }
+}
+
+/// What a leader proposed and did not see committed may never be: its writers get a
+/// connection loss, and the tree is reloaded from disk.
+async fn leave_leading(state: &Rc<State>) {
+    if let Err(e) = state.reload("no longer leading", |_| Ok(())).await {
+        tracing::error!("cannot reload the tree after leading: {e}; this member stops");
+        eprintln!("ringkeeper: cannot reload the tree after leading: {e}");
+        std::process::exit(1);
+    }
+}
