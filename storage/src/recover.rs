@@ -86,6 +86,16 @@ fn map(path: &Path) -> Result<(Mmap, usize), RecoveryError> {
     Ok((m, written.max(floor)))
 }
 
+/// Whether txn `next` may come right after txn `last` in a log: the next counter of
+/// the same epoch, or the first txn (counter 1) of a later epoch (zxid = epoch << 32 |
+/// counter; a new leader's first proposal starts its epoch at counter 1).
+pub fn follows(last: i64, next: i64) -> bool {
+    const COUNTER_BITS: u32 = 32;
+    let epoch = |z: i64| z >> COUNTER_BITS;
+    let counter = |z: i64| z & 0xffff_ffff;
+    next == last + 1 || (epoch(next) > epoch(last) && counter(next) == 1)
+}
+
 /// Replays the records after `after_zxid`, in zxid order, through `apply(zxid, payload)`.
 /// `apply` returning an error stops recovery with that error, naming the record.
 pub fn replay_log(
@@ -129,12 +139,12 @@ pub fn replay_log(
             if r.zxid <= after_zxid {
                 continue;
             }
-            if r.zxid != end.last_zxid + 1 {
+            if !follows(end.last_zxid, r.zxid) {
                 return Err(RecoveryError::Corrupt {
                     path: path.clone(),
                     offset: at(r.payload.start - crate::record::RECORD_HEADER_BYTES),
                     reason: format!(
-                        "zxid gap: expected txn {:#x}, found {:#x}",
+                        "zxid gap: expected txn {:#x} (or a later epoch's first), found {:#x}",
                         end.last_zxid + 1,
                         r.zxid
                     ),
@@ -181,6 +191,27 @@ pub fn replay_log(
         }
     }
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follows;
+
+    #[test]
+    fn a_log_may_jump_to_a_later_epochs_first_txn_and_nowhere_else() {
+        let z = |e: i64, c: i64| e << 32 | c;
+        assert!(follows(z(1, 7), z(1, 8)));
+        assert!(follows(z(1, 7), z(2, 1)));
+        assert!(follows(z(1, 7), z(5, 1)));
+        assert!(follows(0, z(1, 1)));
+        assert!(!follows(z(1, 7), z(1, 9)), "a gap within an epoch");
+        assert!(
+            !follows(z(1, 7), z(2, 2)),
+            "a later epoch's first txn is counter 1"
+        );
+        assert!(!follows(z(2, 3), z(1, 4)), "epochs never go back");
+        assert!(!follows(z(1, 7), z(1, 7)));
+    }
 }
 
 /// Overwrites `[from, to)` of `path` with zeros and syncs it.
