@@ -88,6 +88,13 @@ struct State {
     work: RefCell<VecDeque<Work>>,
     notify: Notify,
     handle: Rc<MemberHandle>,
+    /// As leader: the last zxid Zab has in its history (logged before our term, or
+    /// proposed by us and taken). A txn our core framed beyond it was never proposed.
+    accepted_upto: Cell<Zxid>,
+    /// We stopped leading and have not reloaded since.
+    left_leading: Cell<bool>,
+    /// One reload at a time (a TRUNC can arrive while the loss of the lead is handled).
+    reloading: glommio::sync::Semaphore,
 }
 
 impl State {
@@ -185,6 +192,11 @@ impl State {
         what: &str,
         change: impl FnOnce(&Config) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        let _one = self
+            .reloading
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.stop_log().await;
         let undone = {
             let held: Vec<Entry> = self
@@ -196,6 +208,16 @@ impl State {
             undo_failed(held, &self.published.borrow())
         };
         self.send_to_shards(undone);
+        if self.left_leading.replace(false) {
+            // What our core framed past Zab's history was never proposed: no member
+            // has it, and it must not stay in our log.
+            let upto = self.accepted_upto.get();
+            let n = ringkeeper_storage::recover::truncate_log_after(&self.cfg.log_dir(), upto)
+                .map_err(std::io::Error::other)?;
+            if n > 0 {
+                tracing::info!("{n} txn(s) framed after {upto:#x} were never proposed: removed");
+            }
+        }
         change(&self.cfg)?;
         let recovered = crate::recovery::recover(&self.cfg).map_err(std::io::Error::other)?;
         tracing::info!(
@@ -368,8 +390,25 @@ impl Replica for StorageReplica {
     }
 
     fn role_changed(&mut self, role: Role) {
-        self.0.work.borrow_mut().push_back(Work::Role(role));
-        self.0.wake();
+        let s = &self.0;
+        // At once, not when the core loop gets to it: from here on nothing our core
+        // orders may be proposed, so it must stop ordering as leader now.
+        let leading = matches!(role, Role::Leading { .. });
+        let mut core = s.core.borrow_mut();
+        if core.ordering() == Ordering::Leader && !leading {
+            s.left_leading.set(true);
+        }
+        if matches!(role, Role::Looking) || (core.ordering() == Ordering::Leader && !leading) {
+            // What waited on a leader is forgotten: the clients are dropped.
+            core.learn();
+        }
+        if let Role::Leading { epoch } = role {
+            s.accepted_upto.set(core.tree().last_zxid());
+            core.lead(epoch);
+        }
+        drop(core);
+        s.work.borrow_mut().push_back(Work::Role(role));
+        s.wake();
     }
 }
 
@@ -444,6 +483,9 @@ pub async fn run(
         work: RefCell::default(),
         notify: Notify::default(),
         handle: handle.clone(),
+        accepted_upto: Cell::new(0),
+        left_leading: Cell::new(false),
+        reloading: glommio::sync::Semaphore::new(1),
     });
     if let Err(e) = state.start_log(&recovered).await {
         fail(format!(
@@ -587,14 +629,16 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
     let forwards = core.take_forwards();
     let touches = core.take_touches();
     let leading = core.ordering() == Ordering::Leader;
-    if !leading && !entries.is_empty() {
+    if !leading && !entries.is_empty() && framed.count == 0 {
         core.finish_batch(entries);
     }
     drop(core);
+    let proposals = if leading { proposals } else { Vec::new() };
     if let Some(&(last, _)) = proposals.last() {
         state.own_upto.set(last);
     }
     for (zxid, bytes) in proposals {
+        let st = state.clone();
         state.handle.propose(Box::new(move |got| {
             if got != zxid {
                 // Our core and Zab count zxids in step; if they ever do not, the
@@ -602,6 +646,7 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
                 tracing::error!("proposal for {zxid:#x} was given {got:#x}: this member stops");
                 std::process::exit(1);
             }
+            st.accepted_upto.set(zxid);
             bytes
         }));
     }
@@ -615,6 +660,13 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
         state.handle.touch(touches);
     }
     let entries = std::mem::take(entries);
+    if !leading && framed.count > 0 {
+        // Ordered as leader just before the lead was lost: never proposed. Their
+        // clients see a connection loss (outcome unknown).
+        let undone = undo_failed(entries, &state.published.borrow());
+        state.send_to_shards(undone);
+        return;
+    }
     if leading {
         if !entries.is_empty() || framed.count > 0 {
             let items = entries.into_iter().map(Item::Entry).collect();
@@ -624,16 +676,14 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
                 .push(&framed.bytes, framed.first_zxid, framed.count, items);
         }
     } else {
-        debug_assert_eq!(framed.count, 0, "a learner's core frames nothing");
         state.send_to_shards(entries);
     }
 }
 
 async fn change_role(state: &Rc<State>, role: Role) {
-    let was_leading = state.core.borrow().ordering() == Ordering::Leader;
+    let was_leading = state.left_leading.get();
     match role {
         Role::Leading { epoch } => {
-            state.core.borrow_mut().lead(epoch);
             state.shared.set_mode(ServerMode::Leader);
             tracing::info!("leading epoch {epoch}: serving clients");
         }
@@ -641,7 +691,6 @@ async fn change_role(state: &Rc<State>, role: Role) {
             if was_leading {
                 leave_leading(state).await;
             }
-            state.core.borrow_mut().learn();
             let mode = if matches!(role, Role::Observing { .. }) {
                 ServerMode::Observer
             } else {
@@ -656,7 +705,6 @@ async fn change_role(state: &Rc<State>, role: Role) {
             if was_leading {
                 leave_leading(state).await;
             }
-            state.core.borrow_mut().learn();
             if serving {
                 state.send_to_shards(vec![Entry {
                     tree: None,
