@@ -224,37 +224,55 @@ def start_zookeeper(extra=None, heap="512m", wait=True):
     return server
 
 
-def start_ringkeeper_ensemble(n=3, extra=None, observers=()):
+class Ensemble(list):
+    """The members of one ensemble, in id order; `network` is the MemberNetwork between
+    them, when they were started behind one."""
+    network = None
+
+    def stop(self):
+        for m in self:
+            m.stop()
+        if self.network:
+            self.network.stop()
+
+
+def start_ringkeeper_ensemble(n=3, extra=None, observers=(), network=None, wait=True):
     """`n` ringkeeper members of one ensemble on loopback (ids 1..n, each with its own
     client, quorum and election port and data dir); waits until one leads and the
-    rest follow (or observe). Returns the Servers in id order."""
-    ports = [(free_port(), free_port(), free_port()) for _ in range(n)]
-    lines = {}
-    for i, (_, q, e) in enumerate(ports, start=1):
-        kind = ":observer" if i in observers else ""
-        lines[f"server.{i}"] = f"127.0.0.1:{q}:{e}{kind}"
-    members = []
-    for i, (client, _, _) in enumerate(ports, start=1):
-        cfg = dict(lines, clientPort=str(client), initLimit="10", syncLimit="5", tickTime="200")
-        cfg.update(extra or {})
-        # The myid file must be in dataDir before the member starts: made by a hook.
-        members.append((i, cfg))
-    started = []
+    rest follow (or observe). `network`: a factory given the members' quorum and
+    election ports by id, returning what routes them (`dial(i, j)` names the ports
+    member i is to dial for member j), such as tcpproxy.MemberNetwork."""
+    ids = range(1, n + 1)
+    client = {i: free_port() for i in ids}
+    quorum = {i: free_port() for i in ids}
+    election = {i: free_port() for i in ids}
+    members = Ensemble()
+    if network:
+        members.network = network(quorum, election)
     try:
-        for i, cfg in members:
-            started.append(start_ringkeeper(cfg, wait=False, myid=i))
-        for s in started:
+        for i in ids:
+            cfg = {"clientPort": str(client[i]), "initLimit": "10", "syncLimit": "5", "tickTime": "200"}
+            for j in ids:
+                q, e = (quorum[j], election[j]) if j == i or not network else members.network.dial(i, j)
+                kind = ":observer" if j in observers else ""
+                cfg[f"server.{j}"] = f"127.0.0.1:{q}:{e}{kind}"
+            cfg.update(extra or {})
+            members.append(start_ringkeeper(cfg, wait=False, myid=i))
+        for s in members:
             _wait_ready(s.proc, s.port, Path(s.tmp.name) / "server.log", "ringkeeper")
-        ok = wait_for(lambda: all(member_mode(s) in ("leader", "follower", "observer") for s in started)
-                      and sum(member_mode(s) == "leader" for s in started) == 1, 60)
-        if not ok:
+        if wait and not wait_for(lambda: settled(members), 60):
             raise RuntimeError("no leader within 60 s: " + ", ".join(
-                f"{s.port}: {member_mode(s)}" for s in started))
-        return started
+                f"{s.port}: {member_mode(s)}" for s in members))
+        return members
     except BaseException:
-        for s in started:
-            s.stop()
+        members.stop()
         raise
+
+
+def settled(members):
+    """One member leads and every other follows or observes."""
+    modes = [member_mode(s) for s in members]
+    return all(m in ("leader", "follower", "observer") for m in modes) and modes.count("leader") == 1
 
 
 def member_mode(server):
