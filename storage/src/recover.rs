@@ -193,27 +193,6 @@ pub fn replay_log(
     Ok(end)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::follows;
-
-    #[test]
-    fn a_log_may_jump_to_a_later_epochs_first_txn_and_nowhere_else() {
-        let z = |e: i64, c: i64| e << 32 | c;
-        assert!(follows(z(1, 7), z(1, 8)));
-        assert!(follows(z(1, 7), z(2, 1)));
-        assert!(follows(z(1, 7), z(5, 1)));
-        assert!(follows(0, z(1, 1)));
-        assert!(!follows(z(1, 7), z(1, 9)), "a gap within an epoch");
-        assert!(
-            !follows(z(1, 7), z(2, 2)),
-            "a later epoch's first txn is counter 1"
-        );
-        assert!(!follows(z(2, 3), z(1, 4)), "epochs never go back");
-        assert!(!follows(z(1, 7), z(1, 7)));
-    }
-}
-
 /// Overwrites `[from, to)` of `path` with zeros and syncs it.
 fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
     let f = OpenOptions::new()
@@ -285,4 +264,25 @@ pub fn remove_log(dir: &Path) -> Result<usize, RecoveryError> {
     }
     crate::fsutil::fsync_dir(dir).map_err(io_err(dir))?;
     Ok(segments.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follows;
+
+    #[test]
+    fn a_log_may_jump_to_a_later_epochs_first_txn_and_nowhere_else() {
+        let z = |e: i64, c: i64| e << 32 | c;
+        assert!(follows(z(1, 7), z(1, 8)));
+        assert!(follows(z(1, 7), z(2, 1)));
+        assert!(follows(z(1, 7), z(5, 1)));
+        assert!(follows(0, z(1, 1)));
+        assert!(!follows(z(1, 7), z(1, 9)), "a gap within an epoch");
+        assert!(
+            !follows(z(1, 7), z(2, 2)),
+            "a later epoch's first txn is counter 1"
+        );
+        assert!(!follows(z(2, 3), z(1, 4)), "epochs never go back");
+        assert!(!follows(z(1, 7), z(1, 7)));
+    }
 }
