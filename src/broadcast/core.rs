@@ -42,6 +42,9 @@ pub struct Core {
     started: Instant,
     last_cleanup_ms: u64,
     framed: Framed,
+    /// Log records of the committed txns a learner applied (for a rebase: see
+    /// `take_applied_records`).
+    applied_records: Vec<u8>,
     scratch: Vec<u8>,
     /// The log failed: no more txns; writes are refused, reads go on.
     pub(super) read_only: bool,
@@ -118,6 +121,7 @@ impl Core {
             started: Instant::now(),
             last_cleanup_ms: 0,
             framed: Framed::default(),
+            applied_records: Vec::new(),
             scratch: Vec::new(),
             read_only: false,
             cut_for_queued: None,
@@ -173,6 +177,7 @@ impl Core {
     /// Replaces the tree and sessions (after the member's storage was reloaded).
     /// Each session gets a full timeout from now.
     pub fn reset(&mut self, tree: DataTree, sessions: &[SnapSession]) {
+        self.applied_records.clear();
         let now = self.now_ms();
         self.sessions.clear();
         for s in sessions {
@@ -225,6 +230,12 @@ impl Core {
     /// The records framed since the last call.
     pub fn take_framed(&mut self) -> Framed {
         std::mem::take(&mut self.framed)
+    }
+
+    /// As learner: the log records of the committed txns applied since the last call,
+    /// in zxid order (what a leader's `take_framed` gives for the txns it orders).
+    pub fn take_applied_records(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.applied_records)
     }
 
     /// The session table as a snapshot stores it.
@@ -666,6 +677,9 @@ impl Core {
         let (client, cxid) = (z.header.client_id, z.header.cxid);
         let mut triggers = Vec::new();
         let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
+        self.scratch.clear();
+        txn.encode_logged(time, &mut self.scratch);
+        encode_record(&mut self.applied_records, zxid, &self.scratch);
         let now = self.now_ms();
         match &txn {
             Txn::CreateSession {

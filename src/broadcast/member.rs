@@ -28,6 +28,7 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 
 use super::core::{Core, Ordering};
 use super::messages::{Batch, Effect, Entry, ToCore};
+use super::snapshots::{Snapshotter, SNAPSHOT_REQUESTED};
 use super::{open_log, undo_failed, BATCH_REQUESTS_MAX, QUEUED_LOG_BYTES_MAX};
 use crate::config::Config;
 use crate::peering::{MemberConfig, MemberHandle, Replica};
@@ -95,6 +96,14 @@ struct State {
     left_leading: Cell<bool>,
     /// One reload at a time (a TRUNC can arrive while the loss of the lead is handled).
     reloading: glommio::sync::Semaphore,
+    /// A reload is under way: no snapshot may start (the tree and the log are being
+    /// replaced).
+    in_reload: Cell<bool>,
+    /// Snapshots of the core's tree in the background, and the rebase onto them, as
+    /// standalone; fed the log records of every txn the tree takes.
+    snapshotter: RefCell<Snapshotter>,
+    /// Txns the tree took since the last snapshot started.
+    since_snapshot: Cell<u64>,
 }
 
 impl State {
@@ -169,6 +178,9 @@ impl State {
             }
         };
         let task = glommio::spawn_local(group.clone().run_sealed(log, seal, release));
+        self.snapshotter
+            .borrow_mut()
+            .follow_log(group.durable_zxid(), group.failed_flag());
         *self.writer.borrow_mut() = Some(task);
         *self.group.borrow_mut() = group;
         Ok(())
@@ -197,6 +209,20 @@ impl State {
             .acquire_permit(1)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.in_reload.set(true);
+        let r = self.reload_files(what, change).await;
+        self.in_reload.set(false);
+        r
+    }
+
+    /// `reload`'s work, once it is the only one under way.
+    async fn reload_files(
+        self: &Rc<Self>,
+        what: &str,
+        change: impl FnOnce(&Config) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let abandoned = self.snapshotter.borrow().abandon();
+        abandoned.await;
         self.stop_log().await;
         let undone = {
             let held: Vec<Entry> = self
@@ -217,6 +243,7 @@ impl State {
             if n > 0 {
                 tracing::info!("{n} txn(s) framed after {upto:#x} were never proposed: removed");
             }
+            remove_snapshots_after(&self.cfg, upto)?;
         }
         change(&self.cfg)?;
         let recovered = crate::recovery::recover(&self.cfg).map_err(std::io::Error::other)?;
@@ -228,7 +255,42 @@ impl State {
             .borrow_mut()
             .reset(recovered.tree.clone(), &recovered.sessions);
         self.own_upto.set(0);
+        self.since_snapshot.set(recovered.log_end.replayed);
         self.start_log(&recovered).await
+    }
+
+    /// Starts a snapshot of the core's tree if one is due (snapCount txns since the
+    /// last, or SIGUSR1) and none is being written.
+    fn snapshot_if_due(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
+        if self.in_reload.get() || self.core.borrow().read_only {
+            return;
+        }
+        let asked = SNAPSHOT_REQUESTED.swap(false, AcqRel);
+        if !asked && self.since_snapshot.get() < self.cfg.snap_count.max(1) {
+            return;
+        }
+        let core = self.core.borrow();
+        if self
+            .snapshotter
+            .borrow()
+            .start(core.tree().clone(), core.session_records())
+        {
+            self.since_snapshot.set(0);
+        } else if asked {
+            SNAPSHOT_REQUESTED.store(true, Release);
+        }
+    }
+
+    /// The tree rebuilt on the last snapshot, in place of the core's, once it is ready.
+    fn finish_rebase(&self) {
+        let mut core = self.core.borrow_mut();
+        if core.read_only {
+            return;
+        }
+        if let Some(t) = self.snapshotter.borrow().rebase.finish(core.tree()) {
+            core.replace_tree(t);
+        }
     }
 }
 
@@ -364,6 +426,11 @@ impl Replica for StorageReplica {
             tracing::error!("{e}; this member stops");
             std::process::exit(1);
         }
+        let records = s.core.borrow_mut().take_applied_records();
+        if !records.is_empty() {
+            s.snapshotter.borrow().rebase.record(&records);
+            s.since_snapshot.set(s.since_snapshot.get() + 1);
+        }
         if !entries.is_empty() {
             s.core.borrow_mut().finish_batch(&mut entries);
             s.send_to_shards(entries);
@@ -486,6 +553,13 @@ pub async fn run(
         accepted_upto: Cell::new(0),
         left_leading: Cell::new(false),
         reloading: glommio::sync::Semaphore::new(1),
+        in_reload: Cell::new(false),
+        snapshotter: RefCell::new(Snapshotter::new(
+            cfg.clone(),
+            Arc::default(),
+            Arc::default(),
+        )),
+        since_snapshot: Cell::new(recovered.log_end.replayed),
     });
     if let Err(e) = state.start_log(&recovered).await {
         fail(format!(
@@ -571,6 +645,7 @@ pub async fn run(
         {
             glommio::timer::sleep(Duration::from_micros(200)).await;
         }
+        state.finish_rebase();
         let mut entries = Vec::new();
         let mut steps = 0;
         loop {
@@ -606,6 +681,7 @@ pub async fn run(
             state.core.borrow_mut().tick(&mut entries);
         }
         flush(&state, &mut entries);
+        state.snapshot_if_due();
     }
 }
 
@@ -668,6 +744,10 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
         return;
     }
     if leading {
+        state.snapshotter.borrow().rebase.record(&framed.bytes);
+        state
+            .since_snapshot
+            .set(state.since_snapshot.get() + framed.count);
         if !entries.is_empty() || framed.count > 0 {
             let items = entries.into_iter().map(Item::Entry).collect();
             state

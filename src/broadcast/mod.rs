@@ -156,14 +156,7 @@ pub async fn run(
         glommio::spawn_local(group.clone().run_sealed(log, seal, release)).detach();
     }
 
-    let snapshotter = Snapshotter {
-        running: Arc::default(),
-        rebase: Arc::default(),
-        durable: group.durable_zxid(),
-        failed: group.failed_flag(),
-        last_purge: Arc::new(std::sync::Mutex::new(Instant::now())),
-        cfg: cfg.clone(),
-    };
+    let snapshotter = Snapshotter::new(cfg.clone(), group.durable_zxid(), group.failed_flag());
     let mut since_snapshot: u64 = recovered.log_end.replayed;
     let mut last_tick = Instant::now();
     loop {

@@ -53,6 +53,12 @@ impl Rebase {
         *self.records.lock().expect("rebase lock") = None;
     }
 
+    /// The core: whatever is under way is dropped (its tree is being replaced).
+    pub fn abandon(&self) {
+        *self.ready.lock().expect("rebase lock") = None;
+        self.cancel();
+    }
+
     /// The core: log records (framed, in zxid order) of txns it has just applied.
     pub fn record(&self, framed: &[u8]) {
         if framed.is_empty() {
@@ -172,7 +178,7 @@ fn apply_records(tree: &mut DataTree, framed: &[u8]) -> Result<usize, String> {
     }
     let mut triggers = Vec::new();
     for r in &scanned.records {
-        if r.zxid != tree.last_zxid() + 1 {
+        if !ringkeeper_storage::recover::follows(tree.last_zxid(), r.zxid) {
             return Err(format!(
                 "txn {:#x} follows zxid {:#x}",
                 r.zxid,

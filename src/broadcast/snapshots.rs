@@ -20,13 +20,66 @@ pub static SNAPSHOT_REQUESTED: std::sync::atomic::AtomicBool =
 pub struct Snapshotter {
     pub running: Arc<std::sync::atomic::AtomicBool>,
     pub rebase: Arc<Rebase>,
-    pub durable: Arc<std::sync::atomic::AtomicI64>,
-    pub failed: Arc<std::sync::atomic::AtomicBool>,
+    /// How far the log writer has made the txns durable, and whether it failed: a
+    /// snapshot is published only once the log holds its zxid.
+    durable: Arc<std::sync::atomic::AtomicI64>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set to give up on the snapshot being written (its log writer has stopped).
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
     pub last_purge: Arc<std::sync::Mutex<Instant>>,
     pub cfg: Arc<Config>,
 }
 
 impl Snapshotter {
+    /// Snapshots published once the log writer whose progress `durable` and `failed`
+    /// show holds their zxid.
+    pub fn new(
+        cfg: Arc<Config>,
+        durable: Arc<std::sync::atomic::AtomicI64>,
+        failed: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Snapshotter {
+            running: Arc::default(),
+            rebase: Arc::default(),
+            durable,
+            failed,
+            abandoned: Arc::default(),
+            last_purge: Arc::new(std::sync::Mutex::new(Instant::now())),
+            cfg,
+        }
+    }
+
+    /// From now on, snapshots wait for this log writer.
+    pub fn follow_log(
+        &mut self,
+        durable: Arc<std::sync::atomic::AtomicI64>,
+        failed: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        self.durable = durable;
+        self.failed = failed;
+    }
+
+    /// Gives up on the snapshot being written, if it is not published yet; the future
+    /// ends once the snapshot thread has, with any rebuilt tree dropped: after that no
+    /// snapshot file appears and no rebase is under way. For a member whose tree and
+    /// log are about to be replaced.
+    pub fn abandon(&self) -> impl std::future::Future<Output = ()> {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let (abandoned, running, rebase) = (
+            self.abandoned.clone(),
+            self.running.clone(),
+            self.rebase.clone(),
+        );
+        abandoned.store(true, Release);
+        async move {
+            while running.load(Acquire) {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            abandoned.store(false, Release);
+            rebase.abandon();
+        }
+    }
+
     /// Starts a snapshot of `tree` unless one is still being written; false if one is.
     pub fn start(&self, tree: DataTree, sessions: Vec<SnapSession>) -> bool {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
@@ -38,6 +91,7 @@ impl Snapshotter {
         let running = self.running.clone();
         let durable = self.durable.clone();
         let failed = self.failed.clone();
+        let abandoned = self.abandoned.clone();
         let last_purge = self.last_purge.clone();
         let cfg = self.cfg.clone();
         let spawned = std::thread::Builder::new()
@@ -50,7 +104,7 @@ impl Snapshotter {
                     if durable.load(Acquire) >= zxid {
                         return true;
                     }
-                    if failed.load(Acquire) {
+                    if failed.load(Acquire) || abandoned.load(Acquire) {
                         return false;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -64,7 +118,7 @@ impl Snapshotter {
                         t0.elapsed().as_millis()
                     ),
                     Ok(None) => tracing::warn!(
-                        "snapshot at zxid {zxid:#x} abandoned: the txn log failed before holding it"
+                        "snapshot at zxid {zxid:#x} abandoned: the txn log failed or stopped before holding it"
                     ),
                     Err(e) => tracing::error!(
                         "snapshot at zxid {zxid:#x} failed: {e} (the txn log still holds every txn)"

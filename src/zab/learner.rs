@@ -85,9 +85,20 @@ impl Learner {
         })
     }
 
+    /// How long the leader may be silent: initLimit until we are synced (it may be
+    /// waiting for a quorum of learners, or sending a snapshot), syncLimit after, as
+    /// ZooKeeper's learners time out their socket reads.
+    fn silence_ms(&self, local: &Local) -> u64 {
+        if self.stage == Stage::Broadcast {
+            local.cfg.sync_ms()
+        } else {
+            local.cfg.init_ms()
+        }
+    }
+
     /// When `tick` must run: when the leader would have been silent too long.
     pub fn next_tick(&self, local: &Local) -> u64 {
-        let silent = self.heard_ms + local.cfg.sync_ms();
+        let silent = self.heard_ms + self.silence_ms(local);
         if self.stage == Stage::Broadcast {
             silent
         } else {
@@ -109,9 +120,14 @@ impl Learner {
                 self.leader
             )));
         }
-        if now_ms >= self.heard_ms + local.cfg.sync_ms() {
+        if now_ms >= self.heard_ms + self.silence_ms(local) {
+            let limit = if self.stage == Stage::Broadcast {
+                "syncLimit"
+            } else {
+                "initLimit"
+            };
             return Err(Quit(format!(
-                "nothing from leader {} within syncLimit",
+                "nothing from leader {} within {limit}",
                 self.leader
             )));
         }

@@ -104,6 +104,11 @@ pub struct Peer {
     local: Local,
     election: Election,
     doing: Doing,
+    /// FOLLOWERINFO / OBSERVERINFO that came while we were looking, latest per learner
+    /// (from, connection, message): a learner may decide on us as leader before we
+    /// decide ourselves. Handed to our leadership if we lead; if we follow, their
+    /// connections are closed, so their learners look again at once.
+    early_infos: Vec<(ServerId, u64, Msg)>,
 }
 
 impl Peer {
@@ -120,6 +125,7 @@ impl Peer {
                 touches: Default::default(),
             },
             doing: Doing::Looking,
+            early_infos: Vec::new(),
         }
     }
 
@@ -138,6 +144,7 @@ impl Peer {
 
     fn look(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
         self.doing = Doing::Looking;
+        self.early_infos.clear();
         out.push(Effect::Role(Role::Looking));
         let mut votes = Vec::new();
         self.election.look(
@@ -175,11 +182,27 @@ impl Peer {
                     out.push(Effect::Vote { to, ballot })
                 }
                 super::election::Effect::Decided { state, vote, .. } => {
+                    let early = std::mem::take(&mut self.early_infos);
                     self.doing = match state {
                         PeerState::Leading => {
-                            Doing::Leading(Leader::start(now_ms, &mut self.local, out))
+                            let mut l = Leader::start(now_ms, &mut self.local, out);
+                            for (from, conn, msg) in early {
+                                if let Err(q) =
+                                    l.on_message(now_ms, &mut self.local, from, conn, msg, out)
+                                {
+                                    self.doing = Doing::Leading(l);
+                                    self.quit(now_ms, q, out);
+                                    return;
+                                }
+                            }
+                            Doing::Leading(l)
                         }
                         PeerState::Following | PeerState::Observing => {
+                            for (from, _, _) in early {
+                                if from != vote.leader {
+                                    out.push(Effect::Disconnect { peer: from });
+                                }
+                            }
                             Doing::Learning(Learner::start(
                                 now_ms,
                                 vote.leader,
@@ -242,9 +265,19 @@ impl Peer {
         msg: Msg,
         out: &mut Vec<Effect>,
     ) {
+        if matches!(self.doing, Doing::Looking) && matches!(msg, Msg::LearnerInfo { .. }) {
+            self.early_infos.retain(|(f, _, _)| *f != from);
+            self.early_infos.push((from, conn, msg));
+            return;
+        }
         self.step(now_ms, out, |doing, local, out| match doing {
             Doing::Leading(l) => l.on_message(now_ms, local, from, conn, msg, out),
             Doing::Learning(l) if from == l.leader() => l.on_message(now_ms, local, msg, out),
+            Doing::Learning(_) if matches!(msg, Msg::LearnerInfo { .. }) => {
+                // It takes us for its leader; we are not: it is to look again.
+                out.push(Effect::Disconnect { peer: from });
+                Ok(())
+            }
             _ => Ok(()),
         });
     }

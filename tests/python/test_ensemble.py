@@ -5,6 +5,7 @@ ephemeral and its watches live on with a new leader; a member that was down catc
 up when it comes back."""
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -144,3 +145,39 @@ def test_a_member_that_was_down_catches_up_when_it_returns(ensemble):
     finally:
         c.stop()
         c.close()
+
+
+def test_members_snapshot_as_they_go_and_restart_from_their_snapshots():
+    # snapCount=40: each member snapshots every ~40 txns, rebases its tree onto the
+    # snapshot, and restarts from the newest snapshot plus the log after it.
+    members = servers.start_ringkeeper_ensemble(3, extra={"snapCount": "40"})
+    try:
+        c = client(",".join(m.hosts for m in members))
+        for i in range(300):
+            c.create(f"/n{i:04d}", f"{i}".encode())
+        c.set("/n0007", b"changed")
+        c.sync("/")
+        before = {n: c.get(f"/{n}") for n in c.get_children("/") if n != "zookeeper"}
+        c.stop()
+        c.close()
+        for m in members:
+            assert servers.wait_for(lambda: len(list((m.data_dir / "ringkeeper").glob("snapshot.*[0-9a-f]"))) >= 3, 10), \
+                (m.port, sorted(p.name for p in (m.data_dir / "ringkeeper").iterdir()))
+            assert "tree rebased at zxid" in m.log_text, m.port
+        # Everyone down at once (kill -9), then back: each recovers from its snapshots.
+        for m in members:
+            m.kill()
+        for m in members:
+            m.proc = m.launch(wait=False)
+        for m in members:
+            servers._wait_ready(m.proc, m.port, Path(m.tmp.name) / "server.log", "ringkeeper")
+        assert servers.wait_for(lambda: servers.settled(members), 60), [servers.member_mode(m) for m in members]
+        for m in members:
+            k = client(m.hosts)
+            k.sync("/")
+            after = {n: k.get(f"/{n}") for n in k.get_children("/") if n != "zookeeper"}
+            assert after == before, m.port
+            k.stop()
+            k.close()
+    finally:
+        members.stop()
