@@ -559,6 +559,14 @@ impl Core {
     }
 
     /// As a leader: learners report these sessions (id, timeout) alive.
+    /// As a leader: a learner's client reconnects with `session_id`. Valid when the
+    /// session is alive here (the one table every txn passes through); the reconnect
+    /// counts as activity.
+    pub fn revalidate(&mut self, session_id: i64) -> bool {
+        let now = self.now_ms();
+        self.ordering == Ordering::Leader && self.sessions.touch(session_id, now)
+    }
+
     pub fn touched(&mut self, sessions: &[(i64, i32)]) {
         let now = self.now_ms();
         for (id, _) in sessions {

@@ -456,6 +456,10 @@ impl Replica for StorageReplica {
         self.0.wake();
     }
 
+    fn revalidate(&mut self, session_id: i64, _timeout_ms: i32) -> bool {
+        self.0.core.borrow_mut().revalidate(session_id)
+    }
+
     fn role_changed(&mut self, role: Role) {
         let s = &self.0;
         // At once, not when the core loop gets to it: from here on nothing our core

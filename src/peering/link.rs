@@ -15,14 +15,17 @@ use crate::util::Notify;
 use crate::zab::wire::WireError;
 
 /// Bytes a link may have queued before its peer is deemed too slow and dropped (it
-/// reconnects and catches up).
+/// reconnects and catches up). A bulk item (a SNAP's tree) does not count.
 pub const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
 
 pub struct Link {
     pub id: u64,
     pub peer: Cell<ServerId>,
-    out: RefCell<VecDeque<Vec<u8>>>,
+    /// Byte strings to write, each with whether it is a bulk item.
+    out: RefCell<VecDeque<(Vec<u8>, bool)>>,
     out_bytes: Cell<usize>,
+    /// Of `out_bytes`, those of bulk items.
+    bulk_bytes: Cell<usize>,
     wake: Notify,
     closed: Cell<bool>,
     closed_wake: Notify,
@@ -35,6 +38,7 @@ impl Link {
             peer: Cell::new(peer),
             out: RefCell::default(),
             out_bytes: Cell::new(0),
+            bulk_bytes: Cell::new(0),
             wake: Notify::default(),
             closed: Cell::new(false),
             closed_wake: Notify::default(),
@@ -47,12 +51,25 @@ impl Link {
 
     /// Queues `bytes`; a peer that lets too much pile up is dropped.
     pub fn send(&self, bytes: Vec<u8>) {
+        self.queue(bytes, false);
+    }
+
+    /// Queues a bulk item (a SNAP and the tree after it): however large, it does not
+    /// count against the queue's bound; what is queued with it still does.
+    pub fn send_bulk(&self, bytes: Vec<u8>) {
+        self.queue(bytes, true);
+    }
+
+    fn queue(&self, bytes: Vec<u8>, bulk: bool) {
         if self.closed.get() {
             return;
         }
+        if bulk {
+            self.bulk_bytes.set(self.bulk_bytes.get() + bytes.len());
+        }
         self.out_bytes.set(self.out_bytes.get() + bytes.len());
-        self.out.borrow_mut().push_back(bytes);
-        if self.out_bytes.get() > LINK_QUEUE_BYTES_MAX {
+        self.out.borrow_mut().push_back((bytes, bulk));
+        if self.out_bytes.get() - self.bulk_bytes.get() > LINK_QUEUE_BYTES_MAX {
             tracing::warn!(
                 "member {}: more than {LINK_QUEUE_BYTES_MAX} bytes queued, dropping its connection",
                 self.peer.get()
@@ -68,7 +85,8 @@ impl Link {
         let mut out = self.out.borrow_mut();
         out.clear();
         self.out_bytes.set(bytes.len());
-        out.push_back(bytes);
+        self.bulk_bytes.set(0);
+        out.push_back((bytes, false));
         drop(out);
         self.wake.notify();
     }
@@ -83,9 +101,13 @@ impl Link {
         loop {
             let next = self.out.borrow_mut().pop_front();
             match next {
-                Some(bytes) => {
+                Some((bytes, bulk)) => {
                     self.out_bytes
                         .set(self.out_bytes.get().saturating_sub(bytes.len()));
+                    if bulk {
+                        self.bulk_bytes
+                            .set(self.bulk_bytes.get().saturating_sub(bytes.len()));
+                    }
                     if wr.write_all(&bytes).await.is_err() {
                         return;
                     }

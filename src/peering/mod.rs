@@ -113,6 +113,13 @@ pub trait Replica {
     }
     /// The leader's SYNC arrived: the oldest sync this member forwarded is answered.
     fn synced(&mut self) {}
+    /// As leader: a learner's client reconnects with `session_id`; whether the
+    /// session is alive (it is then touched, as a reconnect is activity). A replica
+    /// without sessions knows none.
+    fn revalidate(&mut self, session_id: i64, timeout_ms: i32) -> bool {
+        let _ = (session_id, timeout_ms);
+        false
+    }
     /// This member's role changed (after every effect before it has run).
     fn role_changed(&mut self, role: Role) {
         let _ = role;
@@ -321,6 +328,14 @@ impl<R: Replica> Driver<R> {
                     self.replica.borrow_mut().forwarded(from, data, auth)
                 }
                 Effect::Touched(sessions) => self.replica.borrow_mut().touched(sessions),
+                Effect::Revalidate {
+                    from,
+                    session_id,
+                    timeout_ms,
+                } => {
+                    let valid = self.replica.borrow_mut().revalidate(session_id, timeout_ms);
+                    self.send(from, &Msg::Revalidated { session_id, valid });
+                }
                 Effect::Synced => self.replica.borrow_mut().synced(),
                 Effect::Role(role) => {
                     tracing::info!("member {}: {role:?}", self.me);
@@ -349,7 +364,11 @@ impl<R: Replica> Driver<R> {
         to_packet(msg, &out).encode(&mut bytes);
         if let Msg::Snap { zxid } = msg {
             match self.replica.borrow().snapshot_image(*zxid) {
-                Some(image) => bytes.extend_from_slice(&image),
+                Some(image) => {
+                    bytes.extend_from_slice(&image);
+                    self.quorum.send_snapshot(to, bytes);
+                    return;
+                }
                 None => {
                     tracing::warn!(
                         "member {}: learner {to} needs a SNAP, which this replica cannot send: dropping it",

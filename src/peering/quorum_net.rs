@@ -18,7 +18,7 @@ use crate::config::ServerId;
 use crate::proto::jute::Reader;
 use crate::zab::packets::learner_info;
 use crate::zab::wire::{packet_type, QuorumPacket, WireError};
-use crate::zkformat::snapshot::{ZkTree, SNAP_SIGNATURE};
+use crate::zkformat::snapshot::{ZkTree, ZkTreeDecoder, SNAP_SIGNATURE};
 
 /// How long a learner may take to send FOLLOWERINFO.
 const INFO_WAIT: Duration = Duration::from_secs(10);
@@ -32,7 +32,10 @@ pub struct Received {
 }
 
 /// Cuts one packet (and, after a SNAP from the leader, the tree and its signature).
+/// A tree that has not all arrived is decoded as far as it has, and the next call goes
+/// on from there.
 fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize)>, WireError> {
+    let mut partial_tree: Option<ZkTreeDecoder> = None;
     move |b| {
         let mut r = Reader::new(b);
         let packet = match QuorumPacket::decode(&mut r) {
@@ -42,13 +45,19 @@ fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize
         };
         let mut tree = None;
         if from_leader && packet.packet_type == packet_type::SNAP {
-            let t = match ZkTree::decode(&mut r) {
+            let decoder = partial_tree.get_or_insert_with(ZkTreeDecoder::default);
+            let t = match decoder.feed(&mut r) {
                 Ok(t) => t,
                 Err(e) => {
                     let e = WireError::from(e);
-                    return if incomplete(&e) { Ok(None) } else { Err(e) };
+                    if !incomplete(&e) {
+                        partial_tree = None;
+                        return Err(e);
+                    }
+                    return Ok(None);
                 }
             };
+            partial_tree = None;
             let sig = match r.string() {
                 Ok(s) => s,
                 Err(e) => {
@@ -217,17 +226,33 @@ impl QuorumNet {
 
     /// Queues `bytes` for `to`: our leader, or a learner of ours.
     pub fn send(&self, to: ServerId, bytes: Vec<u8>) {
+        self.send_as(to, bytes, false);
+    }
+
+    /// Sends a SNAP with its tree: a bulk item, outside the link's queue bound.
+    pub fn send_snapshot(&self, to: ServerId, bytes: Vec<u8>) {
+        self.send_as(to, bytes, true);
+    }
+
+    fn send_as(&self, to: ServerId, bytes: Vec<u8>, bulk: bool) {
+        let send = |l: &Link| {
+            if bulk {
+                l.send_bulk(bytes)
+            } else {
+                l.send(bytes)
+            }
+        };
         if let Some(l) = self
             .leader
             .borrow()
             .as_ref()
             .filter(|l| l.peer.get() == to && !l.is_closed())
         {
-            l.send(bytes);
+            send(l);
             return;
         }
         if let Some(l) = self.learners.borrow().get(&to) {
-            l.send(bytes);
+            send(l);
         }
     }
 

@@ -447,9 +447,9 @@ impl EnsembleSim {
                     self.claim_epoch(id, epoch)?;
                 }
             }
-            Effect::Forwarded { .. } | Effect::Synced => {
+            Effect::Forwarded { .. } | Effect::Synced | Effect::Revalidate { .. } => {
                 return Err(self.fail(format!(
-                    "member {id} got a REQUEST or SYNC, which no one sends here"
+                    "member {id} got a REQUEST, SYNC or REVALIDATE, which no one sends here"
                 )))
             }
             // Sessions are not modelled: learners report no touches.

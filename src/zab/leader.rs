@@ -341,6 +341,14 @@ impl Leader {
                     }
                 }
             }
+            Msg::Revalidate {
+                session_id,
+                timeout_ms,
+            } => out.push(Effect::Revalidate {
+                from,
+                session_id,
+                timeout_ms,
+            }),
             Msg::Request { data, auth } => {
                 // A client's request a learner forwards: the driver turns it into a
                 // txn (as ZooKeeper's PrepRequestProcessor does) and proposes that.

@@ -149,6 +149,9 @@ impl Learner {
                 self.send(Msg::Ping { touches }, out)
             }
             (Stage::Broadcast, Msg::Sync) => out.push(Effect::Synced),
+            // We check reconnecting sessions against our own replicated table and
+            // send no REVALIDATE; an answer is harmless.
+            (_, Msg::Revalidated { .. }) => {}
             (Stage::Discovery, Msg::LeaderInfo { new_epoch }) => {
                 // An epoch above ours is accepted (and persisted) and our currentEpoch
                 // goes with the ACKEPOCH; an equal one, accepted before from any

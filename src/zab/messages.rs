@@ -35,7 +35,18 @@ pub enum Msg {
         data: Bytes,
         auth: Vec<crate::proto::Id>,
     },
+    /// REVALIDATE: a client reconnects to the learner with this session; is it
+    /// still valid (the learner's own tree may lag the leader's expiry)?
+    Revalidate {
+        session_id: i64,
+        timeout_ms: i32,
+    },
     // Leader to learner.
+    /// The leader's answer to REVALIDATE.
+    Revalidated {
+        session_id: i64,
+        valid: bool,
+    },
     /// LEADERINFO: the epoch the leader proposes.
     LeaderInfo {
         new_epoch: i64,
@@ -122,6 +133,13 @@ pub enum Effect {
     },
     /// A learner reported activity of these sessions (id, timeout): they live on.
     Touched(Vec<(i64, i32)>),
+    /// A learner asks whether a session a client reconnects with is valid: the
+    /// driver asks the replica's session table and answers `from` with REVALIDATE.
+    Revalidate {
+        from: ServerId,
+        session_id: i64,
+        timeout_ms: i32,
+    },
     /// The leader's SYNC arrived: answer the oldest sync this member forwarded.
     Synced,
     /// The member's role changed.

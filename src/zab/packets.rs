@@ -11,7 +11,8 @@ use bytes::Bytes;
 use super::history::{make_zxid, Txn};
 use super::messages::Msg;
 use super::wire::{
-    packet_type as t, Direction, LearnerInfo, QuorumPacket, WireError, LEADER_PROTOCOL_VERSION,
+    packet_type as t, Direction, LearnerInfo, Payload, QuorumPacket, WireError,
+    LEADER_PROTOCOL_VERSION,
 };
 use crate::config::ServerId;
 
@@ -77,6 +78,27 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
             authinfo: Some(auth.clone()),
             ..p(t::REQUEST, -1, Some(data.to_vec()))
         },
+        Msg::Revalidate {
+            session_id,
+            timeout_ms,
+        } => p(
+            t::REVALIDATE,
+            -1,
+            Payload::Revalidate {
+                session_id: *session_id,
+                timeout_ms: *timeout_ms,
+            }
+            .encode(),
+        ),
+        Msg::Revalidated { session_id, valid } => p(
+            t::REVALIDATE,
+            -1,
+            Payload::Revalidated {
+                session_id: *session_id,
+                valid: *valid,
+            }
+            .encode(),
+        ),
         Msg::Diff { zxid } => p(t::DIFF, *zxid, None),
         Msg::Trunc { zxid } => p(t::TRUNC, *zxid, None),
         Msg::Snap { zxid } => p(t::SNAP, *zxid, None),
@@ -140,6 +162,17 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
         (t::REQUEST, Direction::ToLeader) => Msg::Request {
             data: Bytes::copy_from_slice(p.data.as_deref().unwrap_or_default()),
             auth: p.authinfo.clone().unwrap_or_default(),
+        },
+        (t::REVALIDATE, _) => match p.payload(direction)? {
+            Payload::Revalidate {
+                session_id,
+                timeout_ms,
+            } => Msg::Revalidate {
+                session_id,
+                timeout_ms,
+            },
+            Payload::Revalidated { session_id, valid } => Msg::Revalidated { session_id, valid },
+            _ => return Err(PacketError::Missing { packet: name }),
         },
         (t::LEADERINFO, Direction::FromLeader) => {
             p.payload(direction)?;
@@ -237,6 +270,10 @@ mod tests {
             Msg::Ping {
                 touches: Vec::new(),
             },
+            Msg::Revalidate {
+                session_id: 0x1_0000_0000_0007,
+                timeout_ms: 30_000,
+            },
         ];
         let from_leader = [
             Msg::LeaderInfo { new_epoch: 5 },
@@ -259,6 +296,10 @@ mod tests {
             Msg::Sync,
             Msg::Ping {
                 touches: Vec::new(),
+            },
+            Msg::Revalidated {
+                session_id: 0x1_0000_0000_0007,
+                valid: true,
             },
         ];
         for (msgs, dir) in [
@@ -288,10 +329,15 @@ mod tests {
 
     #[test]
     fn what_is_not_a_message_is_named() {
-        let revalidate = QuorumPacket::new(t::REVALIDATE, 0, None);
+        let owner_change = QuorumPacket::new(t::OBSERVERINFO, 0, None);
         assert!(matches!(
-            from_packet(&revalidate, Direction::FromLeader),
-            Err(PacketError::Unsupported("REVALIDATE"))
+            from_packet(&owner_change, Direction::FromLeader),
+            Err(PacketError::Unsupported("OBSERVERINFO"))
+        ));
+        let revalidate = QuorumPacket::new(t::REVALIDATE, -1, None);
+        assert!(matches!(
+            from_packet(&revalidate, Direction::ToLeader),
+            Err(PacketError::Missing { .. })
         ));
         let bare = QuorumPacket::new(t::PROPOSAL, 1, None);
         assert!(matches!(

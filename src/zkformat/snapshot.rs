@@ -55,7 +55,7 @@ pub struct ZkNode {
     pub stat: StatPersisted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ZkTree {
     /// (session id, timeout ms), in the order written.
     pub sessions: Vec<(i64, i32)>,
@@ -71,45 +71,7 @@ const NODE_BYTES_MIN: usize = 4 + 4 + 8 + STAT_BYTES;
 
 impl ZkTree {
     pub fn decode(r: &mut Reader) -> Result<ZkTree, DecodeError> {
-        let n = r.vec_len(12)?;
-        let mut sessions = Vec::with_capacity(n);
-        for _ in 0..n {
-            sessions.push((r.i64()?, r.i32()?));
-        }
-        let n = r.vec_len(12)?;
-        let mut acls = Vec::with_capacity(n);
-        for _ in 0..n {
-            let key = r.i64()?;
-            let list = match r.vec_len_opt(12)? {
-                None => None,
-                Some(m) => Some((0..m).map(|_| Acl::decode(r)).collect::<Result<_, _>>()?),
-            };
-            acls.push((key, list));
-        }
-        let mut nodes = Vec::new();
-        loop {
-            let path = r.string()?;
-            if path == "/" {
-                break;
-            }
-            if r.remaining() < NODE_BYTES_MIN - 4 {
-                return Err(DecodeError::Truncated {
-                    offset: r.position(),
-                    needed: NODE_BYTES_MIN - 4 - r.remaining(),
-                });
-            }
-            nodes.push(ZkNode {
-                path,
-                data: r.buffer_opt()?.map(<[u8]>::to_vec),
-                acl_ref: r.i64()?,
-                stat: decode_stat(r)?,
-            });
-        }
-        Ok(ZkTree {
-            sessions,
-            acls,
-            nodes,
-        })
+        ZkTreeDecoder::default().feed(r)
     }
 
     pub fn encode(&self, b: &mut Vec<u8>) {
@@ -141,6 +103,88 @@ impl ZkTree {
     }
 }
 
+/// Decodes a [`ZkTree`] as its bytes arrive. A SNAP's tree can take hundreds of MB and
+/// many reads: each [`feed`](ZkTreeDecoder::feed) goes on after the last whole element
+/// the one before decoded, so the bytes are decoded once however many reads they take.
+#[derive(Default)]
+pub struct ZkTreeDecoder {
+    /// Bytes of the tree taken so far, as whole elements.
+    taken: usize,
+    stage: DecodeStage,
+    tree: ZkTree,
+}
+
+#[derive(Default)]
+enum DecodeStage {
+    #[default]
+    Sessions,
+    Acls(usize),
+    Nodes,
+}
+
+impl ZkTreeDecoder {
+    /// `r` is at the tree's first byte, with at least what earlier calls were given.
+    /// The whole tree once it is there (`r` right after it); Truncated until then (the
+    /// elements before the cut are kept).
+    pub fn feed(&mut self, r: &mut Reader) -> Result<ZkTree, DecodeError> {
+        r.bytes(self.taken)?;
+        loop {
+            let at = r.position();
+            let done = self.element(r)?;
+            self.taken += r.position() - at;
+            if done {
+                return Ok(std::mem::take(&mut self.tree));
+            }
+        }
+    }
+
+    /// Decodes the next element (all sessions, one ACL list, one node); true after
+    /// the last.
+    fn element(&mut self, r: &mut Reader) -> Result<bool, DecodeError> {
+        match self.stage {
+            DecodeStage::Sessions => {
+                let n = r.vec_len(12)?;
+                let mut sessions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    sessions.push((r.i64()?, r.i32()?));
+                }
+                let acls = r.vec_len(12)?;
+                self.tree.sessions = sessions;
+                self.stage = DecodeStage::Acls(acls);
+            }
+            DecodeStage::Acls(0) => self.stage = DecodeStage::Nodes,
+            DecodeStage::Acls(left) => {
+                let key = r.i64()?;
+                let list = match r.vec_len_opt(12)? {
+                    None => None,
+                    Some(m) => Some((0..m).map(|_| Acl::decode(r)).collect::<Result<_, _>>()?),
+                };
+                self.tree.acls.push((key, list));
+                self.stage = DecodeStage::Acls(left - 1);
+            }
+            DecodeStage::Nodes => {
+                let path = r.string()?;
+                if path == "/" {
+                    return Ok(true);
+                }
+                if r.remaining() < NODE_BYTES_MIN - 4 {
+                    return Err(DecodeError::Truncated {
+                        offset: r.position(),
+                        needed: NODE_BYTES_MIN - 4 - r.remaining(),
+                    });
+                }
+                self.tree.nodes.push(ZkNode {
+                    path,
+                    data: r.buffer_opt()?.map(<[u8]>::to_vec),
+                    acl_ref: r.i64()?,
+                    stat: decode_stat(r)?,
+                });
+            }
+        }
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,9 +203,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_tree_round_trips_and_ends_at_the_slash() {
-        let t = ZkTree {
+    fn sample() -> ZkTree {
+        ZkTree {
             sessions: vec![(0x100, 30_000)],
             acls: vec![(
                 1,
@@ -183,14 +226,53 @@ mod tests {
                     acl_ref: 1,
                     stat: stat(5),
                 },
+                ZkNode {
+                    path: "/a/b".into(),
+                    data: Some(vec![7; 300]),
+                    acl_ref: 1,
+                    stat: stat(6),
+                },
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn a_tree_round_trips_and_ends_at_the_slash() {
+        let t = sample();
         let mut b = Vec::new();
         t.encode(&mut b);
         b.extend_from_slice(b"more");
         let mut r = Reader::new(&b);
         assert_eq!(ZkTree::decode(&mut r).unwrap(), t);
         assert_eq!(r.rest(), b"more");
+    }
+
+    #[test]
+    fn a_tree_fed_as_it_arrives_is_decoded_once_and_whole() {
+        let t = sample();
+        let mut b = Vec::new();
+        t.encode(&mut b);
+        b.extend_from_slice(b"more");
+        // Every prefix, in order, as reads would bring them: Truncated until the
+        // tree is all there, then the tree, with the reader right after it.
+        let mut d = ZkTreeDecoder::default();
+        let mut taken = Vec::new();
+        for end in 0..b.len() {
+            let mut r = Reader::new(&b[..end]);
+            match d.feed(&mut r) {
+                Ok(tree) => {
+                    assert_eq!(tree, t);
+                    assert_eq!(&b[r.position()..], b"more");
+                    // The nodes were taken one by one as they came, never again.
+                    assert!(taken.windows(2).all(|w| w[0] <= w[1]));
+                    assert!(taken.last().is_some_and(|&n| n > b.len() / 2), "{taken:?}");
+                    return;
+                }
+                Err(DecodeError::Truncated { .. }) => taken.push(d.taken),
+                Err(e) => panic!("at {end}: {e}"),
+            }
+        }
+        panic!("never whole; taken {taken:?}");
     }
 
     #[test]

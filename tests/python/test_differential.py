@@ -46,11 +46,13 @@ def pair():
 class Side:
     """One server with two sessions: an anonymous one and one authenticated as alice."""
 
-    def __init__(self, server):
+    def __init__(self, server, anon_hosts=None, alice_hosts=None):
+        """`server` takes the raw creates; the sessions connect to it too, unless
+        given hosts of their own (members of an ensemble)."""
         self.server = server
-        self.anon = KazooClient(hosts=server.hosts, timeout=15)
+        self.anon = KazooClient(hosts=anon_hosts or server.hosts, timeout=15)
         self.anon.start(timeout=15)
-        self.alice = KazooClient(hosts=server.hosts, timeout=15, auth_data=[("digest", "alice:pw")])
+        self.alice = KazooClient(hosts=alice_hosts or server.hosts, timeout=15, auth_data=[("digest", "alice:pw")])
         self.alice.start(timeout=15)
         self.sessions = {self.anon.client_id[0]: "anon", self.alice.client_id[0]: "alice"}
         self.events = {"anon": [], "alice": []}

@@ -20,7 +20,7 @@ import servers
 
 
 class ZkEnsemble:
-    def __init__(self, size=3, proxy_factory=None, props=None, tick_ms=500):
+    def __init__(self, size=3, proxy_factory=None, props=None, tick_ms=500, heap="256m", cfg=None):
         self.size = size
         self.tmp = tempfile.TemporaryDirectory(prefix="zk-ensemble-")
         self.root = Path(self.tmp.name)
@@ -38,6 +38,8 @@ class ZkEnsemble:
                 self.dial_quorum[i], self.dial_election[i] = q.port, e.port
         self.props = props or {}
         self.tick_ms = tick_ms
+        self.heap = heap
+        self.cfg = cfg or {}
         self.procs = {}
         for i in self.ids:
             self._write_config(i)
@@ -54,6 +56,7 @@ class ZkEnsemble:
                  f"dataDir={self.data_dir(i)}", f"clientPort={self.client_port[i]}",
                  "clientPortAddress=127.0.0.1", "admin.enableServer=false", "forceSync=yes",
                  "4lw.commands.whitelist=*"]
+        lines += [f"{k}={v}" for k, v in self.cfg.items()]
         for j in self.ids:
             q = self.quorum_port[j] if j == i else self.dial_quorum[j]
             e = self.election_port[j] if j == i else self.dial_election[j]
@@ -67,7 +70,7 @@ class ZkEnsemble:
         props = [f"-D{k}={v}" for k, v in self.props.items()]
         out = open(self.root / f"m{i}" / "stdout.log", "ab")
         self.procs[i] = subprocess.Popen(
-            ["java", "-Xms256m", "-Xmx256m", "-Dlog4j.configuration=file:" + str(conf / "log4j.properties"),
+            ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Dlog4j.configuration=file:" + str(conf / "log4j.properties"),
              "-Dzookeeper.4lw.commands.whitelist=*", *props,
              "-cp", servers.zookeeper_classpath(conf), "org.apache.zookeeper.server.quorum.QuorumPeerMain",
              str(conf / "zoo.cfg")],
