@@ -147,6 +147,8 @@ pub struct ServerShared {
     pub log_stats: Arc<ringkeeper_storage::group::LogStats>,
     /// What this server is in its ensemble (see [`ServerMode`]).
     mode: std::sync::atomic::AtomicU8,
+    /// As leader, its learners as `mntr` reports them.
+    leader_figures: Mutex<Option<crate::zab::LeaderFigures>>,
 }
 
 /// What a server is, as `srvr` and `mntr` name it.
@@ -192,6 +194,7 @@ impl ServerShared {
             conns: Mutex::default(),
             conns_per_ip: Mutex::default(),
             mode: std::sync::atomic::AtomicU8::new(ServerMode::Standalone as u8),
+            leader_figures: Mutex::new(None),
         }
     }
 
@@ -208,6 +211,14 @@ impl ServerShared {
     pub fn set_mode(&self, m: ServerMode) {
         self.mode
             .store(m as u8, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn leader_figures(&self) -> Option<crate::zab::LeaderFigures> {
+        *self.leader_figures.lock().expect("leader_figures poisoned")
+    }
+
+    pub fn set_leader_figures(&self, f: Option<crate::zab::LeaderFigures>) {
+        *self.leader_figures.lock().expect("leader_figures poisoned") = f;
     }
 
     /// Registers a new connection unless its IP already holds maxClientCnxns.

@@ -30,6 +30,10 @@ ulimit -l unlimited 2>/dev/null || true
 cargo build --release --workspace --locked
 cargo test --workspace --release --locked
 export RINGKEEPER_BIN="$PWD/target/release/ringkeeper"
-# kazoo's own test suite against ZooKeeper and ringkeeper, compared (about 7 minutes).
+# kazoo's own test suite against ZooKeeper, ringkeeper and a follower of a 3-member
+# ringkeeper ensemble, compared (about 10 minutes).
 tests/kazoo_upstream/run.sh
 python3 -m pytest -q -p no:cacheprovider tests/python
+# The real-client suites again, through a follower of a 3-member ensemble.
+RK_TEST_TARGET=follower python3 -m pytest -q -p no:cacheprovider \
+    tests/python/test_kazoo_client.py tests/python/test_kazoo_recipes.py tests/python/test_cli_clients.py

@@ -460,6 +460,10 @@ impl Replica for StorageReplica {
         self.0.core.borrow_mut().revalidate(session_id)
     }
 
+    fn leader_figures(&mut self, figures: Option<crate::zab::LeaderFigures>) {
+        self.0.shared.set_leader_figures(figures);
+    }
+
     fn role_changed(&mut self, role: Role) {
         let s = &self.0;
         // At once, not when the core loop gets to it: from here on nothing our core

@@ -120,6 +120,10 @@ pub trait Replica {
         let _ = (session_id, timeout_ms);
         false
     }
+    /// What `mntr` reports of our learners changed (None: we do not lead).
+    fn leader_figures(&mut self, figures: Option<crate::zab::LeaderFigures>) {
+        let _ = figures;
+    }
     /// This member's role changed (after every effect before it has run).
     fn role_changed(&mut self, role: Role) {
         let _ = role;
@@ -490,6 +494,7 @@ pub async fn run_member<R: Replica + 'static>(
     peer.start(now(), &mut out);
     d.run_effects(&mut out).await?;
     let mut persisted = replica.borrow().persisted();
+    let mut figures = None;
     loop {
         // At least a ms: a task that never waits would starve the connections' tasks.
         let wait = peer
@@ -544,6 +549,11 @@ pub async fn run_member<R: Replica + 'static>(
         }
         if replica.borrow().persisted() > persisted {
             inbox.notify.notify();
+        }
+        let now_figures = peer.leader_figures();
+        if now_figures != figures {
+            figures = now_figures;
+            replica.borrow_mut().leader_figures(figures);
         }
     }
 }

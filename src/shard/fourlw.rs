@@ -9,6 +9,7 @@ use std::time::UNIX_EPOCH;
 use super::Shard;
 use crate::broadcast::messages::{SessionSummary, ToCore};
 use crate::config::dir_size;
+use crate::server::ServerMode;
 use crate::session::watches::WatchSide;
 
 /// The version string clients and scripts see.
@@ -390,7 +391,12 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
     let cfg = &shard.shared.cfg;
     match word {
         "ruok" => "imok".into(),
-        "isro" => "rw".into(),
+        // As ZooKeeper answers: "null" while no server runs (a member without a
+        // leader), "rw" when it serves writes.
+        "isro" => match shard.shared.mode() {
+            ServerMode::Looking => "null".into(),
+            _ => "rw".into(),
+        },
         "srvr" => srvr(shard, false),
         "stat" => srvr(shard, true),
         "conf" => cfg.conf_lines().join("\n") + "\n",
@@ -453,6 +459,18 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
                 shard.shared.started.elapsed().as_millis().to_string(),
             );
             kv("zk_global_sessions", global_sessions.to_string());
+            if let (ServerMode::Leader, Some(f)) =
+                (shard.shared.mode(), shard.shared.leader_figures())
+            {
+                // ZooKeeper 3.6+ names them so; zk_followers is what 3.5 called the
+                // learners, kept for the dashboards that read it.
+                kv("zk_learners", f.learners.to_string());
+                kv("zk_followers", f.learners.to_string());
+                kv("zk_synced_followers", f.synced_followers.to_string());
+                kv("zk_synced_non_voting_followers", "0".into());
+                kv("zk_synced_observers", f.synced_observers.to_string());
+                kv("zk_pending_syncs", f.pending_syncs.to_string());
+            }
             kv("zk_last_proposal_size", "-1".into());
             // ringkeeper's own: connections per shard, so the spread is visible.
             let mut per_shard = vec![0usize; cfg.shards];

@@ -41,6 +41,16 @@ enum Stage {
     UpToDate,
 }
 
+/// A leader's learners as ZooKeeper's `mntr` counts them: connected (followers and
+/// observers), synced followers and observers (NEWLEADER acked), syncs waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaderFigures {
+    pub learners: u32,
+    pub synced_followers: u32,
+    pub synced_observers: u32,
+    pub pending_syncs: u32,
+}
+
 #[derive(Debug)]
 struct Link {
     conn: u64,
@@ -103,6 +113,22 @@ impl Leader {
 
     pub fn role(&self) -> Option<Role> {
         (self.phase == Phase::Broadcast).then_some(Role::Leading { epoch: self.epoch })
+    }
+
+    /// What `mntr` reports of a leader's learners.
+    pub fn figures(&self) -> LeaderFigures {
+        let synced = |observer: bool| {
+            self.links
+                .values()
+                .filter(|l| l.observer == observer && l.stage >= Stage::Synced)
+                .count() as u32
+        };
+        LeaderFigures {
+            learners: self.links.len() as u32,
+            synced_followers: synced(false),
+            synced_observers: synced(true),
+            pending_syncs: self.pending_syncs.len() as u32,
+        }
     }
 
     pub fn connected(&self) -> Vec<ServerId> {

@@ -23,6 +23,7 @@ pub mod election;
 mod ensemble_sim;
 pub mod history;
 mod leader;
+pub use leader::LeaderFigures;
 mod learner;
 pub mod messages;
 pub mod packets;

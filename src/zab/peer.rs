@@ -129,6 +129,14 @@ impl Peer {
         }
     }
 
+    /// As leader, what `mntr` reports of the learners; None otherwise.
+    pub fn leader_figures(&self) -> Option<super::leader::LeaderFigures> {
+        match &self.doing {
+            Doing::Leading(l) => Some(l.figures()),
+            _ => None,
+        }
+    }
+
     pub fn role(&self) -> Role {
         match &self.doing {
             Doing::Looking => Role::Looking,

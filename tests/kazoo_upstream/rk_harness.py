@@ -1,7 +1,9 @@
-"""pytest plugin: runs kazoo's own test suite against one standalone server, ringkeeper
-or Apache ZooKeeper 3.8 (RK_BACKEND=ringkeeper|zookeeper), by replacing the cluster
-kazoo's harness would start with that server. kazoo's default harness is a 3-server
-ensemble; tests that need more than one server fail on both backends alike."""
+"""pytest plugin: runs kazoo's own test suite against one server, by replacing the
+cluster kazoo's harness would start with it: a standalone ringkeeper or Apache
+ZooKeeper 3.8 (RK_BACKEND=ringkeeper|zookeeper), or a follower of a 3-member
+ringkeeper ensemble (RK_BACKEND=ringkeeper-follower: every write the tests make is
+forwarded to the leader). kazoo's default harness is a 3-server ensemble; tests that
+need more than one address fail on every backend alike."""
 
 import atexit
 import os
@@ -20,12 +22,18 @@ class OneServer:
 
     def __init__(self):
         self.server = None
+        self.ensemble = None
         self.port = servers.free_port()
 
     def _start(self):
         extra = dict(SUPER, clientPort=str(self.port))
         if BACKEND == "zookeeper":
             self.server = servers.start_zookeeper(extra)
+        elif BACKEND == "ringkeeper-follower":
+            # A fresh ensemble each time; the tests reach it through a follower's port.
+            self.ensemble = servers.start_ringkeeper_ensemble(3, extra=SUPER)
+            self.server = next(m for m in self.ensemble if servers.member_mode(m) == "follower")
+            self.port = self.server.port
         else:
             self.server = servers.start_ringkeeper(extra)
 
@@ -44,9 +52,12 @@ class OneServer:
             self._start()
 
     def stop(self):
-        if self.server is not None:
+        if self.ensemble is not None:
+            self.ensemble.stop()
+            self.ensemble = None
+        elif self.server is not None:
             self.server.stop()
-            self.server = None
+        self.server = None
 
     def get_logs(self, num_lines=100):
         return []

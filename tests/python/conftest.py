@@ -9,14 +9,24 @@ import servers  # noqa: E402
 from kazoo.client import KazooClient  # noqa: E402
 
 
+RK_EXTRA = {
+    "extendedTypesEnabled": "true",
+    "znode.container.checkIntervalMs": "200",
+    "DigestAuthenticationProvider.superDigest": "super:D/InIHSb7yEEbrWz8b9l71RjZJU=",
+}
+
+
 @pytest.fixture(scope="session")
 def rk():
-    """One ringkeeper for the session, with TTL nodes and a fast container sweep."""
-    s = servers.start_ringkeeper({
-        "extendedTypesEnabled": "true",
-        "znode.container.checkIntervalMs": "200",
-        "DigestAuthenticationProvider.superDigest": "super:D/InIHSb7yEEbrWz8b9l71RjZJU=",
-    })
+    """One ringkeeper for the session, with TTL nodes and a fast container sweep. With
+    RK_TEST_TARGET=follower, a follower of a 3-member ringkeeper ensemble instead: the
+    real-client suites then run through a member that forwards every write."""
+    if os.environ.get("RK_TEST_TARGET") == "follower":
+        members = servers.start_ringkeeper_ensemble(3, extra=RK_EXTRA)
+        yield next(m for m in members if servers.member_mode(m) == "follower")
+        members.stop()
+        return
+    s = servers.start_ringkeeper(RK_EXTRA)
     yield s
     s.stop()
 

@@ -82,3 +82,31 @@ def test_same_results_as_a_zookeeper_ensemble(ensembles, seed):
     finally:
         a.stop()
         b.stop()
+
+
+def mntr(port):
+    out = {}
+    for line in servers.four_letter(port, "mntr").splitlines():
+        k, _, v = line.partition("\t")
+        out[k] = v
+    return out
+
+
+def test_leaders_and_followers_report_their_role_as_zookeepers_do(ensembles):
+    zk_roles, rk_roles = ensembles
+    keys = ["zk_server_state", "zk_learners", "zk_synced_followers", "zk_synced_non_voting_followers",
+            "zk_synced_observers", "zk_pending_syncs"]
+    views = []
+    for roles in (zk_roles, rk_roles):
+        leader, *followers = roles
+        m = mntr(leader.port)
+        views.append({k: m.get(k) for k in keys})
+        for f in followers:
+            fm = mntr(f.port)
+            assert fm["zk_server_state"] == "follower"
+            assert not any(k in fm for k in keys[1:]), "a follower reports a leader's figures"
+            assert servers.four_letter(f.port, "isro") == "rw"
+        assert servers.four_letter(leader.port, "isro") == "rw"
+    zk_view, rk_view = views
+    assert zk_view["zk_server_state"] == "leader" and zk_view["zk_learners"] == "2", zk_view
+    assert rk_view == zk_view

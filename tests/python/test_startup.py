@@ -227,7 +227,7 @@ def test_an_ensemble_config_is_read_as_zookeeper_reads_it():
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "zoo.cfg"
         port = servers.free_port()
-        cfg.write_text(f"clientPort={port}\ndataDir={d}\n"
+        cfg.write_text(f"clientPort={port}\ndataDir={d}\n4lw.commands.whitelist=srvr,isro\n"
                        "server.1=127.0.0.1:2888:3888\nserver.2=127.0.0.2:2888:3888\n"
                        "server.3=127.0.0.3:2888:3888:observer\n")
         p = run_bin(["--config", str(cfg)])
@@ -247,6 +247,8 @@ def test_an_ensemble_config_is_read_as_zookeeper_reads_it():
             with pytest.raises(Exception):
                 rawzk.RawClient(port).create("/mine")
             assert member.poll() is None, "a member without peers must keep looking"
+            # No server runs behind a looking member: isro says so, as ZooKeeper's does.
+            assert servers.four_letter(port, "isro") == "null"
         finally:
             member.kill()
             member.wait()
