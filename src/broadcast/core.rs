@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::messages::{CoreOp, Effect, Entry, Granted, SessionSummary, ToCore};
 use crate::config::Config;
@@ -20,10 +19,13 @@ use ringkeeper_storage::snapshot::SnapSession;
 /// Most requests folded into one batch.
 pub const BATCH_REQUESTS_MAX: usize = 1024;
 
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// The time, as the driver read it for the core: the core reads no clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    /// A monotonic clock's ms (session deadlines).
+    pub mono_ms: u64,
+    /// The wall clock's ms since the epoch (txn times, TTLs, session ids).
+    pub wall_ms: i64,
 }
 
 /// Txn records framed for the log but not yet handed to it.
@@ -39,7 +41,10 @@ pub struct Core {
     cfg: Arc<Config>,
     tree: DataTree,
     sessions: SessionTable,
-    started: Instant,
+    /// The time the driver last gave (see [`Core::set_now`]).
+    now: Now,
+    /// Draws for standalone session passwords, seeded by the driver.
+    rng: rand::rngs::StdRng,
     last_cleanup_ms: u64,
     framed: Framed,
     /// Log records of the committed txns a learner applied (for a rebase: see
@@ -99,17 +104,24 @@ struct LearnerState {
 const FORWARD_HEADER_BYTES: usize = 16;
 
 impl Core {
-    /// A core continuing from a recovered tree and session table. Recovered sessions
-    /// get a full timeout from now to reconnect, as ZooKeeper gives them.
-    pub fn new(cfg: Arc<Config>, tree: DataTree, sessions: &[SnapSession]) -> Core {
-        let mut table = SessionTable::new(0, wall_ms());
+    /// A core continuing from a recovered tree and session table, at time `now`;
+    /// `seed` seeds its random draws (session passwords). Recovered sessions get a
+    /// full timeout from now to reconnect, as ZooKeeper gives them.
+    pub fn new(
+        cfg: Arc<Config>,
+        tree: DataTree,
+        sessions: &[SnapSession],
+        now: Now,
+        seed: [u8; 32],
+    ) -> Core {
+        let mut table = SessionTable::new(0, now.wall_ms);
         for s in sessions {
             table.insert(
                 s.id,
                 Session {
                     timeout_ms: s.timeout_ms,
                     passwd: s.passwd,
-                    deadline_ms: s.timeout_ms.max(0) as u64,
+                    deadline_ms: now.mono_ms + s.timeout_ms.max(0) as u64,
                     attached: None,
                 },
             );
@@ -118,7 +130,8 @@ impl Core {
             cfg,
             tree,
             sessions: table,
-            started: Instant::now(),
+            now,
+            rng: rand::SeedableRng::from_seed(seed),
             last_cleanup_ms: 0,
             framed: Framed::default(),
             applied_records: Vec::new(),
@@ -137,9 +150,16 @@ impl Core {
     /// A core of ensemble member `my_id`: session ids carry the id in their top byte
     /// and passwords are derived from the id as ZooKeeper's are, so that any member
     /// can check a reconnecting client's. It starts as a learner (not leading).
-    pub fn member(cfg: Arc<Config>, my_id: i64, tree: DataTree, sessions: &[SnapSession]) -> Core {
-        let mut core = Core::new(cfg, tree, sessions);
-        let mut table = SessionTable::new(my_id as u8, wall_ms());
+    pub fn member(
+        cfg: Arc<Config>,
+        my_id: i64,
+        tree: DataTree,
+        sessions: &[SnapSession],
+        now: Now,
+    ) -> Core {
+        // No random draws: a member's passwords are derived from the session id.
+        let mut core = Core::new(cfg, tree, sessions, now, [0; 32]);
+        let mut table = SessionTable::new(my_id as u8, now.wall_ms);
         for (id, s) in core.sessions.iter() {
             table.insert(*id, s.clone());
         }
@@ -217,9 +237,22 @@ impl Core {
         std::mem::take(&mut self.learner.touches)
     }
 
-    /// A fresh, empty core (tests).
+    /// A fresh, empty core at a fixed time, with fixed draws (tests).
     pub fn empty(cfg: Arc<Config>) -> Core {
-        Core::new(cfg, DataTree::new(), &[])
+        let now = Now {
+            mono_ms: 0,
+            wall_ms: 1_700_000_000_000,
+        };
+        Core::new(cfg, DataTree::new(), &[], now, [7; 32])
+    }
+
+    /// The time is now `now` (the driver's clocks; a monotonic reading never goes
+    /// back, nor does a wall reading as the core sees it).
+    pub fn set_now(&mut self, now: Now) {
+        self.now = Now {
+            mono_ms: now.mono_ms.max(self.now.mono_ms),
+            wall_ms: now.wall_ms.max(self.now.wall_ms),
+        };
     }
 
     /// Stops ordering txns (the log failed).
@@ -291,7 +324,7 @@ impl Core {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.now.mono_ms
     }
 
     pub fn tree(&self) -> &DataTree {
@@ -437,7 +470,7 @@ impl Core {
             if self.ordering == Ordering::Leader {
                 pw = crate::zkformat::convert::zookeeper_password(id);
             } else {
-                rand::Rng::fill(&mut rand::thread_rng(), &mut pw[..]);
+                rand::Rng::fill(&mut self.rng, &mut pw[..]);
             }
             self.ctx = (id, 0);
             self.sessions.insert(
@@ -469,7 +502,7 @@ impl Core {
                 timeout_ms,
                 passwd: pw,
             };
-            self.commit(&txn, zxid, wall_ms(), &mut Vec::new());
+            self.commit(&txn, zxid, self.now.wall_ms, &mut Vec::new());
             out.push(self.logged_entry(Vec::new(), effect));
             return;
         }
@@ -628,7 +661,7 @@ impl Core {
                 timeout_ms,
                 passwd,
             };
-            self.commit(&txn, zxid, wall_ms(), &mut Vec::new());
+            self.commit(&txn, zxid, self.now.wall_ms, &mut Vec::new());
             out.push(self.logged_entry(Vec::new(), Effect::None));
             return;
         }
@@ -800,7 +833,7 @@ impl Core {
             extended_types: self.cfg.extended_types_enabled,
         };
         let zxid = self.next_zxid();
-        let time = wall_ms();
+        let time = self.now.wall_ms;
         let mut triggers = Vec::new();
         let (err, body) = match op {
             CoreOp::Sync { path } => {
@@ -916,7 +949,7 @@ impl Core {
             self.commit(
                 &Txn::CloseSession { session_id },
                 zxid,
-                wall_ms(),
+                self.now.wall_ms,
                 &mut triggers,
             );
             out.push(self.logged_entry(triggers, Effect::SessionClosed { session_id }));
@@ -927,7 +960,7 @@ impl Core {
             let per_run = ((self.cfg.container_max_per_minute as u64 * interval) / 60_000).max(1);
             for path in self
                 .tree
-                .cleanup_candidates(wall_ms())
+                .cleanup_candidates(self.now.wall_ms)
                 .into_iter()
                 .take(per_run as usize)
             {
@@ -935,7 +968,7 @@ impl Core {
                     let mut triggers = Vec::new();
                     let zxid = self.next_zxid();
                     self.ctx = (0, 0);
-                    self.commit(&txn, zxid, wall_ms(), &mut triggers);
+                    self.commit(&txn, zxid, self.now.wall_ms, &mut triggers);
                     out.push(self.logged_entry(triggers, Effect::None));
                 }
             }
@@ -949,7 +982,7 @@ impl Core {
     /// The live sessions, by id.
     pub fn session_summaries(&self) -> Vec<SessionSummary> {
         let now = self.now_ms();
-        let wall_now = wall_ms();
+        let wall_now = self.now.wall_ms;
         let mut v: Vec<SessionSummary> = self
             .sessions
             .iter()
@@ -1080,6 +1113,52 @@ mod tests {
             } => g.session_id,
             e => panic!("{e:?}"),
         }
+    }
+
+    fn granted(out: &[Entry]) -> Granted {
+        match &out[0].effect {
+            Effect::Connected {
+                granted: Some(g), ..
+            } => g.clone(),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_core_reads_no_clock_and_draws_only_from_its_seed() {
+        let cfg = Arc::new(Config::default());
+        let connect_to = |core: &mut Core| {
+            let mut out = Vec::new();
+            let connect = ToCore::Connect {
+                shard: 0,
+                conn_id: 1,
+                session_id: 0,
+                passwd: vec![],
+                timeout_ms: 4_000,
+            };
+            core.step(connect, &mut out);
+            granted(&out)
+        };
+        // The same time and seed: the same session id and password.
+        let (mut a, mut b) = (Core::empty(cfg.clone()), Core::empty(cfg.clone()));
+        let (ga, gb) = (connect_to(&mut a), connect_to(&mut b));
+        assert_eq!((ga.session_id, ga.passwd), (gb.session_id, gb.passwd));
+        // Another seed: another password.
+        let mut c = Core::new(cfg, DataTree::new(), &[], a.now, [8; 32]);
+        assert_ne!(connect_to(&mut c).passwd, ga.passwd);
+        // However long the test takes, the session expires when the given time says.
+        let expired = |core: &mut Core, mono_ms: u64| {
+            core.set_now(Now {
+                mono_ms,
+                wall_ms: 1_700_000_000_000 + mono_ms as i64,
+            });
+            let mut out = Vec::new();
+            core.tick(&mut out);
+            out.iter()
+                .any(|e| matches!(e.effect, Effect::SessionClosed { session_id } if session_id == ga.session_id))
+        };
+        assert!(!expired(&mut a, 3_999));
+        assert!(expired(&mut a, 60_000));
     }
 
     /// A create of `path` with empty data, open ACL and `flags`.

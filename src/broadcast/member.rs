@@ -29,7 +29,7 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 use super::core::{Core, Ordering};
 use super::messages::{Batch, Effect, Entry, ToCore};
 use super::snapshots::{Snapshotter, SNAPSHOT_REQUESTED};
-use super::{open_log, undo_failed, BATCH_REQUESTS_MAX, QUEUED_LOG_BYTES_MAX};
+use super::{open_log, undo_failed, Clock, BATCH_REQUESTS_MAX, QUEUED_LOG_BYTES_MAX};
 use crate::config::Config;
 use crate::peering::{MemberConfig, MemberHandle, Replica};
 use crate::recovery::Recovered;
@@ -69,6 +69,8 @@ enum Work {
 /// Everything the core loop, the replica and the log's release share (one executor).
 struct State {
     cfg: Arc<Config>,
+    /// The clocks the core is given the time from.
+    clock: Clock,
     shared: Arc<ServerShared>,
     core: RefCell<Core>,
     group: RefCell<Rc<GroupCommit<Item>>>,
@@ -109,6 +111,13 @@ struct State {
 impl State {
     fn wake(&self) {
         self.notify.notify();
+    }
+
+    /// The core, with the time set to now.
+    fn core_now(&self) -> std::cell::RefMut<'_, Core> {
+        let mut core = self.core.borrow_mut();
+        core.set_now(self.clock.now());
+        core
     }
 
     fn send_to_shards(&self, entries: Vec<Entry>) {
@@ -251,8 +260,7 @@ impl State {
             "{what}: the tree is reloaded from disk at zxid {:#x}",
             recovered.tree.last_zxid()
         );
-        self.core
-            .borrow_mut()
+        self.core_now()
             .reset(recovered.tree.clone(), &recovered.sessions);
         self.own_upto.set(0);
         self.since_snapshot.set(recovered.log_end.replayed);
@@ -417,8 +425,7 @@ impl Replica for StorageReplica {
         s.committed.set(txn.zxid);
         let mut entries = Vec::new();
         let r = s
-            .core
-            .borrow_mut()
+            .core_now()
             .apply_committed(txn.zxid, &txn.data, &mut entries);
         if let Err(e) = r {
             // A committed txn we cannot apply would leave our tree behind the
@@ -457,7 +464,7 @@ impl Replica for StorageReplica {
     }
 
     fn revalidate(&mut self, session_id: i64, _timeout_ms: i32) -> bool {
-        self.0.core.borrow_mut().revalidate(session_id)
+        self.0.core_now().revalidate(session_id)
     }
 
     fn leader_figures(&mut self, figures: Option<crate::zab::LeaderFigures>) {
@@ -469,7 +476,7 @@ impl Replica for StorageReplica {
         // At once, not when the core loop gets to it: from here on nothing our core
         // orders may be proposed, so it must stop ordering as leader now.
         let leading = matches!(role, Role::Leading { .. });
-        let mut core = s.core.borrow_mut();
+        let mut core = s.core_now();
         if core.ordering() == Ordering::Leader && !leading {
             s.left_leading.set(true);
         }
@@ -537,7 +544,10 @@ pub async fn run(
     let my_id = member.peer.my_id;
     shared.set_mode(ServerMode::Looking);
     let handle = MemberHandle::new();
+    let clock = Clock::new();
+    let start = clock.now();
     let state = Rc::new(State {
+        clock,
         cfg: cfg.clone(),
         shared: shared.clone(),
         core: RefCell::new(Core::member(
@@ -545,6 +555,7 @@ pub async fn run(
             my_id,
             recovered.tree.clone(),
             &recovered.sessions,
+            start,
         )),
         group: RefCell::new(GroupCommit::new(recovered.log_end.last_zxid)),
         writer: RefCell::new(None),
@@ -665,7 +676,7 @@ pub async fn run(
                 change_role(&state, role).await;
                 continue;
             }
-            let mut core = state.core.borrow_mut();
+            let mut core = state.core_now();
             match w {
                 Work::Shard(m) => core.step(m, &mut entries),
                 Work::Forwarded { from, data, auth } => {
@@ -686,7 +697,7 @@ pub async fn run(
         }
         if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
             last_tick = Instant::now();
-            state.core.borrow_mut().tick(&mut entries);
+            state.core_now().tick(&mut entries);
         }
         flush(&state, &mut entries);
         state.snapshot_if_due();

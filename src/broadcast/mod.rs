@@ -19,7 +19,7 @@ mod snapshots;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 
@@ -32,8 +32,40 @@ use ringkeeper_storage::group::GroupCommit;
 use ringkeeper_storage::log::{LogError, LogOptions, LogWriter};
 use snapshots::Snapshotter;
 
-pub use self::core::{undo_failed, wall_ms, Core, Framed, BATCH_REQUESTS_MAX};
+pub use self::core::{undo_failed, Core, Framed, Now, BATCH_REQUESTS_MAX};
 pub use snapshots::{purge, SNAPSHOT_REQUESTED};
+
+/// Reads the clocks for a core (the drivers' side).
+pub struct Clock {
+    started: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            started: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: wall_ms(),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Most bytes of framed records waiting for the log before the core stops taking
 /// requests (back-pressure when the disk is slower than the clients).
@@ -109,10 +141,13 @@ pub async fn run(
 
     let group =
         GroupCommit::<Entry>::with_stats(recovered.log_end.last_zxid, shared.log_stats.clone());
+    let clock = Clock::new();
     let core = Rc::new(std::cell::RefCell::new(Core::new(
         cfg.clone(),
         recovered.tree.clone(),
         &recovered.sessions,
+        clock.now(),
+        rand::random(),
     )));
     let durable_tree = Rc::new(std::cell::RefCell::new(Arc::new(recovered.tree.clone())));
     let stopped = Rc::new(std::cell::Cell::new(false));
@@ -176,6 +211,7 @@ pub async fn run(
         // No await from here to the end of the iteration: the writer's seal borrows
         // the core only while this task is suspended.
         let mut core = core.borrow_mut();
+        core.set_now(clock.now());
         if !core.read_only {
             if let Some(t) = snapshotter.rebase.finish(core.tree()) {
                 core.replace_tree(t);
