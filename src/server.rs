@@ -161,6 +161,9 @@ pub enum ServerMode {
     Leader = 2,
     Follower = 3,
     Observer = 4,
+    /// A member without a quorum in ZooKeeper's read-only mode: it serves reads to
+    /// read-only clients only.
+    ReadOnly = 5,
 }
 
 impl ServerMode {
@@ -171,6 +174,7 @@ impl ServerMode {
             ServerMode::Leader => "leader",
             ServerMode::Follower => "follower",
             ServerMode::Observer => "observer",
+            ServerMode::ReadOnly => "read-only",
         }
     }
 
@@ -204,6 +208,7 @@ impl ServerShared {
             2 => ServerMode::Leader,
             3 => ServerMode::Follower,
             4 => ServerMode::Observer,
+            5 => ServerMode::ReadOnly,
             _ => ServerMode::Standalone,
         }
     }

@@ -53,6 +53,9 @@ pub struct Core {
     scratch: Vec<u8>,
     /// The log failed: no more txns; writes are refused, reads go on.
     pub(super) read_only: bool,
+    /// A member without a quorum in read-only mode: the sessions it grants live here
+    /// only (these ids), writes and syncs are refused.
+    quorumless: Option<std::collections::HashSet<i64>>,
     /// See `cut`.
     cut_for_queued: Option<Arc<DataTree>>,
     /// Where this core's orders come from and go (see [`Ordering`]).
@@ -137,6 +140,7 @@ impl Core {
             applied_records: Vec::new(),
             scratch: Vec::new(),
             read_only: false,
+            quorumless: None,
             cut_for_queued: None,
             ordering: Ordering::Standalone,
             zxid_floor: 0,
@@ -258,6 +262,21 @@ impl Core {
     /// Stops ordering txns (the log failed).
     pub fn set_read_only(&mut self) {
         self.read_only = true;
+    }
+
+    /// A member enters (or leaves) ZooKeeper's read-only mode: while in it, new
+    /// sessions are this member's alone, writes and syncs get NOTREADONLY. Leaving,
+    /// those sessions are forgotten (their clients are dropped by the driver and find
+    /// a member with a quorum).
+    pub fn set_quorumless(&mut self, on: bool) {
+        if let Some(local) = self.quorumless.take() {
+            for id in local {
+                self.sessions.remove(id);
+            }
+        }
+        if on {
+            self.quorumless = Some(Default::default());
+        }
     }
 
     /// The records framed since the last call.
@@ -451,6 +470,36 @@ impl Core {
     ) {
         let timeout_ms = self.cfg.negotiate_timeout_ms(timeout_ms);
         let now = self.now_ms();
+        if let Some(local) = self.quorumless.as_mut() {
+            if session_id == 0 {
+                // No txn without a leader: the session is this member's own, as a
+                // read-only ZooKeeper server's local sessions are.
+                let id = self.sessions.next_session_id();
+                let pw = crate::zkformat::convert::zookeeper_password(id);
+                local.insert(id);
+                self.sessions.insert(
+                    id,
+                    Session {
+                        timeout_ms,
+                        passwd: pw,
+                        deadline_ms: now + timeout_ms as u64,
+                        attached: Some((shard, conn_id)),
+                    },
+                );
+                let granted = Granted {
+                    session_id: id,
+                    timeout_ms,
+                    passwd: pw,
+                };
+                let effect = Effect::Connected {
+                    shard,
+                    conn_id,
+                    granted: Some(granted),
+                };
+                out.push(self.entry(Vec::new(), effect));
+                return;
+            }
+        }
         if session_id == 0 && self.ordering == Ordering::Learner {
             // The leader makes the session a txn; the client is answered when that
             // commits here (see `apply_committed`).
@@ -818,7 +867,7 @@ impl Core {
             out.push(self.entry(Vec::new(), e));
             return;
         }
-        if self.read_only {
+        if self.read_only || self.quorumless.is_some() {
             self.refuse(session_id, conn_id, xid, op, out);
             return;
         }
@@ -898,7 +947,9 @@ impl Core {
     }
 
     /// A request while the log is down: syncs and closes are answered (a close only
-    /// in memory), every write is refused with NOTREADONLY.
+    /// in memory), every write is refused with NOTREADONLY. In read-only mode a sync
+    /// is refused too, as ZooKeeper's read-only server refuses it (it cannot reach a
+    /// leader).
     fn refuse(
         &mut self,
         session_id: i64,
@@ -909,9 +960,12 @@ impl Core {
     ) {
         let zxid = self.tree.last_zxid();
         let (err, body) = match op {
-            CoreOp::Sync { path } => (0, Response::Path(path)),
+            CoreOp::Sync { path } if self.quorumless.is_none() => (0, Response::Path(path)),
             CoreOp::CloseSession => {
                 self.sessions.remove(session_id);
+                if let Some(local) = self.quorumless.as_mut() {
+                    local.remove(&session_id);
+                }
                 let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Empty);
                 out.push(self.entry(Vec::new(), e));
                 out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
@@ -935,6 +989,22 @@ impl Core {
         // Expiries and container deletions concern sessions that may have entries in
         // this batch: start from a cut.
         self.cut(out);
+        if let Some(local) = self.quorumless.as_mut() {
+            // Read-only mode's sessions are ours to expire, in memory only.
+            let now = self.now.mono_ms;
+            let expired: Vec<i64> = self
+                .sessions
+                .expired(now)
+                .into_iter()
+                .filter(|id| local.remove(id))
+                .collect();
+            for session_id in expired {
+                tracing::info!("Expiring read-only session 0x{session_id:x}, timeout exceeded");
+                self.sessions.remove(session_id);
+                out.push(self.entry(Vec::new(), Effect::SessionClosed { session_id }));
+            }
+            return;
+        }
         if self.read_only || self.ordering == Ordering::Learner {
             // Expiring a session or deleting a node would be a txn: the leader's.
             return;
@@ -1189,6 +1259,30 @@ mod tests {
         );
         core.finish_batch(&mut out);
         out
+    }
+
+    #[test]
+    fn read_only_mode_grants_local_sessions_and_refuses_writes_and_syncs() {
+        let cfg = Arc::new(Config::default());
+        let mut core = Core::member(cfg, 2, DataTree::new(), &[], Now::default());
+        core.set_quorumless(true);
+        let s = connect(&mut core);
+        assert_eq!(s >> 56, 2, "a member's session id carries its id");
+        assert_eq!(core.take_framed().count, 0, "no txn for a read-only session");
+        assert!(core.take_forwards().is_empty(), "nothing goes to a leader");
+        let refused = |out: &[Entry]| {
+            matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code())
+        };
+        assert!(refused(&request(&mut core, s, 1, create("/a", 0))));
+        let sync = CoreOp::Sync { path: "/".into() };
+        assert!(refused(&request(&mut core, s, 2, sync)));
+        assert_eq!(core.take_framed().count, 0);
+        // With a quorum again, the session is gone.
+        core.set_quorumless(false);
+        let out = request(&mut core, s, 3, create("/a", 0));
+        assert!(
+            matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::SessionExpired.code())
+        );
     }
 
     fn request_into(core: &mut Core, s: i64, op: CoreOp, cut_before: bool, out: &mut Vec<Entry>) {

@@ -106,6 +106,9 @@ struct State {
     snapshotter: RefCell<Snapshotter>,
     /// Txns the tree took since the last snapshot started.
     since_snapshot: Cell<u64>,
+    /// Counts role changes: a read-only start scheduled under one is void under the
+    /// next.
+    role_changes: Cell<u64>,
 }
 
 impl State {
@@ -484,6 +487,10 @@ impl Replica for StorageReplica {
             // What waited on a leader is forgotten: the clients are dropped.
             core.learn();
         }
+        if !matches!(role, Role::Looking) {
+            // Out of read-only mode at once: no session may be granted locally now.
+            core.set_quorumless(false);
+        }
         if let Role::Leading { epoch } = role {
             s.accepted_upto.set(core.tree().last_zxid());
             core.lead(epoch);
@@ -579,6 +586,7 @@ pub async fn run(
             Arc::default(),
         )),
         since_snapshot: Cell::new(recovered.log_end.replayed),
+        role_changes: Cell::new(0),
     });
     if let Err(e) = state.start_log(&recovered).await {
         fail(format!(
@@ -781,6 +789,22 @@ fn flush(state: &Rc<State>, entries: &mut Vec<Entry>) {
 
 async fn change_role(state: &Rc<State>, role: Role) {
     let was_leading = state.left_leading.get();
+    if state.shared.mode() == ServerMode::ReadOnly {
+        if matches!(role, Role::Looking) {
+            return; // still without a quorum: read-only mode goes on
+        }
+        // A quorum again: the read-only sessions end, their clients find a member
+        // that serves writes (as ZooKeeper shuts its read-only server down).
+        state.core_now().set_quorumless(false);
+        state.send_to_shards(vec![Entry {
+            tree: None,
+            triggers: Vec::new(),
+            effect: Effect::DropClients,
+            logged: false,
+        }]);
+        tracing::info!("leaving read-only mode");
+    }
+    state.role_changes.set(state.role_changes.get() + 1);
     match role {
         Role::Leading { epoch } => {
             state.shared.set_mode(ServerMode::Leader);
@@ -812,8 +836,29 @@ async fn change_role(state: &Rc<State>, role: Role) {
                     logged: false,
                 }]);
             }
+            if state.cfg.read_only_mode_enabled {
+                schedule_read_only(state);
+            }
         }
     }
+}
+
+/// Read-only mode: a member still looking after max(2 s, tickTime), as ZooKeeper
+/// waits before it starts its read-only server, serves reads to read-only clients.
+fn schedule_read_only(state: &Rc<State>) {
+    let state = state.clone();
+    let due = state.role_changes.get();
+    let wait = Duration::from_millis(u64::from(state.cfg.tick_time_ms).max(2_000));
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(wait).await;
+        if state.role_changes.get() != due || state.shared.mode() != ServerMode::Looking {
+            return;
+        }
+        state.core_now().set_quorumless(true);
+        state.shared.set_mode(ServerMode::ReadOnly);
+        tracing::info!("no quorum: read-only mode, serving reads to read-only clients");
+    })
+    .detach();
 }
 
 /// What a leader proposed and did not see committed may never be: its writers get a

@@ -57,6 +57,9 @@ pub struct Config {
     pub peer_type: quorum::LearnerType,
     /// `standaloneEnabled` (default true): one server line alone means standalone.
     pub standalone_enabled: bool,
+    /// `readonlymode.enabled`: a member cut off from its quorum serves reads to
+    /// clients that asked for read-only mode (ZooKeeper's read-only mode).
+    pub read_only_mode_enabled: bool,
     pub snap_count: u64,
     pub force_sync: bool,
     pub pre_alloc_size_kb: u64,
@@ -130,6 +133,7 @@ impl Default for Config {
             servers: Vec::new(),
             peer_type: quorum::LearnerType::Participant,
             standalone_enabled: true,
+            read_only_mode_enabled: false,
             snap_count: 100_000,
             force_sync: true,
             pre_alloc_size_kb: 65536,
@@ -371,6 +375,11 @@ impl Config {
                 }
             }
             "standaloneEnabled" => self.standalone_enabled = parse_bool(value).map_err(bad)?,
+            // ZooKeeper reads it as the system property readonlymode.enabled; a
+            // zoo.cfg line is where ringkeeper takes it (both spellings).
+            "readonlymode.enabled" | "zookeeper.readonlymode.enabled" => {
+                self.read_only_mode_enabled = parse_bool(value).map_err(bad)?
+            }
             // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper.
             "admin.serverAddress"
             | "admin.commandURL"

@@ -392,9 +392,10 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
     match word {
         "ruok" => "imok".into(),
         // As ZooKeeper answers: "null" while no server runs (a member without a
-        // leader), "rw" when it serves writes.
+        // leader), "ro" in read-only mode, "rw" when it serves writes.
         "isro" => match shard.shared.mode() {
             ServerMode::Looking => "null".into(),
+            ServerMode::ReadOnly => "ro".into(),
             _ => "rw".into(),
         },
         "srvr" => srvr(shard, false),

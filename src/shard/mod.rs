@@ -29,7 +29,7 @@ use crate::proto::{
     four_letter_word, put_event_frame, put_reply_frame, ConnectRequest, ConnectResponse,
     DecodeError, ErrorCode, OpCode, ReplyHeader, Request, Response, WatcherEvent,
 };
-use crate::server::{ConnInfo, ServerShared, ShardStats};
+use crate::server::{ConnInfo, ServerMode, ServerShared, ShardStats};
 use crate::session::watches::WatchTable;
 use crate::tree::{acl, DataTree};
 use conn::{Conn, Pending};
@@ -708,11 +708,28 @@ async fn read_loop(
         tracing::info!("{msg}");
         return Err(ConnError::Refused(msg));
     }
-    if !shard.shared.mode().serving() {
+    let mode = shard.shared.mode();
+    if !mode.serving() {
         // As ZooKeeper's "ZooKeeperServer not running": the client tries another member.
         return Err(ConnError::Refused(format!(
             "Refusing session request for client {peer}: this member has no leader (looking)"
         )));
+    }
+    if mode == ServerMode::ReadOnly {
+        // As ZooKeeper's read-only server: only clients that accept read-only mode,
+        // and only with a new session (a session of the ensemble cannot be renewed
+        // without its leader); the others try another member.
+        if req.read_only != Some(true) {
+            return Err(ConnError::Refused(format!(
+                "Refusing session request for client {peer}: not a read-only client, and this member is in read-only mode"
+            )));
+        }
+        if req.session_id != 0 {
+            return Err(ConnError::Refused(format!(
+                "Refusing global session reconnection in RO mode {peer} (session 0x{:x})",
+                req.session_id
+            )));
+        }
     }
     c.sent_read_only.set(req.read_only.is_some());
     let (tx, rx) = oneshot::channel();
@@ -734,7 +751,7 @@ async fn read_loop(
         timeout_ms: granted.as_ref().map_or(0, |g| g.timeout_ms),
         session_id: granted.as_ref().map_or(0, |g| g.session_id),
         passwd: granted.as_ref().map_or(vec![0; 16], |g| g.passwd.to_vec()),
-        read_only: req.read_only.map(|_| false),
+        read_only: req.read_only.map(|_| mode == ServerMode::ReadOnly),
     };
     {
         let mut out = c.out.borrow_mut();
