@@ -1268,11 +1268,13 @@ mod tests {
         core.set_quorumless(true);
         let s = connect(&mut core);
         assert_eq!(s >> 56, 2, "a member's session id carries its id");
-        assert_eq!(core.take_framed().count, 0, "no txn for a read-only session");
+        assert_eq!(
+            core.take_framed().count,
+            0,
+            "no txn for a read-only session"
+        );
         assert!(core.take_forwards().is_empty(), "nothing goes to a leader");
-        let refused = |out: &[Entry]| {
-            matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code())
-        };
+        let refused = |out: &[Entry]| matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code());
         assert!(refused(&request(&mut core, s, 1, create("/a", 0))));
         let sync = CoreOp::Sync { path: "/".into() };
         assert!(refused(&request(&mut core, s, 2, sync)));

@@ -18,6 +18,10 @@ use crate::zab::wire::WireError;
 /// reconnects and catches up). A bulk item (a SNAP's tree) does not count.
 pub const LINK_QUEUE_BYTES_MAX: usize = 64 << 20;
 
+/// Most bytes the writer gathers from the queue into one write; a larger item (a
+/// SNAP's tree) is written on its own, as it is.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
 pub struct Link {
     pub id: u64,
     pub peer: Cell<ServerId>,
@@ -98,35 +102,55 @@ impl Link {
     }
 
     async fn write_loop(&self, wr: &mut (impl AsyncWriteExt + Unpin)) {
+        let mut batch: Vec<u8> = Vec::new();
         loop {
-            let next = self.out.borrow_mut().pop_front();
-            match next {
-                Some((bytes, bulk)) => {
+            // Everything queued goes out in one write (up to WRITE_BATCH_BYTES): a
+            // leader under load queues a PROPOSAL and a COMMIT per txn, and one
+            // system call per packet would cost more than the packets.
+            batch.clear();
+            let mut taken = None;
+            {
+                let mut out = self.out.borrow_mut();
+                while let Some((bytes, bulk)) = out.pop_front() {
+                    if !batch.is_empty() && bytes.len() >= WRITE_BATCH_BYTES {
+                        out.push_front((bytes, bulk)); // next time, on its own
+                        break;
+                    }
                     self.out_bytes
                         .set(self.out_bytes.get().saturating_sub(bytes.len()));
                     if bulk {
                         self.bulk_bytes
                             .set(self.bulk_bytes.get().saturating_sub(bytes.len()));
                     }
-                    if wr.write_all(&bytes).await.is_err() {
-                        return;
+                    if batch.is_empty() && bytes.len() >= WRITE_BATCH_BYTES {
+                        taken = Some(bytes);
+                        break;
                     }
-                    tracing::trace!(
-                        "link {} to {}: wrote {} bytes",
-                        self.id,
-                        self.peer.get(),
-                        bytes.len()
-                    );
-                }
-                None => {
-                    if self.closed.get() {
-                        return;
-                    }
-                    self.wake.wait().await;
-                    if self.closed.get() && self.out.borrow().is_empty() {
-                        return;
+                    batch.extend_from_slice(&bytes);
+                    if batch.len() >= WRITE_BATCH_BYTES {
+                        break;
                     }
                 }
+            }
+            let bytes: &[u8] = taken.as_deref().unwrap_or(&batch);
+            if !bytes.is_empty() {
+                if wr.write_all(bytes).await.is_err() {
+                    return;
+                }
+                tracing::trace!(
+                    "link {} to {}: wrote {} bytes",
+                    self.id,
+                    self.peer.get(),
+                    bytes.len()
+                );
+                continue;
+            }
+            if self.closed.get() {
+                return;
+            }
+            self.wake.wait().await;
+            if self.closed.get() && self.out.borrow().is_empty() {
+                return;
             }
         }
     }
