@@ -28,18 +28,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from harness import REPO, bench, machine, populate, raise_nofile, recv_exact
+from harness import REPO, bench, get_data_raw, machine, populate, raise_nofile
 
 sys.path.insert(0, str(REPO / "tests" / "python"))
+import rawzk  # noqa: E402
 import servers  # noqa: E402
 from zk_ensemble import ZkEnsemble  # noqa: E402
 
@@ -126,22 +125,13 @@ def leader_index(ens, timeout=120):
 
 def raw_set(port, path, timeout):
     """Connects, starts a session, sets `path`; raises OSError unless acknowledged."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        def frame(b):
-            s.sendall(struct.pack(">i", len(b)) + b)
-
-        def read():
-            n = struct.unpack(">i", recv_exact(s, 4))[0]
-            return recv_exact(s, n)
-        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
-        read()
-        p = path.encode()
-        frame(struct.pack(">ii", 1, 5) + struct.pack(">i", len(p)) + p + struct.pack(">i", 1) + b"x"
-              + struct.pack(">i", -1))
-        r = read()
-        err = struct.unpack(">i", r[12:16])[0]
-        if err != 0:
-            raise OSError(f"setData {path}: error {err}")
+    c = rawzk.RawClient(port, timeout_ms=30000, socket_timeout_s=timeout)
+    try:
+        err = c.set_data(path, b"x")
+    finally:
+        c.close()
+    if err != 0:
+        raise OSError(f"setData {path}: error {err}")
 
 
 def failover_seconds(ens, fault):
@@ -206,7 +196,6 @@ def join_seconds(ens, znodes):
 
 
 def read_ok(port, path):
-    from harness import get_data_raw
     get_data_raw(port, path)
     return True
 
@@ -252,21 +241,13 @@ def run(ens_class, repeats, quick, join_znodes):
 
 def raw_set_create(port):
     """Creates the probe node the failover probes write to."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        def frame(b):
-            s.sendall(struct.pack(">i", len(b)) + b)
-
-        def read():
-            n = struct.unpack(">i", recv_exact(s, 4))[0]
-            return recv_exact(s, n)
-        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
-        read()
-        p = PROBE.encode()
-        world = struct.pack(">i", 1) + struct.pack(">i", 31) + struct.pack(">i", 5) + b"world" \
-            + struct.pack(">i", 6) + b"anyone"
-        frame(struct.pack(">ii", 1, 1) + struct.pack(">i", len(p)) + p + struct.pack(">i", 0) + world
-              + struct.pack(">i", 0))
-        read()
+    c = rawzk.RawClient(port, timeout_ms=30000, socket_timeout_s=5)
+    try:
+        err, _ = c.create(PROBE, b"")
+    finally:
+        c.close()
+    if err != 0:
+        raise SystemExit(f"cannot create {PROBE}: error {err}")
 
 
 def med(xs):

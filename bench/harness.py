@@ -4,8 +4,6 @@ running ringkeeper-bench, restart timing and RSS."""
 import json
 import os
 import resource
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -13,6 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "python"))
+import rawzk  # noqa: E402
 import servers  # noqa: E402
 
 BENCH = REPO / "target" / "release" / "ringkeeper-bench"
@@ -55,33 +54,15 @@ def populate(server, keys, value_size=100, prefix="/bench"):
     return time.time() - t
 
 
-def recv_exact(s, n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise OSError("closed")
-        b += c
-    return b
-
-
 def get_data_raw(port, path):
     """One getData over a fresh connection; raises OSError until the server answers."""
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-        def frame(b):
-            s.sendall(struct.pack(">i", len(b)) + b)
-
-        def read():
-            n = struct.unpack(">i", recv_exact(s, 4))[0]
-            return recv_exact(s, n)
-        frame(struct.pack(">iqiq", 0, 0, 30000, 0) + struct.pack(">i", 16) + b"\0" * 16 + b"\0")
-        read()
-        p = path.encode()
-        frame(struct.pack(">ii", 1, 4) + struct.pack(">i", len(p)) + p + b"\0")
-        r = read()
-        err = struct.unpack(">i", r[12:16])[0]
-        if err != 0:
-            raise OSError(f"getData {path}: error {err}")
+    c = rawzk.RawClient(port, timeout_ms=30000, socket_timeout_s=2)
+    try:
+        err, _ = c.get_data(path)
+    finally:
+        c.close()
+    if err != 0:
+        raise OSError(f"getData {path}: error {err}")
 
 
 def restart_seconds(server, probe_path):

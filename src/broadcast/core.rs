@@ -475,27 +475,9 @@ impl Core {
                 // No txn without a leader: the session is this member's own, as a
                 // read-only ZooKeeper server's local sessions are.
                 let id = self.sessions.next_session_id();
-                let pw = crate::zkformat::convert::zookeeper_password(id);
                 local.insert(id);
-                self.sessions.insert(
-                    id,
-                    Session {
-                        timeout_ms,
-                        passwd: pw,
-                        deadline_ms: now + timeout_ms as u64,
-                        attached: Some((shard, conn_id)),
-                    },
-                );
-                let granted = Granted {
-                    session_id: id,
-                    timeout_ms,
-                    passwd: pw,
-                };
-                let effect = Effect::Connected {
-                    shard,
-                    conn_id,
-                    granted: Some(granted),
-                };
+                let pw = crate::zkformat::convert::zookeeper_password(id);
+                let effect = self.open_session(id, pw, timeout_ms, (shard, conn_id));
                 out.push(self.entry(Vec::new(), effect));
                 return;
             }
@@ -522,24 +504,7 @@ impl Core {
                 rand::Rng::fill(&mut self.rng, &mut pw[..]);
             }
             self.ctx = (id, 0);
-            self.sessions.insert(
-                id,
-                Session {
-                    timeout_ms,
-                    passwd: pw,
-                    deadline_ms: now + timeout_ms as u64,
-                    attached: Some((shard, conn_id)),
-                },
-            );
-            let effect = Effect::Connected {
-                shard,
-                conn_id,
-                granted: Some(Granted {
-                    session_id: id,
-                    timeout_ms,
-                    passwd: pw,
-                }),
-            };
+            let effect = self.open_session(id, pw, timeout_ms, (shard, conn_id));
             if self.read_only {
                 // Lives in memory only, like a read-only ZooKeeper server's sessions.
                 out.push(self.entry(Vec::new(), effect));
@@ -596,6 +561,36 @@ impl Core {
                 conn_id,
             },
         ));
+    }
+
+    /// Enters a new session attached to connection (shard, conn_id); the handshake's
+    /// answer granting it.
+    fn open_session(
+        &mut self,
+        id: i64,
+        passwd: [u8; PASSWD_BYTES],
+        timeout_ms: i32,
+        (shard, conn_id): (usize, u64),
+    ) -> Effect {
+        let now = self.now_ms();
+        self.sessions.insert(
+            id,
+            Session {
+                timeout_ms,
+                passwd,
+                deadline_ms: now + timeout_ms as u64,
+                attached: Some((shard, conn_id)),
+            },
+        );
+        Effect::Connected {
+            shard,
+            conn_id,
+            granted: Some(Granted {
+                session_id: id,
+                timeout_ms,
+                passwd,
+            }),
+        }
     }
 
     /// As a learner: sends the request to the leader and remembers who to answer

@@ -56,8 +56,9 @@ class Reader:
 
 
 class RawClient:
-    def __init__(self, port, timeout_ms=10000, session_id=0, passwd=b"\0" * 16, last_zxid=0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port, timeout_ms=10000, session_id=0, passwd=b"\0" * 16, last_zxid=0,
+                 socket_timeout_s=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=socket_timeout_s)
         self.xid = 0
         self.events = []
         body = struct.pack(">iqiq", 0, last_zxid, timeout_ms, session_id) + s_buf(passwd) + b"\0"

@@ -18,10 +18,7 @@ class RecordingProxy:
         self.name, self.target_port = name, target_port
         self.dir = Path(record_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", listen_port))
-        self.sock.listen(64)
+        self.sock = _listen(listen_port)
         self.port = listen_port
         self._ids = itertools.count()
         self._stopped = False
@@ -35,10 +32,8 @@ class RecordingProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
+            upstream = _dial(self.target_port)
+            if upstream is None:
                 client.close()  # the member is down: as if it refused the connection
                 continue
             n = next(self._ids)
@@ -101,10 +96,7 @@ class FaultProxy:
 
     def __init__(self, listen_port, target_port):
         self.target_port = target_port
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", listen_port))
-        self.sock.listen(64)
+        self.sock = _listen(listen_port)
         self.port = listen_port
         self.dropping = {"c2s": False, "s2c": False}
         self._lock = threading.Lock()
@@ -136,10 +128,8 @@ class FaultProxy:
                 held = self.dropping["c2s"] and self.dropping["s2c"]
             upstream = None
             if not held:
-                try:
-                    upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                    upstream.settimeout(None)
-                except OSError:
+                upstream = _dial(self.target_port)
+                if upstream is None:
                     client.close()  # the member is down: as if it refused the connection
                     continue
             conn = [[client] + ([upstream] if upstream else []), held]
@@ -179,6 +169,24 @@ class FaultProxy:
             conns, self._conns = self._conns, []
         for socks, _ in conns:
             _close(socks)
+
+
+def _listen(port):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
+
+
+def _dial(port):
+    """A connection to 127.0.0.1:`port`, or None if nothing takes it."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        return None
+    s.settimeout(None)
+    return s
 
 
 def _close(socks):

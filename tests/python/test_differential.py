@@ -281,23 +281,35 @@ def same_result(a, b, seed, i, who, op):
     assert rb == ra, f"seed {seed} step {i}: {who} {op}\n zookeeper:  {ra}\n ringkeeper: {rb}"
 
 
+def same_sequence(a, b, seed, root, before_op=None):
+    """Runs seed's sequence under `root` on ZooKeeper's side `a` and ringkeeper's side
+    `b` (`before_op(who, op)` first, if given, on each step): every answer, the watch
+    events every 25 steps and at the end, and the final trees must agree. Returns the
+    watch events."""
+    for side in (a, b):
+        side.anon.create(root)
+    for i, (who, op) in enumerate(gen_ops(seed, root)):
+        if before_op:
+            before_op(who, op)
+        same_result(a, b, seed, i, who, op)
+        if i % 25 == 24:
+            ea, eb = a.drained_events(), b.drained_events()
+            assert eb == ea, f"seed {seed} by step {i}: watch events differ\n zookeeper:  {ea}\n ringkeeper: {eb}"
+    for side in (a, b):
+        side.alice.sync("/")
+    assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
+    ea, eb = a.drained_events(), b.drained_events()
+    assert eb == ea, f"seed {seed}: watch events differ"
+    return ea
+
+
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_same_results_as_zookeeper(pair, seed):
     zk, rk = pair
     a, b = Side(zk), Side(rk)
     try:
-        root = f"/diff{seed}"
-        for side in (a, b):
-            side.anon.create(root)
-        for i, (who, op) in enumerate(gen_ops(seed, root)):
-            same_result(a, b, seed, i, who, op)
-            if i % 25 == 24:
-                ea, eb = a.drained_events(), b.drained_events()
-                assert eb == ea, f"seed {seed} by step {i}: watch events differ\n zookeeper:  {ea}\n ringkeeper: {eb}"
-        assert dump_tree(b, root) == dump_tree(a, root), f"seed {seed}: trees differ"
-        ea, eb = a.drained_events(), b.drained_events()
-        assert eb == ea, f"seed {seed}: watch events differ"
-        assert sum(len(v) for v in ea.values()) > 0 or OPS_PER_SEED < 100, "the sequence fired no watch"
+        events = same_sequence(a, b, seed, f"/diff{seed}")
+        assert sum(len(v) for v in events.values()) > 0 or OPS_PER_SEED < 100, "the sequence fired no watch"
     finally:
         a.stop()
         b.stop()
