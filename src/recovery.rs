@@ -2,8 +2,11 @@
 //! zxid order, rebuilding the tree and the session table. Runs before any executor
 //! starts; anything it cannot vouch for stops start-up with the file and offset.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use ringkeeper_storage::recover::{replay_log, LogEnd};
 use ringkeeper_storage::snapshot::{list_snapshots, SnapSession, Snapshot};
@@ -37,6 +40,49 @@ pub struct Recovered {
     pub log_end: LogEnd,
     /// The snapshot started from, if any, and its zxid.
     pub snapshot: Option<(PathBuf, i64)>,
+    /// An ensemble member's last replayed txns, for DIFFs after a restart.
+    pub recent: RecentTxns,
+}
+
+/// Txns a member keeps for DIFFs across a restart (ZooKeeper's commitLogCount).
+pub const RECENT_TXNS_KEPT: usize = 500;
+
+/// The last txns replayed from the log, as ZooKeeper serializes them (TxnHeader and
+/// record, the header's clientId and cxid as logged), in zxid order.
+#[derive(Debug, Default)]
+pub struct RecentTxns {
+    /// The zxid just before the first of `txns` (the snapshot's, if they are all
+    /// that was replayed).
+    pub floor: i64,
+    pub txns: Vec<(i64, Bytes)>,
+}
+
+/// A replayed record kept for [`RecentTxns`]: its zxid, its payload and, for a
+/// closeSession, the ephemerals it deleted (ZooKeeper's record lists them).
+struct Kept {
+    zxid: i64,
+    payload: Vec<u8>,
+    ephemerals: Vec<String>,
+}
+
+impl RecentTxns {
+    fn from_kept(floor: i64, kept: VecDeque<Kept>) -> RecentTxns {
+        let txns = kept
+            .into_iter()
+            .map(|k| {
+                let logged = Txn::decode_logged(&k.payload).expect("decoded once already");
+                let ctx = crate::zkformat::convert::TxnContext {
+                    session_id: logged.origin.session_id,
+                    cxid: logged.origin.cxid,
+                    zxid: k.zxid,
+                    time_ms: logged.time_ms,
+                };
+                let z = crate::zkformat::convert::to_zookeeper(&logged.txn, ctx, &k.ephemerals);
+                (k.zxid, Bytes::from(z.to_bytes()))
+            })
+            .collect();
+        RecentTxns { floor, txns }
+    }
 }
 
 fn ensure_dir(path: PathBuf) -> Result<PathBuf, RecoveryError> {
@@ -161,9 +207,32 @@ pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     let after = tree.last_zxid();
     // Replay fires no watches: the triggers are made and dropped.
     let mut triggers = Vec::new();
+    let keep = if cfg.is_ensemble() {
+        RECENT_TXNS_KEPT
+    } else {
+        0
+    };
+    let mut kept: VecDeque<Kept> = VecDeque::with_capacity(keep);
+    let mut kept_floor = after;
     let log_end = replay_log(&log_dir, after, |zxid, payload| {
-        let txn = tree.apply_logged(zxid, payload, &mut triggers)?;
+        let mut ephemerals = Vec::new();
+        if keep > 0 {
+            if kept.len() == keep {
+                kept_floor = kept.pop_front().map_or(kept_floor, |k| k.zxid);
+            }
+            if let Some(session_id) = Txn::logged_close_session(payload) {
+                ephemerals = tree.ephemerals_of(session_id);
+            }
+        }
+        let txn = tree.apply_logged(zxid, payload, &mut triggers)?.txn;
         triggers.clear();
+        if keep > 0 {
+            kept.push_back(Kept {
+                zxid,
+                payload: payload.to_vec(),
+                ephemerals,
+            });
+        }
         match txn {
             Txn::CreateSession {
                 session_id,
@@ -202,5 +271,6 @@ pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
         sessions,
         log_end,
         snapshot,
+        recent: RecentTxns::from_kept(kept_floor, kept),
     })
 }

@@ -335,8 +335,12 @@ impl Core {
             let z = crate::zkformat::convert::to_zookeeper(txn, ctx, ephemerals);
             self.proposals.push((zxid, Bytes::from(z.to_bytes())));
         }
+        let origin = crate::tree::Origin {
+            session_id: self.ctx.0,
+            cxid: self.ctx.1,
+        };
         self.scratch.clear();
-        txn.encode_logged(time, &mut self.scratch);
+        txn.encode_logged(time, origin, &mut self.scratch);
         encode_record(&mut self.framed.bytes, zxid, &self.scratch);
         self.framed.first_zxid.get_or_insert(zxid);
         self.framed.count += 1;
@@ -762,8 +766,12 @@ impl Core {
         let (client, cxid) = (z.header.client_id, z.header.cxid);
         let mut triggers = Vec::new();
         let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
+        let origin = crate::tree::Origin {
+            session_id: client,
+            cxid,
+        };
         self.scratch.clear();
-        txn.encode_logged(time, &mut self.scratch);
+        txn.encode_logged(time, origin, &mut self.scratch);
         encode_record(&mut self.applied_records, zxid, &self.scratch);
         let now = self.now_ms();
         match &txn {

@@ -44,7 +44,7 @@ use ringkeeper_storage::group::GroupCommit;
 use ringkeeper_storage::log::LogError;
 
 /// Committed txns a leader keeps in memory for DIFFs (ZooKeeper keeps 500).
-const DIFF_TXNS_RETAINED: usize = 500;
+const DIFF_TXNS_RETAINED: usize = crate::recovery::RECENT_TXNS_KEPT;
 
 /// What the group commit carries: the core's entries, or a learner's append (its
 /// record is all there is to it).
@@ -336,8 +336,12 @@ impl Replica for StorageReplica {
                 return;
             }
         };
+        let origin = crate::tree::Origin {
+            session_id: z.header.client_id,
+            cxid: z.header.cxid,
+        };
         let mut payload = Vec::new();
-        t.encode_logged(time, &mut payload);
+        t.encode_logged(time, origin, &mut payload);
         s.group
             .borrow()
             .push_record(txn.zxid, &payload, Item::Append);
@@ -514,8 +518,8 @@ fn remove_snapshots_after(cfg: &Config, zxid: Zxid) -> std::io::Result<()> {
     ringkeeper_storage::fsutil::fsync_dir(&dir)
 }
 
-/// What Zab starts from: the epochs on disk and the log's end (the txns themselves are
-/// not kept for DIFFs across a restart: a learner behind our start point takes a SNAP).
+/// What Zab starts from: the epochs on disk, the log's end and its last txns (a
+/// learner within them gets a DIFF; one behind them, our tree).
 fn zab_recovered(
     cfg: &Config,
     recovered: &Recovered,
@@ -527,7 +531,20 @@ fn zab_recovered(
         crate::zab::peer::Recovered {
             accepted_epoch: e.accepted,
             current_epoch: e.current,
-            history: History::recovered(last, Vec::new(), last, DIFF_TXNS_RETAINED),
+            history: History::recovered(
+                recovered.recent.floor,
+                recovered
+                    .recent
+                    .txns
+                    .iter()
+                    .map(|(zxid, data)| ZabTxn {
+                        zxid: *zxid,
+                        data: data.clone(),
+                    })
+                    .collect(),
+                last,
+                DIFF_TXNS_RETAINED,
+            ),
         },
         e,
     ))

@@ -286,6 +286,16 @@ impl MemberHandle {
     }
 }
 
+/// DIFF, TRUNC or SNAP: how a leader brings a learner in line (logged on both sides).
+fn sync_kind(msg: &Msg) -> Option<&'static str> {
+    match msg {
+        Msg::Diff { .. } => Some("DIFF"),
+        Msg::Trunc { .. } => Some("TRUNC"),
+        Msg::Snap { .. } => Some("SNAP"),
+        _ => None,
+    }
+}
+
 struct Driver<R: Replica> {
     me: ServerId,
     replica: Rc<RefCell<R>>,
@@ -364,6 +374,9 @@ impl<R: Replica> Driver<R> {
             to_leader,
         };
         tracing::trace!("member {}: to {to}: {msg:?}", self.me);
+        if let Some(how) = sync_kind(msg) {
+            tracing::info!("member {}: syncing learner {to} by {how}", self.me);
+        }
         let mut bytes = Vec::new();
         to_packet(msg, &out).encode(&mut bytes);
         if let Msg::Snap { zxid } = msg {
@@ -406,6 +419,13 @@ impl<R: Replica> Driver<R> {
                 match from_packet(&received.packet, direction) {
                     Ok(msg) => {
                         tracing::trace!("member {}: from {from} on {conn}: {msg:?}", self.me);
+                        if let Some(how) = sync_kind(&msg) {
+                            tracing::info!(
+                                "member {}: leader {from} syncs us by {how} ({:#x})",
+                                self.me,
+                                received.packet.zxid
+                            );
+                        }
                         if received.tree.is_some() {
                             self.pending_tree = received.tree;
                         }

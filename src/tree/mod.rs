@@ -23,7 +23,7 @@ use crate::proto::codes::{
 };
 use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Stat, WriteOp};
 use base::BaseTree;
-pub use txn::{Applied, Trigger, Txn};
+pub use txn::{Applied, Logged, Origin, Trigger, Txn};
 
 /// A path or a child name as the overlay and the child sets hold it. Names of up to 23
 /// bytes (most child names, and short paths) are stored inline, so the B-tree

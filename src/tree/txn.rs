@@ -78,8 +78,49 @@ impl Trigger {
     }
 }
 
-/// The encoding of a txn as the log stores it: its wall-clock time, then a tag and the
-/// txn's fields in jute. Replaying `(zxid, time, txn)` in zxid order rebuilds the tree.
+/// Who asked for a txn: ZooKeeper's TxnHeader clientId and cxid. Logged with the txn,
+/// so a txn read back from the log can be sent to a learner as ZooKeeper would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub session_id: i64,
+    pub cxid: i32,
+}
+
+impl Origin {
+    /// What a record logged without its origin (before it was logged) can say of
+    /// it: a session's own txns and an ephemeral's create name the session; cxid 0.
+    pub fn derived(txn: &Txn) -> Origin {
+        let session_id = match txn {
+            Txn::CreateSession { session_id, .. } | Txn::CloseSession { session_id } => *session_id,
+            Txn::Create {
+                ephemeral_owner, ..
+            } if *ephemeral_owner > 0 => *ephemeral_owner,
+            Txn::Multi(txns) => txns
+                .iter()
+                .map(|t| Origin::derived(t).session_id)
+                .find(|s| *s != 0)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        Origin {
+            session_id,
+            cxid: 0,
+        }
+    }
+}
+
+/// A txn as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub time_ms: i64,
+    pub txn: Txn,
+    pub origin: Origin,
+}
+
+/// The encoding of a txn as the log stores it: its wall-clock time, a tag and the
+/// txn's fields in jute, then its origin (session, cxid; absent from records written
+/// before origins were logged). Replaying `(zxid, time, txn)` in zxid order rebuilds
+/// the tree.
 impl super::DataTree {
     /// Applies a txn as the log holds it (see `Txn::encode_logged`), replayed after a
     /// snapshot: at recovery, and when the core's tree is rebuilt on a new snapshot.
@@ -90,11 +131,10 @@ impl super::DataTree {
         zxid: i64,
         payload: &[u8],
         triggers: &mut Vec<Trigger>,
-    ) -> Result<Txn, String> {
-        let (time, txn) =
-            Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
+    ) -> Result<Logged, String> {
+        let logged = Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.apply(&txn, zxid, time, triggers);
+            self.apply(&logged.txn, zxid, logged.time_ms, triggers);
         }))
         .map_err(|p| {
             let what = p
@@ -104,14 +144,14 @@ impl super::DataTree {
                 .unwrap_or_default();
             format!("does not fit the recovered tree ({what})")
         })?;
-        Ok(txn)
+        Ok(logged)
     }
 }
 
 mod codec {
     use bytes::BufMut;
 
-    use super::Txn;
+    use super::{Logged, Origin, Txn};
     use crate::proto::jute::{to_bytes, DecodeError, JuteWrite, Reader};
     use crate::proto::Acl;
 
@@ -127,19 +167,41 @@ mod codec {
     const ERROR: u8 = 10;
 
     impl Txn {
-        /// Appends `time_ms` and the txn.
-        pub fn encode_logged(&self, time_ms: i64, out: &mut Vec<u8>) {
+        /// Appends `time_ms`, the txn and its origin.
+        pub fn encode_logged(&self, time_ms: i64, origin: Origin, out: &mut Vec<u8>) {
             out.put_i64(time_ms);
             self.encode(out);
+            out.put_i64(origin.session_id);
+            out.put_i32(origin.cxid);
         }
 
-        /// Decodes what [`Txn::encode_logged`] wrote.
-        pub fn decode_logged(b: &[u8]) -> Result<(i64, Txn), DecodeError> {
+        /// The session a logged closeSession closes, read without decoding the rest;
+        /// None for any other txn.
+        pub fn logged_close_session(b: &[u8]) -> Option<i64> {
+            let mut r = Reader::new(b.get(8..)?);
+            (r.u8().ok()? == CLOSE_SESSION).then(|| r.i64().ok())?
+        }
+
+        /// Decodes what [`Txn::encode_logged`] wrote (or, without the origin, what
+        /// it wrote before origins were logged: the origin is then derived).
+        pub fn decode_logged(b: &[u8]) -> Result<Logged, DecodeError> {
             let mut r = Reader::new(b);
             let time_ms = r.i64()?;
             let txn = Txn::decode(&mut r, true)?;
+            let origin = if r.remaining() == 0 {
+                Origin::derived(&txn)
+            } else {
+                Origin {
+                    session_id: r.i64()?,
+                    cxid: r.i32()?,
+                }
+            };
             r.finish()?;
-            Ok((time_ms, txn))
+            Ok(Logged {
+                time_ms,
+                txn,
+                origin,
+            })
         }
 
         fn encode(&self, out: &mut Vec<u8>) {
@@ -337,10 +399,16 @@ mod codec_tests {
 
     proptest! {
         #[test]
-        fn logged_txns_round_trip(txn in arb_txn(), time in any::<i64>()) {
+        fn logged_txns_round_trip(
+            txn in arb_txn(),
+            time_ms in any::<i64>(),
+            session_id in any::<i64>(),
+            cxid in any::<i32>(),
+        ) {
+            let origin = Origin { session_id, cxid };
             let mut b = Vec::new();
-            txn.encode_logged(time, &mut b);
-            prop_assert_eq!(Txn::decode_logged(&b), Ok((time, txn)));
+            txn.encode_logged(time_ms, origin, &mut b);
+            prop_assert_eq!(Txn::decode_logged(&b), Ok(Logged { time_ms, txn, origin }));
         }
 
         #[test]
@@ -350,9 +418,54 @@ mod codec_tests {
     }
 
     #[test]
+    fn records_logged_before_origins_decode_with_a_derived_origin() {
+        let eph = Txn::Create {
+            path: "/e".into(),
+            data: None,
+            acl: vec![],
+            ephemeral_owner: 0x51,
+            parent_cversion: 3,
+        };
+        let plain = Txn::SetData {
+            path: "/p".into(),
+            data: None,
+            version: 1,
+        };
+        let cases = [
+            (eph.clone(), 0x51),
+            (Txn::Multi(vec![plain.clone(), eph]), 0x51),
+            (Txn::CloseSession { session_id: 0x77 }, 0x77),
+            (plain, 0),
+        ];
+        for (txn, session_id) in cases {
+            let mut b = Vec::new();
+            txn.encode_logged(
+                9,
+                Origin {
+                    session_id: 1,
+                    cxid: 2,
+                },
+                &mut b,
+            );
+            b.truncate(b.len() - 12); // as written before the origin was logged
+            let logged = Txn::decode_logged(&b).unwrap();
+            assert_eq!(
+                logged.origin,
+                Origin {
+                    session_id,
+                    cxid: 0
+                }
+            );
+            let closes = matches!(txn, Txn::CloseSession { .. }).then_some(session_id);
+            assert_eq!(Txn::logged_close_session(&b), closes);
+            assert_eq!((logged.time_ms, logged.txn), (9, txn));
+        }
+    }
+
+    #[test]
     fn multi_cannot_nest() {
         let mut b = Vec::new();
-        Txn::Multi(vec![]).encode_logged(0, &mut b);
+        Txn::Multi(vec![]).encode_logged(0, Origin::default(), &mut b);
         // Wrap the encoded empty multi inside another multi by hand.
         let mut nested = 0i64.to_be_bytes().to_vec();
         nested.push(6);

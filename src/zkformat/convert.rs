@@ -276,7 +276,12 @@ fn to_record(txn: &Txn, session_id: i64, ephemerals: &[String]) -> (i32, TxnReco
             TxnRecord::Multi(
                 txns.iter()
                     .map(|t| {
-                        let (txn_type, record) = to_record(t, session_id, ephemerals);
+                        let (mut txn_type, record) = to_record(t, session_id, ephemerals);
+                        // ZooKeeper 3.8's DataTree knows no create2 inside a multi (it
+                        // drops the whole multi); its own leaders log create there.
+                        if txn_type == CREATE2 {
+                            txn_type = CREATE;
+                        }
                         MultiEntry {
                             txn_type,
                             record,
@@ -544,6 +549,13 @@ mod tests {
             })
         ));
         assert_eq!(z.header.client_id, 5);
+        // Inside a multi a create is logged as create: ZooKeeper 3.8.0 drops a whole
+        // multi holding a create2 (its DataTree does not know the type there).
+        let z = to_zookeeper(&Txn::Multi(vec![create(0), create(5)]), ctx(5), &[]);
+        let Some(TxnRecord::Multi(entries)) = z.record else {
+            panic!("not a multi: {z:?}")
+        };
+        assert!(entries.iter().all(|e| e.txn_type == txn_type::CREATE));
         // A pre-3.3 create (no parentCVersion) and a pre-3.6 closeSession (no body).
         let old = ZkTxn {
             header: TxnHeader {
