@@ -687,9 +687,11 @@ impl Core {
                 );
                 return;
             };
-            if self.sessions.get(session_id).is_some() || self.read_only {
+            if self.read_only {
                 return;
             }
+            // A session we know already is created again (ZooKeeper's leader orders
+            // every createSession it is forwarded): the learner waits for the txn.
             let timeout_ms = self.cfg.negotiate_timeout_ms(timeout_ms);
             let passwd = crate::zkformat::convert::zookeeper_password(session_id);
             let now = self.now_ms();
@@ -859,6 +861,10 @@ impl Core {
         out: &mut Vec<Entry>,
     ) {
         if self.sessions.get(session_id).is_none() {
+            if conn_id == REMOTE_CONN && self.ordering == Ordering::Leader {
+                self.order_for_gone_session(session_id, xid, &op, out);
+                return;
+            }
             let zxid = self.tree.last_zxid();
             let e = self.reply(
                 (session_id, conn_id),
@@ -947,6 +953,30 @@ impl Core {
         };
         let e = self.reply((session_id, conn_id), xid, zxid, err, body);
         out.push(self.logged_entry(triggers, e));
+    }
+
+    /// A learner's request from a session that is gone (expired, or closed through
+    /// another member) still gets a txn, as ZooKeeper's leader gives it one: a
+    /// learner answers what it forwarded only when a commit with its session and cxid
+    /// comes (ZooKeeper's CommitProcessor holds every later local write behind it).
+    /// A closeSession is ordered as a closeSession (a no-op now), anything else as an
+    /// error txn, SESSIONEXPIRED.
+    fn order_for_gone_session(
+        &mut self,
+        session_id: i64,
+        xid: i32,
+        op: &CoreOp,
+        out: &mut Vec<Entry>,
+    ) {
+        self.ctx = (session_id, xid);
+        let zxid = self.next_zxid();
+        let txn = match op {
+            CoreOp::CloseSession => Txn::CloseSession { session_id },
+            _ => Txn::Error(ErrorCode::SessionExpired.code()),
+        };
+        let mut triggers = Vec::new();
+        self.commit(&txn, zxid, self.now.wall_ms, &mut triggers);
+        out.push(self.logged_entry(triggers, Effect::None));
     }
 
     /// A request while the log is down: syncs and closes are answered (a close only
@@ -1288,6 +1318,56 @@ mod tests {
         assert!(
             matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::SessionExpired.code())
         );
+    }
+
+    #[test]
+    fn a_learners_requests_from_a_session_that_is_gone_still_get_txns() {
+        use crate::zkformat::txn::{txn_type, TxnRecord, ZkTxn};
+        let cfg = Arc::new(Config::default());
+        let mut core = Core::member(cfg, 3, DataTree::new(), &[], Now::default());
+        core.lead(1);
+        let gone = 0x0100_0000_0000_0007_i64;
+        let forward = |core: &mut Core, cxid: i32, op: i32, body: &[u8]| {
+            let mut data = gone.to_be_bytes().to_vec();
+            data.extend_from_slice(&cxid.to_be_bytes());
+            data.extend_from_slice(&op.to_be_bytes());
+            data.extend_from_slice(body);
+            let mut out = Vec::new();
+            core.forwarded(1, &data, vec![], &mut out);
+            let proposals = core.take_proposals();
+            assert_eq!(proposals.len(), 1, "one txn for op {op}");
+            ZkTxn::decode(&proposals[0].1).unwrap()
+        };
+        // setData of "/" by the gone session: an error txn, SESSIONEXPIRED.
+        let mut set = Vec::new();
+        crate::proto::jute::JuteWrite::put_string(&mut set, "/");
+        set.extend_from_slice(&(-1i32).to_be_bytes()); // data: null
+        set.extend_from_slice(&(-1i32).to_be_bytes()); // version
+        let z = forward(
+            &mut core,
+            4,
+            crate::proto::codes::OpCode::SetData as i32,
+            &set,
+        );
+        assert_eq!((z.header.client_id, z.header.cxid), (gone, 4));
+        assert_eq!(z.header.txn_type, txn_type::ERROR);
+        assert!(
+            matches!(z.record, Some(TxnRecord::Error { err }) if err == ErrorCode::SessionExpired.code())
+        );
+        // Its closeSession: a closeSession, with nothing to delete.
+        let z = forward(
+            &mut core,
+            5,
+            crate::proto::codes::OpCode::CloseSession as i32,
+            &[],
+        );
+        assert_eq!((z.header.client_id, z.header.cxid), (gone, 5));
+        assert_eq!(z.header.txn_type, txn_type::CLOSE_SESSION);
+        // And a createSession of a session the leader knows is ordered again.
+        let timeout = 4000i32.to_be_bytes();
+        forward(&mut core, 0, txn_type::CREATE_SESSION, &timeout);
+        let z = forward(&mut core, 0, txn_type::CREATE_SESSION, &timeout);
+        assert_eq!(z.header.txn_type, txn_type::CREATE_SESSION);
     }
 
     fn request_into(core: &mut Core, s: i64, op: CoreOp, cut_before: bool, out: &mut Vec<Entry>) {

@@ -31,6 +31,7 @@ use super::messages::{Batch, Effect, Entry, ToCore};
 use super::snapshots::{Snapshotter, SNAPSHOT_REQUESTED};
 use super::{open_log, undo_failed, Clock, BATCH_REQUESTS_MAX, QUEUED_LOG_BYTES_MAX};
 use crate::config::Config;
+use crate::peering::snap_image::{SnapFiles, SnapImage};
 use crate::peering::{MemberConfig, MemberHandle, Replica};
 use crate::recovery::Recovered;
 use crate::server::{ServerMode, ServerShared};
@@ -38,7 +39,6 @@ use crate::tree::DataTree;
 use crate::util::Notify;
 use crate::zab::history::{History, Txn as ZabTxn, Zxid};
 use crate::zab::messages::Role;
-use crate::zkformat::snapshot::ZkTree;
 use ringkeeper_storage::epochs::{self, Epochs};
 use ringkeeper_storage::group::GroupCommit;
 use ringkeeper_storage::log::LogError;
@@ -85,6 +85,9 @@ struct State {
     epochs: Cell<Epochs>,
     /// Batches for the shards, in order.
     outbox: RefCell<VecDeque<Vec<Entry>>>,
+    /// What the committed txns applied since the replica's last `applied` produced,
+    /// for the shards.
+    applying: RefCell<Vec<Entry>>,
     outbox_notify: Notify,
     /// The tree version the shards were last sent.
     published: RefCell<Arc<DataTree>>,
@@ -371,22 +374,42 @@ impl Replica for StorageReplica {
         &mut self,
         leader: i64,
         zxid: Zxid,
-        tree: Option<ZkTree>,
+        image: Option<SnapImage>,
     ) -> std::io::Result<()> {
-        let tree = tree.ok_or_else(|| std::io::Error::other("SNAP without its tree"))?;
+        let image = image.ok_or_else(|| std::io::Error::other("SNAP without what follows it"))?;
         let s = self.0.clone();
-        s.reload(&format!("SNAP from {leader} at {zxid:#x}"), |cfg| {
-            ringkeeper_storage::recover::remove_log(&cfg.log_dir())
-                .map_err(std::io::Error::other)?;
-            remove_snapshots_after(cfg, -1)?;
-            crate::zkformat::convert::snapshot_from_zookeeper_tree(
-                &tree,
-                zxid,
-                &cfg.snapshot_dir(),
-            )?;
-            Ok(())
-        })
-        .await?;
+        match image {
+            SnapImage::Tree(tree) => {
+                s.reload(&format!("SNAP (tree) from {leader} at {zxid:#x}"), |cfg| {
+                    ringkeeper_storage::recover::remove_log(&cfg.log_dir())
+                        .map_err(std::io::Error::other)?;
+                    remove_snapshots_after(cfg, -1)?;
+                    crate::zkformat::convert::snapshot_from_zookeeper_tree(
+                        &tree,
+                        zxid,
+                        &cfg.snapshot_dir(),
+                    )?;
+                    Ok(())
+                })
+                .await?
+            }
+            SnapImage::Files(files) => {
+                let what = format!(
+                    "SNAP (snapshot file {:#x}, {} bytes, and {} bytes of log) from {leader} at {zxid:#x}",
+                    files.snapshot_zxid,
+                    files.snapshot.len(),
+                    files.log.len()
+                );
+                s.reload(&what, |cfg| install_files(cfg, zxid, &files))
+                    .await?;
+                let at = s.core.borrow().tree().last_zxid();
+                if at != zxid {
+                    return Err(std::io::Error::other(format!(
+                        "the files of a SNAP at {zxid:#x} hold the tree at {at:#x}"
+                    )));
+                }
+            }
+        }
         // The shards switch to the new tree at once.
         let tree = Arc::new(s.core.borrow().tree().clone());
         s.send_to_shards(vec![Entry {
@@ -427,29 +450,71 @@ impl Replica for StorageReplica {
         Some(b)
     }
 
+    fn snapshot_files(&self, zxid: Zxid) -> Option<SnapFiles> {
+        let cfg = &self.0.cfg;
+        let found = (|| {
+            let snapshots = ringkeeper_storage::snapshot::list_snapshots(&cfg.snapshot_dir())
+                .map_err(|e| e.to_string())?;
+            let newest = snapshots.into_iter().find(|(z, _)| *z <= zxid); // newest first
+            let (snapshot_zxid, snapshot) = match newest {
+                Some((z, path)) => {
+                    let f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    // SAFETY: a snapshot is immutable once renamed into place; a purge
+                    // that removes it leaves the mapping valid.
+                    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+                    (z, Bytes::from_owner(map))
+                }
+                None => (0, Bytes::new()),
+            };
+            let log =
+                ringkeeper_storage::transfer::read_log_range(&cfg.log_dir(), snapshot_zxid, zxid)?;
+            Ok::<_, String>(SnapFiles {
+                snapshot_zxid,
+                snapshot,
+                log: Bytes::from(log),
+            })
+        })();
+        match found {
+            Ok(files) => Some(files),
+            Err(e) => {
+                tracing::info!("a SNAP at {zxid:#x} goes as the tree, not files: {e}");
+                None
+            }
+        }
+    }
+
     fn apply(&mut self, txn: &ZabTxn) {
         let s = &self.0;
         s.committed.set(txn.zxid);
-        let mut entries = Vec::new();
-        let r = s
-            .core_now()
-            .apply_committed(txn.zxid, &txn.data, &mut entries);
+        let mut core = s.core_now();
+        let before = core.tree().last_zxid();
+        let r = core.apply_committed(txn.zxid, &txn.data, &mut s.applying.borrow_mut());
         if let Err(e) = r {
             // A committed txn we cannot apply would leave our tree behind the
             // ensemble's: stop serving rather than answer from it.
             tracing::error!("{e}; this member stops");
             std::process::exit(1);
         }
+        if core.tree().last_zxid() > before {
+            s.since_snapshot.set(s.since_snapshot.get() + 1);
+        }
+        drop(core);
+        s.release_committed();
+    }
+
+    fn applied(&mut self) {
+        let s = &self.0;
         let records = s.core.borrow_mut().take_applied_records();
         if !records.is_empty() {
             s.snapshotter.borrow().rebase.record(&records);
-            s.since_snapshot.set(s.since_snapshot.get() + 1);
         }
+        let mut entries = std::mem::take(&mut *s.applying.borrow_mut());
         if !entries.is_empty() {
+            // One tree version for everything applied since the last call: a version
+            // per txn would make each txn copy the tree's paths the last one shared.
             s.core.borrow_mut().finish_batch(&mut entries);
             s.send_to_shards(entries);
         }
-        s.release_committed();
     }
 
     fn forwarded(&mut self, from: i64, data: Bytes, auth: Vec<crate::proto::Id>) {
@@ -503,6 +568,46 @@ impl Replica for StorageReplica {
         s.work.borrow_mut().push_back(Work::Role(role));
         s.wake();
     }
+}
+
+/// Makes a ringkeeper leader's files for a SNAP at `zxid` ours: each is checked (the
+/// snapshot's checksums and structure, each log record's checksum and order, and that
+/// they end at `zxid`) before anything of ours is removed; then the snapshot goes in
+/// place and the records become our log.
+fn install_files(cfg: &Config, zxid: Zxid, files: &SnapFiles) -> std::io::Result<()> {
+    use ringkeeper_storage::transfer;
+    let bad = |e: String| std::io::Error::other(format!("SNAP from the leader: {e}"));
+    let span = transfer::check_records(&files.log, files.snapshot_zxid).map_err(bad)?;
+    let ends_at = span.map_or(files.snapshot_zxid, |s| s.last);
+    if ends_at != zxid {
+        return Err(bad(format!("its files end at {ends_at:#x}")));
+    }
+    // Checked under a temp name first, renamed into place only once ours are gone.
+    let t0 = Instant::now();
+    let staged = if files.snapshot.is_empty() {
+        None
+    } else {
+        let dir = cfg.snapshot_dir();
+        Some(
+            transfer::stage_snapshot_file(&dir, files.snapshot_zxid, &files.snapshot)
+                .map_err(bad)?,
+        )
+    };
+    let staged_ms = t0.elapsed().as_millis();
+    ringkeeper_storage::recover::remove_log(&cfg.log_dir()).map_err(std::io::Error::other)?;
+    remove_snapshots_after(cfg, -1)?;
+    if let Some(staged) = staged {
+        staged.commit()?;
+    }
+    if let Some(span) = span {
+        let prealloc = cfg.pre_alloc_size_kb.max(4) * 1024;
+        transfer::write_log(&cfg.log_dir(), &files.log, span.first, prealloc)?;
+    }
+    tracing::info!(
+        "SNAP files in place in {} ms (the snapshot written, synced and checked in {staged_ms} ms)",
+        t0.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// Removes our snapshots of zxids above `zxid` (a TRUNC below them, or a SNAP that
@@ -588,6 +693,7 @@ pub async fn run(
         own_upto: Cell::new(0),
         epochs: Cell::new(epochs),
         outbox: RefCell::default(),
+        applying: RefCell::default(),
         outbox_notify: Notify::default(),
         published: RefCell::new(Arc::new(recovered.tree.clone())),
         work: RefCell::default(),

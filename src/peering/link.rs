@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
@@ -26,7 +27,7 @@ pub struct Link {
     pub id: u64,
     pub peer: Cell<ServerId>,
     /// Byte strings to write, each with whether it is a bulk item.
-    out: RefCell<VecDeque<(Vec<u8>, bool)>>,
+    out: RefCell<VecDeque<(Bytes, bool)>>,
     out_bytes: Cell<usize>,
     /// Of `out_bytes`, those of bulk items.
     bulk_bytes: Cell<usize>,
@@ -55,16 +56,16 @@ impl Link {
 
     /// Queues `bytes`; a peer that lets too much pile up is dropped.
     pub fn send(&self, bytes: Vec<u8>) {
-        self.queue(bytes, false);
+        self.queue(Bytes::from(bytes), false);
     }
 
-    /// Queues a bulk item (a SNAP and the tree after it): however large, it does not
-    /// count against the queue's bound; what is queued with it still does.
-    pub fn send_bulk(&self, bytes: Vec<u8>) {
+    /// Queues a bulk item (a SNAP and the tree or files after it): however large, it
+    /// does not count against the queue's bound; what is queued with it still does.
+    pub fn send_bulk(&self, bytes: Bytes) {
         self.queue(bytes, true);
     }
 
-    fn queue(&self, bytes: Vec<u8>, bulk: bool) {
+    fn queue(&self, bytes: Bytes, bulk: bool) {
         if self.closed.get() {
             return;
         }
@@ -90,7 +91,7 @@ impl Link {
         out.clear();
         self.out_bytes.set(bytes.len());
         self.bulk_bytes.set(0);
-        out.push_back((bytes, false));
+        out.push_back((Bytes::from(bytes), false));
         drop(out);
         self.wake.notify();
     }

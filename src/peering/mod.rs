@@ -13,6 +13,7 @@
 mod election_net;
 mod link;
 mod quorum_net;
+pub mod snap_image;
 #[cfg(test)]
 mod tests;
 
@@ -32,10 +33,10 @@ use crate::zab::history::{Txn, Zxid};
 use crate::zab::messages::{Effect, Msg, Role};
 use crate::zab::packets::{from_packet, to_packet, Outgoing, PacketError};
 use crate::zab::peer::{Peer, PeerConfig, Recovered};
-use crate::zab::wire::Direction;
-use crate::zkformat::snapshot::ZkTree;
+use crate::zab::wire::{Direction, LEADER_PROTOCOL_VERSION};
 use election_net::ElectionNet;
 use quorum_net::{QuorumNet, Received};
+use snap_image::{SnapFiles, SnapImage, RINGKEEPER_PROTOCOL_VERSION};
 
 /// What the nets hand the driver.
 pub enum Event {
@@ -87,17 +88,28 @@ pub trait Replica {
     /// Durable before returning. The driver waits for it (and does nothing else
     /// meanwhile): a log writer may first have to finish the write it has in flight.
     async fn truncate(&mut self, to: Zxid) -> std::io::Result<()>;
-    /// The tree a leader sent after SNAP replaces ours; durable before returning.
+    /// The state a leader sent after SNAP (its tree, or a ringkeeper leader's files)
+    /// replaces ours; durable before returning.
     async fn install_snapshot(
         &mut self,
         leader: ServerId,
         zxid: Zxid,
-        tree: Option<ZkTree>,
+        image: Option<SnapImage>,
     ) -> std::io::Result<()>;
     /// Our tree as of `zxid` in ZooKeeper's serialization with its signature, to
     /// follow a SNAP we send; None if this replica cannot make one.
     fn snapshot_image(&self, zxid: Zxid) -> Option<Vec<u8>>;
+    /// For a ringkeeper learner: our state as of `zxid` as files (our snapshot at or
+    /// below it and our log after that up to it); None sends the tree instead.
+    fn snapshot_files(&self, zxid: Zxid) -> Option<SnapFiles> {
+        let _ = zxid;
+        None
+    }
     fn apply(&mut self, txn: &Txn);
+    /// The txns `apply` took since the last call are all there are for now: what they
+    /// produced goes on (the driver calls this before it waits, and before a
+    /// truncation or a snapshot install).
+    fn applied(&mut self) {}
     /// A learner forwarded a client's request (REQUEST's data and the session's
     /// identities) for this leader to order.
     fn forwarded(&mut self, from: ServerId, data: Bytes, auth: Vec<crate::proto::Id>) {
@@ -305,7 +317,8 @@ struct Driver<R: Replica> {
     config_text: Vec<u8>,
     /// Our connection to our leader (what comes on older ones is stale).
     leader_conn: Option<u64>,
-    pending_tree: Option<ZkTree>,
+    /// What followed the leader's SNAP, until the install it is for.
+    pending_image: Option<SnapImage>,
     last_proposed: Zxid,
 }
 
@@ -329,12 +342,16 @@ impl<R: Replica> Driver<R> {
                     .borrow_mut()
                     .persist_epochs(accepted, current)?,
                 Effect::Append(txn) => self.replica.borrow_mut().append(&txn),
-                Effect::Truncate { to } => self.replica.borrow_mut().truncate(to).await?,
+                Effect::Truncate { to } => {
+                    self.replica.borrow_mut().applied();
+                    self.replica.borrow_mut().truncate(to).await?
+                }
                 Effect::InstallSnapshot { leader, zxid } => {
-                    let tree = self.pending_tree.take();
+                    self.replica.borrow_mut().applied();
+                    let image = self.pending_image.take();
                     self.replica
                         .borrow_mut()
-                        .install_snapshot(leader, zxid, tree)
+                        .install_snapshot(leader, zxid, image)
                         .await?
                 }
                 Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
@@ -367,36 +384,68 @@ impl<R: Replica> Driver<R> {
             self.last_proposed = self.last_proposed.max(t.zxid);
         }
         let to_leader = self.leader_conn.is_some() && self.quorum.leader_is(to);
+        // A learner always says it is a ringkeeper member; a leader says so to one
+        // that did (ZooKeeper's members see ZooKeeper's version).
+        let ringkeeper_learner = self.quorum.is_ringkeeper_learner(to);
+        let protocol_version = match msg {
+            Msg::LearnerInfo { .. } => RINGKEEPER_PROTOCOL_VERSION,
+            _ if ringkeeper_learner => RINGKEEPER_PROTOCOL_VERSION,
+            _ => LEADER_PROTOCOL_VERSION,
+        };
         let out = Outgoing {
             my_id: self.me,
             config: Some(self.config_text.clone()),
             last_proposed: self.last_proposed,
             to_leader,
+            protocol_version,
         };
         tracing::trace!("member {}: to {to}: {msg:?}", self.me);
-        if let Some(how) = sync_kind(msg) {
-            tracing::info!("member {}: syncing learner {to} by {how}", self.me);
-        }
-        let mut bytes = Vec::new();
-        to_packet(msg, &out).encode(&mut bytes);
-        if let Msg::Snap { zxid } = msg {
-            match self.replica.borrow().snapshot_image(*zxid) {
-                Some(image) => {
-                    bytes.extend_from_slice(&image);
-                    self.quorum.send_snapshot(to, bytes);
-                    return;
-                }
-                None => {
-                    tracing::warn!(
-                        "member {}: learner {to} needs a SNAP, which this replica cannot send: dropping it",
-                        self.me
-                    );
-                    self.quorum.disconnect(to);
-                    return;
-                }
+        let packet = to_packet(msg, &out);
+        // Room for the header fields and the data: no regrowth while encoding.
+        let data = packet.data.as_ref().map_or(0, |d| d.len());
+        let mut bytes = Vec::with_capacity(data + 64);
+        packet.encode(&mut bytes);
+        let Msg::Snap { zxid } = msg else {
+            if let Some(how) = sync_kind(msg) {
+                tracing::info!("member {}: syncing learner {to} by {how}", self.me);
             }
+            self.quorum.send(to, bytes);
+            return;
+        };
+        let files = ringkeeper_learner
+            .then(|| self.replica.borrow().snapshot_files(*zxid))
+            .flatten();
+        if let Some(files) = files {
+            tracing::info!(
+                "member {}: syncing learner {to} by SNAP: snapshot file {:#x} ({} bytes) and {} bytes of log",
+                self.me,
+                files.snapshot_zxid,
+                files.snapshot.len(),
+                files.log.len()
+            );
+            let mut parts = vec![Bytes::from(bytes)];
+            parts.extend(snap_image::files_parts(files));
+            self.quorum.send_snapshot(to, parts);
+            return;
         }
-        self.quorum.send(to, bytes);
+        let Some(image) = self.replica.borrow().snapshot_image(*zxid) else {
+            tracing::warn!(
+                "member {}: learner {to} needs a SNAP, which this replica cannot send: dropping it",
+                self.me
+            );
+            self.quorum.disconnect(to);
+            return;
+        };
+        tracing::info!(
+            "member {}: syncing learner {to} by SNAP: the tree ({} bytes)",
+            self.me,
+            image.len()
+        );
+        if ringkeeper_learner {
+            bytes.extend_from_slice(&snap_image::tree_envelope());
+        }
+        bytes.extend_from_slice(&image);
+        self.quorum.send_snapshot(to, vec![Bytes::from(bytes)]);
     }
 
     fn event(&mut self, peer: &mut Peer, now: u64, e: Event, out: &mut Vec<Effect>) {
@@ -426,8 +475,8 @@ impl<R: Replica> Driver<R> {
                                 received.packet.zxid
                             );
                         }
-                        if received.tree.is_some() {
-                            self.pending_tree = received.tree;
+                        if received.image.is_some() {
+                            self.pending_image = received.image;
                         }
                         peer.on_message(now, from, conn, msg, out);
                     }
@@ -504,7 +553,7 @@ pub async fn run_member<R: Replica + 'static>(
         handle: handle.clone(),
         config_text: cfg.config_text(),
         leader_conn: None,
-        pending_tree: None,
+        pending_image: None,
         last_proposed: 0,
     };
     let started = Instant::now();
@@ -575,5 +624,6 @@ pub async fn run_member<R: Replica + 'static>(
             figures = now_figures;
             replica.borrow_mut().leader_figures(figures);
         }
+        replica.borrow_mut().applied();
     }
 }

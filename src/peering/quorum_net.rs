@@ -1,41 +1,44 @@
 //! The quorum port: learners connect to their leader's, and every packet between them
 //! is a QuorumPacket as Apache ZooKeeper writes it (no length prefix), the data tree
-//! following a SNAP. A connection's first packet must be FOLLOWERINFO or OBSERVERINFO
-//! naming a member of the ensemble; anything that does not decode ends the connection
-//! with a log line.
+//! following a SNAP (see [`super::snap_image`]). A connection's first packet must be
+//! FOLLOWERINFO or OBSERVERINFO naming a member of the ensemble; anything that does
+//! not decode ends the connection with a log line.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::link::{incomplete, read_first, spawn_accept_loop, Link};
+use super::snap_image::{SnapDecoder, SnapImage, RINGKEEPER_PROTOCOL_VERSION};
 use super::{Event, Inbox};
 use crate::config::ServerId;
 use crate::proto::jute::Reader;
 use crate::zab::packets::learner_info;
 use crate::zab::wire::{packet_type, QuorumPacket, WireError};
-use crate::zkformat::snapshot::{ZkTree, ZkTreeDecoder, SNAP_SIGNATURE};
 
 /// How long a learner may take to send FOLLOWERINFO.
 const INFO_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_TRIES: u32 = 25;
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
 
-/// A packet, with the data tree when it is a SNAP.
+/// A packet, with the state that follows it when it is a SNAP.
 pub struct Received {
     pub packet: QuorumPacket,
-    pub tree: Option<ZkTree>,
+    pub image: Option<SnapImage>,
 }
 
-/// Cuts one packet (and, after a SNAP from the leader, the tree and its signature).
-/// A tree that has not all arrived is decoded as far as it has, and the next call goes
-/// on from there.
+/// Cuts one packet (and, after a SNAP from the leader, what follows it). What follows
+/// a SNAP and has not all arrived is decoded as far as it has, and the next call goes
+/// on from there. A leader whose LEADERINFO carried ringkeeper's protocol version
+/// sends it in ringkeeper's envelope.
 fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize)>, WireError> {
-    let mut partial_tree: Option<ZkTreeDecoder> = None;
+    let mut snap: Option<SnapDecoder> = None;
+    let mut ringkeeper_leader = false;
     move |b| {
         let mut r = Reader::new(b);
         let packet = match QuorumPacket::decode(&mut r) {
@@ -43,34 +46,21 @@ fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize
             Err(e) if incomplete(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut tree = None;
-        if from_leader && packet.packet_type == packet_type::SNAP {
-            let decoder = partial_tree.get_or_insert_with(ZkTreeDecoder::default);
-            let t = match decoder.feed(&mut r) {
-                Ok(t) => t,
-                Err(e) => {
-                    let e = WireError::from(e);
-                    if !incomplete(&e) {
-                        partial_tree = None;
-                        return Err(e);
-                    }
-                    return Ok(None);
-                }
-            };
-            partial_tree = None;
-            let sig = match r.string() {
-                Ok(s) => s,
-                Err(e) => {
-                    let e = WireError::from(e);
-                    return if incomplete(&e) { Ok(None) } else { Err(e) };
-                }
-            };
-            if sig != SNAP_SIGNATURE {
-                return Err(WireError::SnapSignature(sig));
-            }
-            tree = Some(t);
+        let mut image = None;
+        if from_leader && packet.packet_type == packet_type::LEADERINFO {
+            let version = packet.data.as_deref().and_then(|d| d.get(..4));
+            ringkeeper_leader = version == Some(&RINGKEEPER_PROTOCOL_VERSION.to_be_bytes());
         }
-        Ok(Some((Received { packet, tree }, r.position())))
+        if from_leader && packet.packet_type == packet_type::SNAP {
+            let decoder = snap.get_or_insert_with(|| SnapDecoder::new(ringkeeper_leader));
+            match decoder.feed(&mut r) {
+                Ok(i) => image = Some(i),
+                Err(e) if incomplete(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            snap = None;
+        }
+        Ok(Some((Received { packet, image }, r.position())))
     }
 }
 
@@ -80,6 +70,8 @@ pub struct QuorumNet {
     inbox: Rc<Inbox>,
     /// Learners connected to us, by id.
     learners: RefCell<BTreeMap<ServerId, Rc<Link>>>,
+    /// Learners whose LearnerInfo carried ringkeeper's protocol version.
+    ringkeeper_learners: RefCell<BTreeSet<ServerId>>,
     /// Our connection to our leader.
     leader: RefCell<Option<Rc<Link>>>,
     next_link: Cell<u64>,
@@ -96,6 +88,7 @@ impl QuorumNet {
             addrs,
             inbox,
             learners: RefCell::default(),
+            ringkeeper_learners: RefCell::default(),
             leader: RefCell::default(),
             next_link: Cell::new(1),
         })
@@ -125,6 +118,12 @@ impl QuorumNet {
         };
         let peer = match learner_info(&first.packet) {
             Ok(info) if self.addrs.contains_key(&info.server_id) && info.server_id != self.me => {
+                let mut rk = self.ringkeeper_learners.borrow_mut();
+                if info.protocol_version == Some(RINGKEEPER_PROTOCOL_VERSION) {
+                    rk.insert(info.server_id);
+                } else {
+                    rk.remove(&info.server_id);
+                }
                 info.server_id
             }
             Ok(info) => {
@@ -226,22 +225,25 @@ impl QuorumNet {
 
     /// Queues `bytes` for `to`: our leader, or a learner of ours.
     pub fn send(&self, to: ServerId, bytes: Vec<u8>) {
-        self.send_as(to, bytes, false);
+        self.with_link(to, |l| l.send(bytes));
     }
 
-    /// Sends a SNAP with its tree: a bulk item, outside the link's queue bound.
-    pub fn send_snapshot(&self, to: ServerId, bytes: Vec<u8>) {
-        self.send_as(to, bytes, true);
+    /// Whether learner `id`'s LearnerInfo said it is a ringkeeper member.
+    pub fn is_ringkeeper_learner(&self, id: ServerId) -> bool {
+        self.ringkeeper_learners.borrow().contains(&id)
     }
 
-    fn send_as(&self, to: ServerId, bytes: Vec<u8>, bulk: bool) {
-        let send = |l: &Link| {
-            if bulk {
-                l.send_bulk(bytes)
-            } else {
-                l.send(bytes)
+    /// Sends a SNAP and what follows it: bulk items, outside the link's queue bound.
+    pub fn send_snapshot(&self, to: ServerId, parts: Vec<Bytes>) {
+        self.with_link(to, |l| {
+            for p in parts {
+                l.send_bulk(p);
             }
-        };
+        });
+    }
+
+    /// Runs `send` on the link to `to`: our leader, or a learner of ours.
+    fn with_link(&self, to: ServerId, send: impl FnOnce(&Link)) {
         if let Some(l) = self
             .leader
             .borrow()

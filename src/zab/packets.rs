@@ -10,10 +10,7 @@ use bytes::Bytes;
 
 use super::history::{make_zxid, Txn};
 use super::messages::Msg;
-use super::wire::{
-    packet_type as t, Direction, LearnerInfo, Payload, QuorumPacket, WireError,
-    LEADER_PROTOCOL_VERSION,
-};
+use super::wire::{packet_type as t, Direction, LearnerInfo, Payload, QuorumPacket, WireError};
 use crate::config::ServerId;
 
 /// What the sending member adds to its packets.
@@ -28,6 +25,10 @@ pub struct Outgoing {
     /// Whether the packet goes to our leader (a learner's PING carries its sessions'
     /// touches, empty here, where a leader's carries null).
     pub to_leader: bool,
+    /// The learner protocol version LearnerInfo and LEADERINFO carry (ZooKeeper's
+    /// [`super::wire::LEADER_PROTOCOL_VERSION`], or a higher one two ringkeeper
+    /// members agree on).
+    pub protocol_version: i32,
 }
 
 /// Why a packet is not a [`Msg`].
@@ -50,7 +51,7 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
         } => {
             let mut data = Vec::with_capacity(20);
             data.extend_from_slice(&out.my_id.to_be_bytes());
-            data.extend_from_slice(&LEADER_PROTOCOL_VERSION.to_be_bytes());
+            data.extend_from_slice(&out.protocol_version.to_be_bytes());
             // The configuration version: ours is the static zoo.cfg's, 0.
             data.extend_from_slice(&0i64.to_be_bytes());
             let kind = if *observer {
@@ -63,7 +64,7 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
         Msg::LeaderInfo { new_epoch } => p(
             t::LEADERINFO,
             make_zxid(*new_epoch, 0),
-            Some(LEADER_PROTOCOL_VERSION.to_be_bytes().to_vec()),
+            Some(out.protocol_version.to_be_bytes().to_vec()),
         ),
         Msg::AckEpoch {
             current_epoch,
@@ -209,6 +210,7 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zab::wire::LEADER_PROTOCOL_VERSION;
     use crate::zkformat::txn::{TxnHeader, TxnRecord, ZkTxn};
 
     fn zk_txn(zxid: i64) -> Bytes {
@@ -238,6 +240,7 @@ mod tests {
             config: Some(b"server.1=127.0.0.1:2888:3888:participant\nversion=0".to_vec()),
             last_proposed: z,
             to_leader: false,
+            protocol_version: LEADER_PROTOCOL_VERSION,
         };
         let to_leader = [
             Msg::LearnerInfo {

@@ -105,6 +105,8 @@ pub enum WireError {
     },
     #[error("the tree sent with SNAP ends with {0:?}, not \"BenWasHere\"")]
     SnapSignature(String),
+    #[error("what follows a ringkeeper leader's SNAP {0}")]
+    SnapEnvelope(String),
 }
 
 /// What the connecting side of an election connection sends first.

@@ -12,3 +12,4 @@ pub mod record;
 pub mod recover;
 pub mod segment;
 pub mod snapshot;
+pub mod transfer;

@@ -9,7 +9,7 @@
   snapshot file and the log after it (negotiated through LearnerInfo's protocol
   version), maps the file in place, and serves the same tree."""
 
-import time
+import re
 
 from kazoo.client import KazooClient
 
@@ -166,3 +166,69 @@ def test_a_zookeeper_member_takes_a_diff_from_a_restarted_ringkeeper_leader():
         for s in rk.values():
             s.stop()
         zk.stop()
+
+
+def wipe(member):
+    """Empties a member's data dir but for its myid (a replaced disk)."""
+    import shutil
+    for p in member.data_dir.iterdir():
+        if p.name != "myid":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def fill(hosts, tag, n):
+    c = client(hosts)
+    c.ensure_path(f"/{tag}")
+    for r in [c.create_async(f"/{tag}/n{i}", b"x" * (i % 300)) for i in range(n)]:
+        r.get(timeout=30)
+    stop(c)
+
+
+def rejoin_wiped(extra, n):
+    """A 3-member ensemble takes `n` creates (more than a leader keeps for DIFFs), a
+    follower's disk is wiped, and it rejoins; returns its log since it restarted,
+    the leader's, whether its tree matches the leader's, and the zxids of the
+    leader's snapshot files."""
+    members = servers.start_ringkeeper_ensemble(3, extra=extra)
+    try:
+        leader = leader_of(members)
+        fill(leader.hosts, "bulk", n)
+        wiped = next(m for m in members if m is not leader)
+        wiped.kill()
+        # More writes while it is away: what follows the leader's snapshot in its log.
+        fill(leader.hosts, "later", 50)
+        wipe(wiped)
+        mark = len(wiped.log_text)
+        leader_mark = len(leader.log_text)
+        wiped.proc = wiped.launch(wait=True)
+        assert servers.wait_for(lambda: servers.settled(members), 60)
+        a, b = client(leader.hosts), client(wiped.hosts)
+        b.sync("/")
+        same = tree(a) == tree(b)
+        stop(a)
+        stop(b)
+        snapshots = [int(p.name.split(".")[1], 16) for p in leader.data_dir.rglob("snapshot.*")
+                     if not p.name.endswith(".tmp")]
+        return wiped.log_text[mark:], leader.log_text[leader_mark:], same, snapshots
+    finally:
+        members.stop()
+
+
+def test_a_wiped_member_gets_the_leaders_snapshot_file_and_log():
+    log, leader_log, same, snapshots = rejoin_wiped({"snapCount": "200"}, 800)
+    assert "by SNAP: snapshot file" in leader_log, leader_log[-3000:]
+    # The leader's newest snapshot at or below the SNAP's zxid, and the log after it.
+    snap_at = int(re.search(r"syncs us by SNAP \((0x[0-9a-f]+)\)", log).group(1), 16)
+    m = re.search(r"SNAP \(snapshot file (0x[0-9a-f]+), (\d+) bytes, and (\d+) bytes of log\)", log)
+    assert m, log[-3000:]
+    assert int(m.group(1), 16) == max(z for z in snapshots if z <= snap_at) > 0, (m.group(0), snapshots)
+    assert int(m.group(2)) > 0 and int(m.group(3)) > 0
+    assert same
+
+
+def test_without_a_snapshot_the_leaders_whole_log_is_sent():
+    log, leader_log, same, snapshots = rejoin_wiped({}, 600)
+    assert snapshots == []
+    installed = [line for line in log.splitlines() if "SNAP (snapshot file" in line]
+    assert installed and "SNAP (snapshot file 0x0, 0 bytes" in installed[0], installed
+    assert same

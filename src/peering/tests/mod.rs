@@ -82,10 +82,13 @@ impl Replica for MemReplica {
         &mut self,
         _: ServerId,
         zxid: Zxid,
-        tree: Option<ZkTree>,
+        image: Option<SnapImage>,
     ) -> std::io::Result<()> {
-        // A leader's tree (ZooKeeper's serialization) replaces whatever was here.
-        let tree = tree.ok_or_else(|| std::io::Error::other("SNAP without its tree"))?;
+        // A leader's tree (ZooKeeper's serialization) replaces whatever was here; these
+        // replicas make no files, so their leaders send the tree.
+        let Some(SnapImage::Tree(tree)) = image else {
+            return Err(std::io::Error::other("SNAP without its tree"));
+        };
         self.shared
             .lock()
             .unwrap()
