@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use ringkeeper_storage::recover::{replay_log, LogEnd};
+use ringkeeper_storage::recover::{replay_log_as, LogEnd};
 use ringkeeper_storage::snapshot::{list_snapshots, SnapSession, Snapshot};
 use thiserror::Error;
 
@@ -192,10 +192,26 @@ fn discard_unfinished(dirs: &[PathBuf]) {
 }
 
 pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
+    recover_as(cfg, true)
+}
+
+/// What a server would recover from `cfg`'s directories, read without changing them:
+/// no directory is made, unfinished files stay, a torn last write is not cut off (a
+/// tool reading a data directory: `ringkeeper-export`).
+pub fn read_only(cfg: &Config) -> Result<Recovered, RecoveryError> {
+    recover_as(cfg, false)
+}
+
+fn recover_as(cfg: &Config, repair: bool) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    let snap_dir = ensure_dir(cfg.snapshot_dir())?;
-    let log_dir = ensure_dir(cfg.log_dir())?;
-    discard_unfinished(&[snap_dir, log_dir.clone()]);
+    let (snap_dir, log_dir) = if repair {
+        (ensure_dir(cfg.snapshot_dir())?, ensure_dir(cfg.log_dir())?)
+    } else {
+        (cfg.snapshot_dir(), cfg.log_dir())
+    };
+    if repair {
+        discard_unfinished(&[snap_dir, log_dir.clone()]);
+    }
     let (snapshot, mut tree, mut sessions) = match load_snapshot(cfg)? {
         Some((path, tree, sessions)) => {
             let z = tree.last_zxid();
@@ -214,7 +230,7 @@ pub fn recover(cfg: &Config) -> Result<Recovered, RecoveryError> {
     };
     let mut kept: VecDeque<Kept> = VecDeque::with_capacity(keep);
     let mut kept_floor = after;
-    let log_end = replay_log(&log_dir, after, |zxid, payload| {
+    let log_end = replay_log_as(&log_dir, after, repair, |zxid, payload| {
         let mut ephemerals = Vec::new();
         if keep > 0 {
             if kept.len() == keep {

@@ -4,5 +4,6 @@
 //! ringkeeper's txns converted to ZooKeeper's and back.
 
 pub mod convert;
+pub mod files;
 pub mod snapshot;
 pub mod txn;

@@ -101,6 +101,18 @@ pub fn follows(last: i64, next: i64) -> bool {
 pub fn replay_log(
     dir: &Path,
     after_zxid: i64,
+    apply: impl FnMut(i64, &[u8]) -> Result<(), String>,
+) -> Result<LogEnd, RecoveryError> {
+    replay_log_as(dir, after_zxid, true, apply)
+}
+
+/// [`replay_log`], or with `repair` false, for a reader that must not change the log
+/// (a tool reading a server's directory), the same reading with a torn last write
+/// left as it is.
+pub fn replay_log_as(
+    dir: &Path,
+    after_zxid: i64,
+    repair: bool,
     mut apply: impl FnMut(i64, &[u8]) -> Result<(), String>,
 ) -> Result<LogEnd, RecoveryError> {
     let segments = list_segments(dir).map_err(io_err(dir))?;
@@ -161,6 +173,13 @@ pub fn replay_log(
         }
         match s.end {
             End::Clean => {}
+            End::Torn { offset } if newest && !repair => {
+                tracing::info!(
+                    "{}: a torn write at offset {} (left as it is)",
+                    path.display(),
+                    at(offset)
+                );
+            }
             End::Torn { offset } if newest => {
                 let valid = at(offset);
                 tracing::warn!(
