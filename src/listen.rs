@@ -179,6 +179,9 @@ pub fn foreign_listeners(
         our_inodes.insert(std::fs::metadata(format!("/proc/self/fd/{fd}"))?.ino());
     }
     let mut found = Vec::new();
+    // /proc/net/tcp is read in pieces while sockets come and go, and may then list
+    // one socket twice (seen in CI with other tests binding ports meanwhile).
+    let mut seen = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = match std::fs::read_to_string(table) {
             Ok(t) => t,
@@ -190,6 +193,7 @@ pub fn foreign_listeners(
             if sock_addr.port() == addr.port()
                 && overlaps(sock_addr.ip(), addr.ip())
                 && !our_inodes.contains(&inode)
+                && seen.insert(inode)
             {
                 found.push(ForeignListener {
                     addr: sock_addr,

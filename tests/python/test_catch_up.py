@@ -14,7 +14,7 @@ import re
 from kazoo.client import KazooClient
 
 import servers
-from zk_ensemble import ZkEnsemble
+from zk_ensemble import ZkEnsemble, start_ringkeeper_members
 
 
 def client(hosts):
@@ -113,14 +113,7 @@ def test_a_zookeeper_member_takes_a_diff_from_a_restarted_ringkeeper_leader():
     rk = {}
     try:
         zk.start(1)
-        for i in (2, 3):
-            cfg = {"clientPort": str(zk.client_port[i]), "tickTime": "500", "initLimit": "10",
-                   "syncLimit": "5"}
-            for j in zk.ids:
-                cfg[f"server.{j}"] = f"127.0.0.1:{zk.quorum_port[j]}:{zk.election_port[j]}"
-            rk[i] = servers.start_ringkeeper(cfg, wait=False, myid=i)
-        for s in rk.values():
-            servers._wait_ready(s.proc, s.port, s.data_dir.parent / "server.log", "ringkeeper")
+        rk = start_ringkeeper_members(zk, (2, 3))
         assert servers.wait_for(lambda: servers.member_mode(rk[3]) == "leader"
                                 and zk.mode(1) == "follower", 60)
         c = client(rk[3].hosts)

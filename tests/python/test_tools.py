@@ -239,3 +239,136 @@ def test_export_refuses_a_running_server_and_a_non_ringkeeper_dir(tmp_path):
         rk.stop()
     r = tool("ringkeeper-export", tmp_path, tmp_path / "out")
     assert r.returncode == 1 and "holds no ringkeeper data" in r.stderr
+
+
+TTL_MS = 3_600_000
+EXTENDED = {"extendedTypesEnabled": "true", "znode.container.checkIntervalMs": "3600000"}
+
+
+@pytest.fixture
+def zk_killed():
+    """A ZooKeeper 3.8 data directory as a kill -9 leaves it: a snapshot (ZooKeeper
+    takes one at start: it was restarted halfway) and a log tail past it, holding
+    nodes of every kind and a session still alive; with the tree ZooKeeper served."""
+    zk = servers.start_zookeeper(dict(EXTENDED, snapCount="1000000"))
+    try:
+        c = client(zk.hosts)
+        c.add_auth("digest", "alice:secret")
+        c.create("/half", b"before the restart")
+        for i in range(30):
+            c.create(f"/half/n{i}", b"%d" % i, sequence=i % 2 == 0)
+        c.stop()
+        zk.restart()  # its snapshot at start holds the first half
+        write_everything(c := client(zk.hosts), zk.port)
+        raw = rawzk.RawClient(zk.port)
+        err, _ = raw.create("/tools/ttl", b"t", flags=5, ttl=TTL_MS)
+        assert err == 0, err
+        raw.close()
+        expected = walk(c)
+        zk.kill()
+        yield zk, expected
+        c.stop()
+    finally:
+        zk.stop()
+
+
+def newest(paths):
+    return max(paths, key=lambda p: int(p.name.split(".")[1], 16))
+
+
+def test_import_serves_what_zookeeper_served(zk_killed, tmp_path):
+    zk, expected = zk_killed
+    v2 = version2(zk)
+    snap = newest(v2.glob("snapshot.*"))
+    tail = [json.loads(x) for log in sorted(v2.glob("log.*"))
+            for x in tool("ringkeeper-dump", "log", log, "--json").stdout.splitlines()]
+    assert any(int(r["zxid"], 16) > int(snap.name.split(".")[1], 16) for r in tail if "zxid" in r), \
+        "the log has a tail past the newest snapshot"
+    rk_dir = tmp_path / "rk"
+    r = tool("ringkeeper-import", zk.data_dir, rk_dir)
+    assert r.returncode == 0, r.stderr
+    assert "imported" in r.stdout and "logged txns after it" in r.stdout
+    rk = servers.start_ringkeeper(dict(EXTENDED, dataDir=str(rk_dir)))
+    try:
+        c = client(rk.hosts)
+        c.add_auth("digest", "alice:secret")
+        assert walk(c) == expected
+        # ringkeeper goes on from ZooKeeper's last zxid.
+        assert c.set("/tools/p0", b"next").mzxid > max(s.mzxid for _, s, _ in expected.values())
+        c.stop()
+        # A second import into the same place is refused.
+        again = tool("ringkeeper-import", zk.data_dir, rk_dir)
+        assert again.returncode == 1 and "already holds ringkeeper data" in again.stderr
+    finally:
+        rk.stop()
+
+
+def test_zookeeper_to_ringkeeper_and_back_keeps_everything(zk_killed, tmp_path):
+    zk, _ = zk_killed
+    rk_dir = tmp_path / "rk"
+    assert tool("ringkeeper-import", zk.data_dir, rk_dir).returncode == 0
+    rk = servers.start_ringkeeper(dict(EXTENDED, dataDir=str(rk_dir)))
+    back = None
+    try:
+        c = client(rk.hosts)
+        c.add_auth("digest", "alice:secret")
+        c.create("/on-ringkeeper", b"written after the import")
+        c.set("/half", b"changed on ringkeeper")
+        c.delete("/tools/p3")
+        served = walk(c)
+        c.stop()
+        rk.kill()
+        out = tmp_path / "zk-again"
+        r = tool("ringkeeper-export", rk_dir, out)
+        assert r.returncode == 0, r.stderr
+        back = servers.start_zookeeper(dict(EXTENDED, dataDir=str(out)))
+        z = client(back.hosts)
+        z.add_auth("digest", "alice:secret")
+        assert walk(z) == served
+        z.stop()
+    finally:
+        rk.stop()
+        if back:
+            back.stop()
+
+
+def test_damaged_zookeeper_data_is_refused_with_file_and_offset(zk_killed, tmp_path):
+    zk, _ = zk_killed
+    src = version2(zk)
+
+    def copy_with(change):
+        d = tmp_path / f"zk{len(list(tmp_path.iterdir()))}"
+        (d / "version-2").mkdir(parents=True)
+        for f in src.iterdir():
+            (d / "version-2" / f.name).write_bytes(f.read_bytes())
+        change(d / "version-2")
+        return d
+
+    def refused(zk_dir, *words):
+        out = tmp_path / "rk-out"
+        r = tool("ringkeeper-import", zk_dir, out)
+        assert r.returncode == 1, r.stdout
+        for w in words:
+            assert w in r.stderr, r.stderr
+        assert not out.exists(), "nothing is written for a damaged input"
+
+    def flip(path, at):
+        b = bytearray(path.read_bytes())
+        b[at] ^= 0x20
+        path.write_bytes(bytes(b))
+
+    snap = newest(src.glob("snapshot.*")).name
+    log = newest(src.glob("log.*")).name
+    refused(copy_with(lambda d: flip(d / snap, 100)), snap, "at offset")
+    refused(copy_with(lambda d: flip(d / log, 60)), log, "at offset", "checksum")
+    # The newest snapshot missing, with the logs before it (as a purge leaves them):
+    # the log that is left does not follow the older snapshot.
+    def lose_snapshot(d):
+        z = int(snap.split(".")[1], 16)
+        (d / snap).unlink()
+        for f in d.glob("log.*"):
+            if int(f.name.split(".")[1], 16) <= z:
+                f.unlink()
+    refused(copy_with(lose_snapshot), log, "does not follow")
+    # A truncated snapshot.
+    refused(copy_with(lambda d: (d / snap).write_bytes((d / snap).read_bytes()[:-40])), snap, "at offset")

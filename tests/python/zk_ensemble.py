@@ -131,3 +131,23 @@ class ZkEnsemble:
             shutil.copytree(self.root, Path(keep) / self.root.name, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("version-2"))
         self.tmp.cleanup()
+
+
+def start_ringkeeper_members(zk, ids, tick_ms=500):
+    """ringkeeper members `ids` of ZooKeeper ensemble `zk`'s configuration (its ports,
+    its other members Apache ZooKeeper's), started and serving; by id."""
+    rk = {}
+    try:
+        for i in ids:
+            cfg = {"clientPort": str(zk.client_port[i]), "tickTime": str(tick_ms), "initLimit": "10",
+                   "syncLimit": "5"}
+            for j in zk.ids:
+                cfg[f"server.{j}"] = f"127.0.0.1:{zk.quorum_port[j]}:{zk.election_port[j]}"
+            rk[i] = servers.start_ringkeeper(cfg, wait=False, myid=i)
+        for s in rk.values():
+            servers._wait_ready(s.proc, s.port, s.data_dir.parent / "server.log", "ringkeeper")
+        return rk
+    except BaseException:
+        for s in rk.values():
+            s.stop()
+        raise
