@@ -864,6 +864,54 @@ impl Response {
     }
 }
 
+impl Response {
+    /// A client's reading of the body of a successful reply to a request of type
+    /// `op` (a failed one has no body). Multi results are not decoded here.
+    pub fn decode(op: OpCode, body: &[u8]) -> Result<Response, DecodeError> {
+        let mut r = Reader::new(body);
+        let strings = |r: &mut Reader| -> Result<Vec<String>, DecodeError> {
+            let n = r.vec_len(4)?;
+            (0..n).map(|_| r.string()).collect()
+        };
+        let out = match op {
+            OpCode::Create => Response::Create { path: r.string()? },
+            OpCode::Create2 | OpCode::CreateContainer | OpCode::CreateTtl => Response::Create2 {
+                path: r.string()?,
+                stat: Stat::decode(&mut r)?,
+            },
+            OpCode::Exists | OpCode::SetData | OpCode::SetAcl => {
+                Response::Stat(Stat::decode(&mut r)?)
+            }
+            OpCode::GetData => Response::GetData {
+                data: r.buffer_opt()?.map(to_bytes),
+                stat: Stat::decode(&mut r)?,
+            },
+            OpCode::GetAcl => Response::GetAcl {
+                acl: Acl::decode_list(&mut r)?,
+                stat: Stat::decode(&mut r)?,
+            },
+            OpCode::GetChildren => Response::Children(strings(&mut r)?),
+            OpCode::GetChildren2 => Response::Children2 {
+                children: strings(&mut r)?,
+                stat: Stat::decode(&mut r)?,
+            },
+            OpCode::Sync => Response::Path(r.string()?),
+            OpCode::GetEphemerals => Response::Strings(strings(&mut r)?),
+            OpCode::GetAllChildrenNumber => Response::Number(r.i32()?),
+            OpCode::WhoAmI => {
+                let n = r.vec_len(8)?;
+                Response::WhoAmI(
+                    (0..n)
+                        .map(|_| Ok((r.string()?, r.string()?)))
+                        .collect::<Result<_, DecodeError>>()?,
+                )
+            }
+            _ => Response::Empty,
+        };
+        Ok(out)
+    }
+}
+
 /// A watch notification (WatcherEvent), sent with xid -1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatcherEvent {

@@ -207,9 +207,8 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
             (0, Response::Empty)
         }
         Request::WhoAmI => {
-            let infos = ctx
-                .auth
-                .iter()
+            let infos = in_zookeeper_order(ctx.auth)
+                .into_iter()
                 .map(|id| {
                     let user = match id.scheme.as_str() {
                         "digest" => id.id.split(':').next().unwrap_or("").to_string(),
@@ -316,5 +315,66 @@ pub fn authenticate(
             Ok(ids)
         }
         _ => Err(ErrorCode::AuthFailed),
+    }
+}
+
+/// Java's String.hashCode (over UTF-16 code units).
+fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// A session's identities in the order ZooKeeper lists them (whoami): it keeps them in
+/// a set backed by a ConcurrentHashMap, which iterates by hash bin (the jute Id's
+/// hashCode, spread, masked by the table size: 16, doubling past three quarters
+/// full), then in the order the ids were added.
+pub fn in_zookeeper_order(ids: &[crate::proto::Id]) -> Vec<&crate::proto::Id> {
+    let mut table = 16usize;
+    while ids.len() * 4 > table * 3 {
+        table *= 2;
+    }
+    let bin = |id: &crate::proto::Id| {
+        let h = 37i32
+            .wrapping_mul(
+                37i32
+                    .wrapping_mul(17)
+                    .wrapping_add(java_string_hash(&id.scheme)),
+            )
+            .wrapping_add(java_string_hash(&id.id));
+        let spread = (h ^ ((h as u32) >> 16) as i32) & 0x7fff_ffff;
+        spread as usize & (table - 1)
+    };
+    let mut v: Vec<(usize, usize, &crate::proto::Id)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (bin(id), i, id))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, _, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_list_in_the_order_zookeeper_iterates_them() {
+        let id = |scheme: &str, id: &str| Id {
+            scheme: scheme.into(),
+            id: id.into(),
+        };
+        assert_eq!(java_string_hash("ip"), 3367);
+        assert_eq!(java_string_hash(""), 0);
+        // Apache ZooKeeper 3.8's whoami for a loopback client after
+        // `addauth digest alice:secret`: digest, then ip.
+        let ids = [
+            id("ip", "127.0.0.1"),
+            id("digest", "alice:aYXlLOpEooaV1cRAvUL1fp9Qt7E="),
+        ];
+        let order: Vec<&str> = in_zookeeper_order(&ids)
+            .iter()
+            .map(|i| i.scheme.as_str())
+            .collect();
+        assert_eq!(order, ["digest", "ip"]);
     }
 }

@@ -3,12 +3,14 @@
 //! directory as one Apache ZooKeeper starts from), `ringkeeper-import` (the reverse),
 //! `ringkeeper-wire` (recordings of ZooKeeper quorum traffic, printed or checked) and
 //! `ringkeeper-lincheck` (a recorded history of client operations checked for
-//! linearizability). The CLI shell is still to come.
+//! linearizability), and `ringkeeper-cli`, a shell with zkCli's commands.
 
+pub mod cli;
 pub mod dump;
 pub mod export;
 pub mod history;
 pub mod import;
+pub mod zkclient;
 
 /// The arguments of a tool that takes `[--data-log-dir DIR] FROM TO`: (FROM, DIR, TO);
 /// None (after printing `usage`) if they are not that.
