@@ -208,14 +208,7 @@ impl Conn {
 
 /// The handshake of a new session (no session id, no password, not read-only).
 pub fn new_session_request(timeout_ms: i32) -> ConnectRequest {
-    ConnectRequest {
-        protocol_version: 0,
-        last_zxid_seen: 0,
-        timeout_ms,
-        session_id: 0,
-        passwd: vec![0; 16],
-        read_only: Some(false),
-    }
+    ConnectRequest::new_session(timeout_ms)
 }
 
 fn invalid(msg: String) -> io::Error {

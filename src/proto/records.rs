@@ -117,6 +117,18 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
+    /// The handshake of a new session: no session id, no password, not read-only.
+    pub fn new_session(timeout_ms: i32) -> ConnectRequest {
+        ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            timeout_ms,
+            session_id: 0,
+            passwd: vec![0; 16],
+            read_only: Some(false),
+        }
+    }
+
     pub fn decode(frame: &[u8]) -> Result<ConnectRequest, DecodeError> {
         let mut r = Reader::new(frame);
         let req = ConnectRequest {

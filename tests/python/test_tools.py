@@ -257,9 +257,18 @@ def zk_killed():
         c.create("/half", b"before the restart")
         for i in range(30):
             c.create(f"/half/n{i}", b"%d" % i, sequence=i % 2 == 0)
+        # A few thousand more, half before the restart's snapshot, half after it.
+        c.ensure_path("/bulk")
+        for r in [c.create_async(f"/bulk/a{i}", b"x" * (i % 200)) for i in range(1500)]:
+            r.get(timeout=30)
         c.stop()
         zk.restart()  # its snapshot at start holds the first half
         write_everything(c := client(zk.hosts), zk.port)
+        for r in [c.create_async(f"/bulk/b{i}", b"y" * (i % 300), ephemeral=i % 10 == 0)
+                  for i in range(1500)]:
+            r.get(timeout=30)
+        for r in [c.set_async(f"/bulk/a{i}", b"changed") for i in range(0, 1500, 7)]:
+            r.get(timeout=30)
         raw = rawzk.RawClient(zk.port)
         err, _ = raw.create("/tools/ttl", b"t", flags=5, ttl=TTL_MS)
         assert err == 0, err
@@ -372,3 +381,23 @@ def test_damaged_zookeeper_data_is_refused_with_file_and_offset(zk_killed, tmp_p
     refused(copy_with(lose_snapshot), log, "does not follow")
     # A truncated snapshot.
     refused(copy_with(lambda d: (d / snap).write_bytes((d / snap).read_bytes()[:-40])), snap, "at offset")
+
+
+def test_export_refuses_a_damaged_ringkeeper_dir_and_writes_nothing(tmp_path):
+    rk = servers.start_ringkeeper({"snapCount": "40"})
+    try:
+        c = client(rk.hosts)
+        write_everything(c, rk.port)
+        c.stop()
+        rk.kill()
+        store = rk.data_dir / "ringkeeper"
+        snap = sorted(store.glob("snapshot.*"))[-1]
+        b = bytearray(snap.read_bytes())
+        b[len(b) // 2] ^= 0x08
+        snap.write_bytes(bytes(b))
+        out = tmp_path / "zk"
+        r = tool("ringkeeper-export", rk.data_dir, out)
+        assert r.returncode == 1 and str(snap) in r.stderr and "offset" in r.stderr, r.stderr
+        assert not (out / "version-2").exists()
+    finally:
+        rk.stop()

@@ -321,6 +321,19 @@ pub fn java_date(ms: i64) -> String {
     }
 }
 
+/// What `get` prints: the data as UTF-8 ("null" for none), then the Stat if asked
+/// for; and the data as shown.
+fn data_text(data: &Option<Bytes>, stat: &Stat, with_stat: bool) -> (String, String) {
+    let shown = data.as_ref().map_or("null".to_string(), |d| {
+        String::from_utf8_lossy(d).into_owned()
+    });
+    let mut text = format!("{shown}\n");
+    if with_stat {
+        text.push_str(&stat_text(stat));
+    }
+    (text, shown)
+}
+
 /// StatPrinter.
 pub fn stat_text(s: &Stat) -> String {
     format!(
@@ -694,28 +707,12 @@ impl Shell {
             }
             "get" => {
                 let path = Self::path_arg(&p, usage)?;
-                let Response::GetData { data, stat } = self.call(
-                    OpCode::GetData,
-                    Request::GetData {
-                        path: path.clone(),
-                        watch: p.has('w'),
-                    },
-                    &path,
-                )?
-                else {
-                    return Err(Failure::Message("unexpected reply".into()));
-                };
-                let shown = data.as_ref().map_or("null".to_string(), |d| {
-                    String::from_utf8_lossy(d).into_owned()
-                });
-                let mut text = format!("{shown}\n");
-                if p.has('s') {
-                    text.push_str(&stat_text(&stat));
-                }
+                let (data, stat) = self.get_data(&path, p.has('w'))?;
+                let (text, shown) = data_text(&data, &stat, p.has('s'));
                 let stat_v = p.has('s').then(|| stat_json(&stat));
                 Ok((
                     text,
-                    json!({"path": path, "data": data.map(|d| String::from_utf8_lossy(&d).into_owned()), "stat": stat_v}),
+                    json!({"path": path, "data": data.is_some().then_some(shown), "stat": stat_v}),
                 ))
             }
             "stat" => {
@@ -1042,29 +1039,23 @@ impl Shell {
                 Ok((String::new(), json!({"path": path, "removed": true})))
             }
             "config" => {
-                let path = "/zookeeper/config";
-                let Response::GetData { data, stat } = self.call(
-                    OpCode::GetData,
-                    Request::GetData {
-                        path: path.into(),
-                        watch: p.has('w'),
-                    },
-                    path,
-                )?
-                else {
-                    return Err(Failure::Message("unexpected reply".into()));
-                };
-                let shown = data.as_ref().map_or("null".to_string(), |d| {
-                    String::from_utf8_lossy(d).into_owned()
-                });
-                let mut text = format!("{shown}\n");
-                if p.has('s') {
-                    text.push_str(&stat_text(&stat));
-                }
+                let (data, stat) = self.get_data("/zookeeper/config", p.has('w'))?;
+                let (text, shown) = data_text(&data, &stat, p.has('s'));
                 Ok((text, json!({"config": shown})))
             }
             "quit" => Ok((String::new(), Value::Null)),
             _ => Err(Failure::Message(format!("Command not found {cmd}"))),
+        }
+    }
+
+    fn get_data(&self, path: &str, watch: bool) -> Result<(Option<Bytes>, Stat), Failure> {
+        let req = Request::GetData {
+            path: path.to_string(),
+            watch,
+        };
+        match self.call(OpCode::GetData, req, path)? {
+            Response::GetData { data, stat } => Ok((data, stat)),
+            _ => Err(Failure::Message("unexpected reply".into())),
         }
     }
 

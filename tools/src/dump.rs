@@ -196,19 +196,17 @@ fn acl_text(acl: &Option<Vec<Acl>>) -> String {
         None => "null".into(),
         Some(v) => v
             .iter()
-            .map(|a| format!("{}:{}:{}", a.id.scheme, a.id.id, perms(a.perms)))
+            .map(|a| {
+                format!(
+                    "{}:{}:{}",
+                    a.id.scheme,
+                    a.id.id,
+                    crate::cli::perm_string(a.perms)
+                )
+            })
             .collect::<Vec<_>>()
             .join(","),
     }
-}
-
-/// ZooKeeper's permission letters (cdrwa).
-pub fn perms(p: i32) -> String {
-    [(4, 'c'), (8, 'd'), (1, 'r'), (2, 'w'), (16, 'a')]
-        .iter()
-        .filter(|(bit, _)| p & bit != 0)
-        .map(|(_, c)| *c)
-        .collect()
 }
 
 fn data_len(d: &Option<Vec<u8>>) -> String {
@@ -448,12 +446,5 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(utc(1_796_173_593_336), "2026-12-02T01:06:33.336Z");
-    }
-
-    #[test]
-    fn permissions_print_as_zookeeper_letters() {
-        assert_eq!(perms(31), "cdrwa");
-        assert_eq!(perms(1), "r");
-        assert_eq!(perms(0), "");
     }
 }

@@ -92,15 +92,7 @@ impl Client {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
         let mut body = Vec::new();
-        ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: 0,
-            timeout_ms,
-            session_id: 0,
-            passwd: vec![0; 16],
-            read_only: Some(false),
-        }
-        .encode(&mut body);
+        ConnectRequest::new_session(timeout_ms).encode(&mut body);
         write_frame(&mut s, &body)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let resp = ConnectResponse::decode(&read_frame(&mut s)?).map_err(bad)?;
