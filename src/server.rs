@@ -316,6 +316,15 @@ pub enum StartError {
     },
     #[error("executor {0} stopped unexpectedly")]
     Died(String),
+    #[error(
+        "the executors did not start within {waited_s} s: {ready} of {shards} shard(s) \
+         connected to the broadcast core (a bug: please report it with this log)"
+    )]
+    Stalled {
+        waited_s: u64,
+        ready: usize,
+        shards: usize,
+    },
     #[error("recovery failed: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
 }
@@ -412,6 +421,9 @@ async fn run_core(
         None => broadcast::run(cfg, recovered, inbound, outbound, shared).await,
     }
 }
+
+/// How long the executors may take to start and connect to one another.
+const EXECUTORS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts the broadcast core and the shards, binds the client port, and blocks until
 /// the server stops. `ready` is called with the bound address once clients can connect.
@@ -538,9 +550,24 @@ pub fn run_as(
         shards.push(h);
     }
     drop(ready_tx);
-    for _ in 0..cfg.shards {
-        if ready_rx.recv().is_err() {
-            return Err(StartError::Died("shard".into()));
+    // The shards connect their channels to the core in milliseconds. One start in CI
+    // never got there (one executor spinning, the other parked): fail loudly then,
+    // instead of holding the port and a core forever.
+    let deadline = std::time::Instant::now() + EXECUTORS_START_WAIT;
+    for ready in 0..cfg.shards {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(StartError::Stalled {
+                    waited_s: EXECUTORS_START_WAIT.as_secs(),
+                    ready,
+                    shards: cfg.shards,
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StartError::Died("shard".into()))
+            }
         }
     }
     ready(bound);

@@ -91,7 +91,11 @@ def _wait_ready(proc, port, log_path, what, timeout=60.0):
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer ruok on port {port} within {timeout}s")
+    # Not left running: it would hold the port (and a core) for every later test.
+    proc.kill()
+    proc.wait(timeout=30)
+    raise RuntimeError(f"{what} did not answer ruok on port {port} within {timeout}s; log:\n"
+                       f"{Path(log_path).read_text(errors='replace')[-4000:] if Path(log_path).exists() else ''}")
 
 
 class Server:
