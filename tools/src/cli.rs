@@ -408,7 +408,9 @@ pub struct Shell {
     pub json: bool,
     pub client: Option<Client>,
     pub history: Vec<String>,
-    pub print_watches: bool,
+    /// Whether watch events are printed (`printwatches on|off`); shared with the
+    /// event printer, which runs on the client's reader thread.
+    pub print_watches: Arc<std::sync::atomic::AtomicBool>,
     on_event: OnEvent,
 }
 
@@ -428,13 +430,18 @@ impl From<String> for Failure {
 type Done = Result<(String, Value), Failure>;
 
 impl Shell {
-    pub fn new(servers: &str, json: bool, on_event: OnEvent) -> Shell {
+    pub fn new(
+        servers: &str,
+        json: bool,
+        on_event: OnEvent,
+        print_watches: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Shell {
         Shell {
             servers: servers.to_string(),
             json,
             client: None,
             history: Vec::new(),
-            print_watches: true,
+            print_watches,
             on_event,
         }
     }
@@ -505,13 +512,21 @@ impl Shell {
             }
             "printwatches" => {
                 if let Some(v) = words.get(1) {
-                    self.print_watches = v == "on";
+                    self.print_watches
+                        .store(v == "on", std::sync::atomic::Ordering::Relaxed);
                     return Output::default();
                 }
                 return Output {
                     out: format!(
                         "printwatches is {}\n",
-                        if self.print_watches { "on" } else { "off" }
+                        if self
+                            .print_watches
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            "on"
+                        } else {
+                            "off"
+                        }
                     ),
                     ..Output::default()
                 };

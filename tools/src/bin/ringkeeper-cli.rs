@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         );
     }
     let watches = Arc::new(AtomicBool::new(true));
-    let mut shell = Shell::new(&server, json, event_printer(json, watches));
+    let mut shell = Shell::new(&server, json, event_printer(json, watches.clone()), watches);
     // SAFETY: isatty only looks at the descriptor.
     let tty = unsafe { libc::isatty(0) } == 1;
     if command.is_none() && tty {
