@@ -1,8 +1,8 @@
 """Linearizability of a ringkeeper ensemble under faults: client processes record every
 invocation and answer (setData with a version as compare-and-set, a read after sync,
 sequential creates) while the leader is killed, hung with SIGSTOP and cut off, and a
-follower is cut off; `ringkeeper-lincheck` (stateright's linearizability tester) then
-checks the history key by key. The checker's own power is shown on a history with a
+follower is cut off; `ringkeeper-lincheck` (a Wing–Gong search, tools/src/lincheck.rs)
+then checks the history key by key. The checker's own power is shown on a history with a
 known violation."""
 
 import json
@@ -29,7 +29,7 @@ SEQUENCE = "/seq"
 def lincheck(history_path):
     if not LINCHECK.exists():
         raise RuntimeError(f"{LINCHECK} is missing: build it with cargo build --release --workspace")
-    return subprocess.run([str(LINCHECK), str(history_path)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(LINCHECK), str(history_path)], capture_output=True, text=True, timeout=60)
 
 
 class Recorder:

@@ -1,5 +1,5 @@
-//! Recorded histories of ZooKeeper operations, checked for linearizability with
-//! stateright's `LinearizabilityTester`.
+//! Recorded histories of ZooKeeper operations, checked for linearizability (the
+//! search is in `lincheck`).
 //!
 //! A history is JSON lines, one per operation a client process invoked:
 //!
@@ -23,7 +23,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+
+pub use crate::lincheck::Verdict;
 
 /// One operation on one key, as the client saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,43 +50,6 @@ pub enum Ret {
     CasOk { version: i64 },
     BadVersion,
     Created { seq: i64 },
-}
-
-/// The reference object of one key: a versioned register and a sequence counter (a
-/// key sees one kind of operation or the other).
-#[derive(Clone, Debug, Default)]
-pub struct ZnodeSpec {
-    value: String,
-    version: i64,
-    next_seq: i64,
-}
-
-impl SequentialSpec for ZnodeSpec {
-    type Op = Op;
-    type Ret = Ret;
-
-    fn invoke(&mut self, op: &Op) -> Ret {
-        match op {
-            Op::Read => Ret::Read {
-                value: self.value.clone(),
-                version: self.version,
-            },
-            Op::Cas { expect, value } if *expect == self.version => {
-                self.value = value.clone();
-                self.version += 1;
-                Ret::CasOk {
-                    version: self.version,
-                }
-            }
-            Op::Cas { .. } => Ret::BadVersion,
-            Op::Create => {
-                self.next_seq += 1;
-                Ret::Created {
-                    seq: self.next_seq - 1,
-                }
-            }
-        }
-    }
 }
 
 /// Reads a history from JSON lines; an error names the line and what is wrong.
@@ -159,57 +123,60 @@ pub struct KeyReport {
     pub key: String,
     pub operations: usize,
     pub unknown: usize,
-    /// None: linearizable. Some: why not (an invalid history, or no order fits).
-    pub violation: Option<String>,
+    pub verdict: Verdict,
 }
 
-/// Checks every key of `history` on its own.
+/// Checks every key of `history` on its own. A history in which a process invoked
+/// while its previous operation was in flight (or had been lost) is not one a client
+/// can record: every key of it is reported invalid.
 pub fn check(history: &[Entry]) -> Vec<KeyReport> {
+    let invalid = invalid_process(history);
     let mut by_key: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
     for e in history {
         by_key.entry(&e.key).or_default().push(e);
     }
     by_key
         .into_iter()
-        .map(|(key, entries)| check_key(key, &entries))
+        .map(|(key, entries)| KeyReport {
+            key: key.to_owned(),
+            operations: entries.len(),
+            unknown: entries.iter().filter(|e| e.returned.is_none()).count(),
+            verdict: match &invalid {
+                Some(why) => Verdict::Violation(format!("invalid history: {why}")),
+                None => crate::lincheck::check(&entries),
+            },
+        })
         .collect()
 }
 
-fn check_key(key: &str, entries: &[&Entry]) -> KeyReport {
-    // Invocations and returns in real-time order; at the same instant, a return goes
-    // first (the operations are then not concurrent, which is the stricter reading).
-    let mut events: Vec<(f64, bool, usize)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        events.push((e.invoked, true, i));
+/// Why the history is not one sequential processes can produce, if it is not.
+fn invalid_process(history: &[Entry]) -> Option<String> {
+    let mut by_process: BTreeMap<u64, Vec<&Entry>> = BTreeMap::new();
+    for e in history {
         if let Some((t, _)) = &e.returned {
-            events.push((*t, false, i));
+            if *t < e.invoked {
+                return Some(format!(
+                    "process {}'s operation invoked at {} returned earlier, at {t}",
+                    e.process, e.invoked
+                ));
+            }
+        }
+        by_process.entry(e.process).or_default().push(e);
+    }
+    for (process, mut ops) in by_process {
+        ops.sort_by(|a, b| a.invoked.total_cmp(&b.invoked));
+        for w in ops.windows(2) {
+            let busy_until = w[0].returned.as_ref().map_or(f64::INFINITY, |(t, _)| *t);
+            if busy_until > w[1].invoked {
+                return Some(format!(
+                    "process {process} invoked at {} while its operation invoked at {} \
+                     was in flight",
+                    w[1].invoked, w[0].invoked
+                ));
+            }
         }
     }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut tester = LinearizabilityTester::new(ZnodeSpec::default());
-    let mut violation = None;
-    for (_, invoke, i) in events {
-        let e = entries[i];
-        let step = if invoke {
-            tester.on_invoke(e.process, e.op.clone()).map(|_| ())
-        } else {
-            let (_, ret) = e.returned.as_ref().expect("returns come from returned");
-            tester.on_return(e.process, ret.clone()).map(|_| ())
-        };
-        if let Err(why) = step {
-            violation = Some(format!("invalid history: {why}"));
-            break;
-        }
-    }
-    if violation.is_none() && !tester.is_consistent() {
-        violation = Some("no sequential order of these operations gives their answers".into());
-    }
-    KeyReport {
-        key: key.to_owned(),
-        operations: entries.len(),
-        unknown: entries.iter().filter(|e| e.returned.is_none()).count(),
-        violation,
-    }
+    None
 }
 
 #[cfg(test)]
@@ -249,7 +216,14 @@ mod tests {
     }
 
     fn violations(h: &[Entry]) -> Vec<Option<String>> {
-        check(h).into_iter().map(|r| r.violation).collect()
+        check(h)
+            .into_iter()
+            .map(|r| match r.verdict {
+                Verdict::Linearizable => None,
+                Verdict::Violation(why) => Some(why),
+                Verdict::Undecided { limit } => panic!("undecided after {limit} states"),
+            })
+            .collect()
     }
 
     #[test]
@@ -323,7 +297,7 @@ mod tests {
         let reports = check(&h);
         assert_eq!(reports.len(), 2);
         assert_eq!((reports[0].operations, reports[0].unknown), (2, 1));
-        assert!(reports.iter().all(|r| r.violation.is_none()));
+        assert!(reports.iter().all(|r| r.verdict == Verdict::Linearizable));
         let err = parse("{\"process\": 1, \"key\": \"/a\", \"op\": \"fly\"}").unwrap_err();
         assert!(err.contains("line 1") && err.contains("fly"), "{err}");
     }

@@ -10,6 +10,7 @@ pub mod dump;
 pub mod export;
 pub mod history;
 pub mod import;
+pub mod lincheck;
 pub mod zkclient;
 
 /// The arguments of a tool that takes `[--data-log-dir DIR] FROM TO`: (FROM, DIR, TO);

@@ -1,16 +1,14 @@
 //! `ringkeeper-lincheck HISTORY`: checks a recorded history of ZooKeeper operations
 //! (JSON lines, see `ringkeeper_tools::history`) for linearizability, key by key.
 //! Prints one line per key; exits 0 when every key is linearizable, 1 when one is
-//! not, 2 when the history cannot be read.
+//! not, 2 when the history cannot be read, 3 when the search gave up on a key
+//! (`lincheck::STATE_LIMIT` states) without finding a violation.
 
 use std::process::ExitCode;
 
-use ringkeeper_tools::history;
+use ringkeeper_tools::history::{self, Verdict};
 
 const USAGE: &str = "usage: ringkeeper-lincheck HISTORY.jsonl";
-
-/// The search recurses once per operation of a key: room for long histories.
-const CHECK_STACK_BYTES: usize = 512 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,31 +30,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reports = std::thread::Builder::new()
-        .stack_size(CHECK_STACK_BYTES)
-        .spawn(move || history::check(&entries))
-        .expect("a thread for the check")
-        .join()
-        .expect("the check does not panic");
-    let mut linearizable = true;
-    for r in &reports {
-        match &r.violation {
-            None => println!(
+    let (mut violated, mut undecided) = (false, false);
+    for r in history::check(&entries) {
+        match &r.verdict {
+            Verdict::Linearizable => println!(
                 "{}: linearizable ({} operations, {} with unknown outcome)",
                 r.key, r.operations, r.unknown
             ),
-            Some(why) => {
-                linearizable = false;
+            Verdict::Violation(why) => {
+                violated = true;
                 println!(
                     "{}: NOT linearizable ({} operations): {why}",
                     r.key, r.operations
                 );
             }
+            Verdict::Undecided { limit } => {
+                undecided = true;
+                println!(
+                    "{}: undecided ({} operations, {} with unknown outcome): the search \
+                     gave up after {limit} states",
+                    r.key, r.operations, r.unknown
+                );
+            }
         }
     }
-    if linearizable {
-        ExitCode::SUCCESS
-    } else {
+    if violated {
         ExitCode::FAILURE
+    } else if undecided {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     }
 }
