@@ -86,6 +86,15 @@ pub enum Ordering {
     Learner,
 }
 
+/// A request a learner forwarded, answered when its txn commits here.
+#[derive(Debug)]
+struct Forwarded {
+    conn_id: u64,
+    op: CoreOp,
+    /// The session had reads queued ahead of it: they must not see its txn.
+    cut_before: bool,
+}
+
 /// Requests a learner forwarded and waits on.
 #[derive(Debug, Default)]
 struct LearnerState {
@@ -94,8 +103,8 @@ struct LearnerState {
     forwards: Vec<(Bytes, Vec<crate::proto::Id>)>,
     /// Sessions seen alive since the last report, with their timeouts.
     touches: Vec<(i64, i32)>,
-    /// (session, cxid) -> (connection, op): the reply is made when the txn commits.
-    replies: HashMap<(i64, i32), (u64, CoreOp)>,
+    /// (session, cxid) -> the reply to make when the txn commits.
+    replies: HashMap<(i64, i32), Forwarded>,
     /// New sessions asked for: session -> (shard, connection).
     connects: HashMap<i64, (usize, u64)>,
     /// Forwarded syncs, oldest first: (session, connection, xid, path).
@@ -458,8 +467,8 @@ impl Core {
                 xid,
                 op,
                 auth,
-                ..
-            } => self.request(session_id, conn_id, xid, op, &auth, out),
+                cut_before,
+            } => self.request(session_id, conn_id, xid, op, &auth, cut_before, out),
         }
     }
 
@@ -606,6 +615,7 @@ impl Core {
         xid: i32,
         op: CoreOp,
         auth: &[crate::proto::Id],
+        cut_before: bool,
     ) {
         let mut frame = Vec::new();
         op.to_request().encode(xid, &mut frame);
@@ -619,9 +629,14 @@ impl Core {
                 .syncs
                 .push_back((session_id, conn_id, xid, path)),
             op => {
-                self.learner
-                    .replies
-                    .insert((session_id, xid), (conn_id, op));
+                self.learner.replies.insert(
+                    (session_id, xid),
+                    Forwarded {
+                        conn_id,
+                        op,
+                        cut_before,
+                    },
+                );
             }
         }
         self.learner
@@ -766,6 +781,17 @@ impl Core {
         let (txn, time) = crate::zkformat::convert::from_zookeeper(&z)
             .map_err(|e| format!("committed txn {zxid:#x}: {e}"))?;
         let (client, cxid) = (z.header.client_id, z.header.cxid);
+        let ours = self.learner.replies.get(&(client, cxid));
+        if ours.is_some_and(|f| f.cut_before) {
+            // Reads of the session queued ahead of this request must see the tree as
+            // it is before it: the entries so far end at a version of their own (the
+            // replica may hand several commits to the shards as one batch).
+            if let Some(last) = out.last_mut() {
+                if last.tree.is_none() {
+                    last.tree = Some(Arc::new(self.tree.clone()));
+                }
+            }
+        }
         let mut triggers = Vec::new();
         let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
         let origin = crate::tree::Origin {
@@ -808,8 +834,8 @@ impl Core {
             }
             Txn::CloseSession { session_id } => {
                 self.sessions.remove(*session_id);
-                if let Some((conn_id, _)) = self.learner.replies.remove(&(client, cxid)) {
-                    let e = self.reply((client, conn_id), cxid, zxid, 0, Response::Empty);
+                if let Some(f) = self.learner.replies.remove(&(client, cxid)) {
+                    let e = self.reply((client, f.conn_id), cxid, zxid, 0, Response::Empty);
                     out.push(self.entry(std::mem::take(&mut triggers), e));
                 }
                 out.push(self.entry(
@@ -823,9 +849,9 @@ impl Core {
             _ => {}
         }
         let effect = match self.learner.replies.remove(&(client, cxid)) {
-            Some((conn_id, op)) => {
-                let (err, body) = reply_for(&txn, applied, &op);
-                self.reply((client, conn_id), cxid, zxid, err, body)
+            Some(f) => {
+                let (err, body) = reply_for(&txn, applied, &f.op);
+                self.reply((client, f.conn_id), cxid, zxid, err, body)
             }
             None => Effect::None,
         };
@@ -851,6 +877,7 @@ impl Core {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn request(
         &mut self,
         session_id: i64,
@@ -858,6 +885,7 @@ impl Core {
         xid: i32,
         op: CoreOp,
         auth: &[crate::proto::Id],
+        cut_before: bool,
         out: &mut Vec<Entry>,
     ) {
         if self.sessions.get(session_id).is_none() {
@@ -881,7 +909,7 @@ impl Core {
             return;
         }
         if self.ordering == Ordering::Learner {
-            self.forward(session_id, conn_id, xid, op, auth);
+            self.forward(session_id, conn_id, xid, op, auth, cut_before);
             return;
         }
         self.ctx = (session_id, xid);
@@ -1368,6 +1396,77 @@ mod tests {
         forward(&mut core, 0, txn_type::CREATE_SESSION, &timeout);
         let z = forward(&mut core, 0, txn_type::CREATE_SESSION, &timeout);
         assert_eq!(z.header.txn_type, txn_type::CREATE_SESSION);
+    }
+
+    #[test]
+    fn a_learner_ends_a_tree_version_where_a_sessions_reads_wait() {
+        let cfg = Arc::new(Config::default());
+        let mut leader = Core::member(cfg.clone(), 1, DataTree::new(), &[], Now::default());
+        leader.lead(1);
+        let mut learner = Core::member(cfg, 2, DataTree::new(), &[], Now::default());
+        // What the learner forwarded, ordered by the leader, committed back at the
+        // learner into one list (as a driver round hands several commits over).
+        let round_trip = |leader: &mut Core, learner: &mut Core| {
+            let mut applying = Vec::new();
+            for (data, auth) in learner.take_forwards() {
+                leader.forwarded(2, &data, auth, &mut Vec::new());
+            }
+            for (zxid, data) in leader.take_proposals() {
+                learner.apply_committed(zxid, &data, &mut applying).unwrap();
+            }
+            applying
+        };
+        learner.step(
+            ToCore::Connect {
+                shard: 0,
+                conn_id: 1,
+                session_id: 0,
+                passwd: vec![],
+                timeout_ms: 30000,
+            },
+            &mut Vec::new(),
+        );
+        let s = granted(&round_trip(&mut leader, &mut learner)).session_id;
+        // Two creates of one session, the second sent while a read of the session
+        // waited on the first (the shard asks for a cut before it), then a third.
+        let mut out = Vec::new();
+        for (xid, path, cut_before) in [(1, "/a", false), (2, "/b", true), (3, "/c", false)] {
+            learner.step(
+                ToCore::Request {
+                    session_id: s,
+                    conn_id: 1,
+                    xid,
+                    op: create(path, 0),
+                    auth: Arc::new(vec![]),
+                    cut_before,
+                },
+                &mut out,
+            );
+        }
+        assert!(
+            out.is_empty(),
+            "a learner answers writes from their commits"
+        );
+        let applying = round_trip(&mut leader, &mut learner);
+        let xids: Vec<i32> = applying
+            .iter()
+            .map(|e| match e.effect {
+                Effect::Reply { xid, .. } => xid,
+                ref e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(xids, [1, 2, 3]);
+        // The read waiting between 1 and 2 sees /a and not /b.
+        let cut = applying[0].tree.as_ref().expect("a version after xid 1");
+        assert!(cut.node("/a").is_some() && cut.node("/b").is_none());
+        assert!(
+            applying[1].tree.is_none(),
+            "no reads waited between 2 and 3"
+        );
+        assert!(
+            applying[2].tree.is_none(),
+            "the batch's end is the replica's to cut"
+        );
     }
 
     fn request_into(core: &mut Core, s: i64, op: CoreOp, cut_before: bool, out: &mut Vec<Entry>) {

@@ -134,12 +134,16 @@ impl State {
         self.outbox_notify.notify();
     }
 
+    /// Whether the oldest held batch has all its txns committed.
+    fn held_due(&self) -> bool {
+        let committed = self.committed.get();
+        matches!(self.held.borrow().front(), Some((upto, _)) if *upto <= committed)
+    }
+
     /// Releases the held batches whose txns have all committed.
     fn release_committed(&self) {
-        let committed = self.committed.get();
         loop {
-            let due = matches!(self.held.borrow().front(), Some((upto, _)) if *upto <= committed);
-            if !due {
+            if !self.held_due() {
                 return;
             }
             let (_, entries) = self.held.borrow_mut().pop_front().expect("checked");
@@ -499,13 +503,12 @@ impl Replica for StorageReplica {
             s.since_snapshot.set(s.since_snapshot.get() + 1);
         }
         drop(core);
-        s.release_committed();
-        // Each commit goes to the shards as a batch of its own. Handing them over once
-        // per driver round (one tree version for all) cut follower CPU per write by
-        // 40%, but misordered a session's replies through a follower (kazoo's
-        // test_three_barrier got the reply to xid 34 before 33's, about 1 run in 10);
-        // until that is understood, no batching here.
-        self.applied();
+        // What this round applied goes to the shards at its end (`applied`), as one
+        // batch; a held batch that is due now must come after it.
+        if s.held_due() {
+            self.applied();
+            self.0.release_committed();
+        }
     }
 
     fn applied(&mut self) {
