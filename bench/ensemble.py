@@ -1,13 +1,13 @@
 """A 3-member ringkeeper ensemble against a 3-member Apache ZooKeeper 3.8 ensemble,
 side by side in one run, on this machine.
 
-    python3 bench/ensemble.py [--quick] [--repeats N] [--join-znodes N] [--out DIR]
+    python3 bench/ensemble.py [--quick] [--repeats N] [--join-znodes N] [--scenarios NAMES] [--out DIR]
 
 Both ensembles run on loopback with the same zoo.cfg settings (tickTime=2000,
 initLimit=10, syncLimit=5, forceSync on, no per-IP connection cap); ZooKeeper's
 members as its operators start them (log4j at INFO, -Xms2g -Xmx2g each). For each
-ensemble in turn: 10,000 keys of 100 bytes, a discarded warm-up of reads and writes
-(JIT), then
+ensemble in turn: 10,000 keys of 100 bytes, a discarded 30 s warm-up of reads and
+writes (ZooKeeper's JIT: its write rate climbs for that long), then
 `--repeats` runs of
 - write: setData, 64 sessions x 16 in flight, sessions spread over the members;
 - read: getData, 64 x 16, spread over the members;
@@ -17,7 +17,9 @@ ensemble in turn: 10,000 keys of 100 bytes, a discarded warm-up of reads and wri
   the killed member is started again and rejoins;
 - failover after SIGSTOP of the leader (hung, not dead: noticed after syncLimit x tickTime);
 then one member is stopped, its data wiped, and the time it takes to join and serve
-with `--join-znodes` znodes (default 1,000,000) in the tree is measured.
+with `--join-znodes` znodes (default 1,000,000) in the tree is measured. `--scenarios` runs
+some of these (comma-separated: write, read, one-writer, failover-kill, failover-stop,
+join), e.g. `--scenarios write --repeats 7` to see where ZooKeeper's write rate settles.
 
 Prints medians and ringkeeper/ZooKeeper ratios and writes results.json and summary.md
 to bench/results/ensemble-<time>/.
@@ -200,7 +202,10 @@ def read_ok(port, path):
     return True
 
 
-def run(ens_class, repeats, quick, join_znodes):
+SCENARIOS = ("write", "read", "one-writer", "failover-kill", "failover-stop", "join")
+
+
+def run(ens_class, repeats, quick, join_znodes, only=SCENARIOS):
     d = ["--duration", "2" if quick else "5", "--warmup", "0.5" if quick else "1"]
     common = ["--keys", str(KEYS), "--value-size", "100", "--threads", "1"] + d
     print(f"{ens_class.kind}: starting the ensemble", flush=True)
@@ -212,21 +217,32 @@ def run(ens_class, repeats, quick, join_znodes):
         populate(Hosts([ens.ports[leader]]), KEYS)
         raw_set_create(ens.ports[leader])
         # Warm-up, discarded (ZooKeeper's JIT): reads and writes through every member.
-        bench("run", everyone, ["--sessions", "64", "--depth", "16", "--mix", "get=50,set=50"] + common)
+        # ZooKeeper's write rate here climbs for about half a minute of writes (7 runs
+        # after a 6 s warm-up: 10,023 14,863 26,000 23,521 30,486 34,953 35,788/s),
+        # so the warm-up lasts that long.
+        warm = ["--duration", "2" if quick else "30", "--warmup", "0"]
+        bench("run", everyone, ["--sessions", "64", "--depth", "16", "--mix", "get=20,set=80"]
+              + common[:6] + warm)
         table = {
             "write": ["--sessions", "64", "--depth", "16", "--mix", "set=100"],
             "read": ["--sessions", "64", "--depth", "16", "--mix", "get=100"],
             "one-writer": ["--sessions", "1", "--depth", "1", "--mix", "set=100"],
         }
         for name, args in table.items():
+            if name not in only:
+                continue
             out[name] = [bench("run", everyone, args + common) for _ in range(repeats)]
             tp = [r["ops_per_s"] for r in out[name]]
             print(f"  {name}: {statistics.median(tp):,.0f} ops/s (runs {', '.join(f'{x:,.0f}' for x in tp)}),"
                   f" p50 {statistics.median(r['latency_us']['p50'] for r in out[name]):.0f} us", flush=True)
         for fault in ("kill", "stop"):
+            if f"failover-{fault}" not in only:
+                continue
             secs = [failover_seconds(ens, fault) for _ in range(repeats)]
             out[f"failover-{fault}"] = secs
             print(f"  writes resume after {fault} of the leader: {', '.join(f'{s:.3f}' for s in secs)} s", flush=True)
+        if "join" not in only:
+            return out
         leader = leader_index(ens)
         t = time.time()
         bench("populate", Hosts([ens.ports[leader]]),
@@ -258,21 +274,31 @@ def summary(results):
     rk, zk = results["ringkeeper"], results["zookeeper"]
     rows = []
     for name, goal in (("write", "3x"), ("read", "")):
+        if name not in rk:
+            continue
         a, b = med([r["ops_per_s"] for r in rk[name]]), med([r["ops_per_s"] for r in zk[name]])
         rows.append((f"{name} (ops/s, 64 x 16 over 3 members)", f"{a:,.0f}", f"{b:,.0f}", f"{a / b:.2f}x", goal))
-    a = med([r["latency_us"]["p50"] for r in rk["one-writer"]])
-    b = med([r["latency_us"]["p50"] for r in zk["one-writer"]])
-    rows.append(("one writer's setData p50 (us)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x faster", ""))
+    if "one-writer" in rk:
+        a = med([r["latency_us"]["p50"] for r in rk["one-writer"]])
+        b = med([r["latency_us"]["p50"] for r in zk["one-writer"]])
+        rows.append(("one writer's setData p50 (us)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x faster", ""))
     for fault, goal in (("kill", "< 0.45 s"), ("stop", "")):
+        if f"failover-{fault}" not in rk:
+            continue
         a, b = med(rk[f"failover-{fault}"]), med(zk[f"failover-{fault}"])
         rows.append((f"writes resume after {'kill -9' if fault == 'kill' else 'SIGSTOP'} of the leader (s)",
                      f"{a:.3f}", f"{b:.3f}", f"{b / a:.2f}x faster", goal))
+    if "join" not in rk:
+        return "\n".join(md_rows(rows))
     a, b = rk["join"][0], zk["join"][0]
     rows.append((f"a wiped member joins and serves at {results['join_znodes']:,} znodes (s)",
                  f"{a:.2f}", f"{b:.2f}", f"{b / a:.2f}x faster", ""))
+    return "\n".join(md_rows(rows))
+
+
+def md_rows(rows):
     md = ["| | ringkeeper | ZooKeeper | ratio | goal |", "|---|---:|---:|---:|---|"]
-    md += [f"| {' | '.join(r)} |" for r in rows]
-    return "\n".join(md)
+    return md + [f"| {' | '.join(r)} |" for r in rows]
 
 
 def main():
@@ -280,9 +306,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short runs, one repeat, a small join")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--join-znodes", type=int)
+    ap.add_argument("--scenarios", help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     ap.add_argument("--out")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
+    only = tuple(x.strip() for x in a.scenarios.split(",")) if a.scenarios else SCENARIOS
+    unknown = [x for x in only if x not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
     t0 = time.time()
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=REPO, check=True)
@@ -291,10 +322,10 @@ def main():
     join_znodes = a.join_znodes or (20_000 if a.quick else 1_000_000)
     results = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": " ".join(["python3", "bench/ensemble.py"] + sys.argv[1:]), "repeats": repeats,
-               "settings": SETTINGS, "join_znodes": join_znodes}
+               "scenarios": list(only), "settings": SETTINGS, "join_znodes": join_znodes}
     print(f"machine: {results['machine']}", flush=True)
     for cls in (ZookeeperEnsemble, RingkeeperEnsemble):
-        results[cls.kind] = run(cls, repeats, a.quick, join_znodes)
+        results[cls.kind] = run(cls, repeats, a.quick, join_znodes, only)
     results["elapsed_s"] = round(time.time() - t0, 1)
     md = summary(results)
     print("\n" + md)

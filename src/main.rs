@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use ringkeeper::config::Config;
 
+/// mimalloc instead of glibc's malloc: on a 3-member ensemble's write load glibc's
+/// malloc and free took a quarter of the leader's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: ringkeeper [--config zoo.cfg] [--client-port N] [--client-port-address IP]
                   [--data-dir DIR] [--shards N] [--recover-from-older-snapshot]

@@ -177,16 +177,21 @@ impl Link {
         let reader = async {
             let mut buf = vec![0u8; 64 << 10];
             loop {
+                // Items are cut from an offset and what is left moves to the front
+                // once per read: a drain per item would move the rest of a read full
+                // of PROPOSALs and COMMITs once for each of them.
+                let mut start = 0;
                 loop {
-                    match cut(&read) {
+                    match cut(&read[start..]) {
                         Ok(Some((item, used))) => {
-                            read.drain(..used);
+                            start += used;
                             deliver(item);
                         }
                         Ok(None) => break,
                         Err(e) => return format!("garbage from the peer: {e}"),
                     }
                 }
+                read.drain(..start);
                 match rd.read(&mut buf).await {
                     Ok(0) => return "closed by the peer".to_string(),
                     Ok(n) => {
