@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+import traceback
 
 from rawzk import RawClient
 from servers import start_ringkeeper
@@ -33,31 +34,45 @@ class Writer(threading.Thread):
         self.stop = threading.Event()
 
     def run(self):
+        # How the writer ended: "stopped", "connection lost" (the server went away),
+        # or a failure (an error reply, anything unexpected) that the test thread
+        # reports: an assertion here would only end this thread.
+        self.ended = None
         try:
-            c = RawClient(self.port, timeout_ms=4000)
-        except OSError:
-            return
-        i = 0
-        try:
-            while not self.stop.is_set():
-                i += 1
-                if self.rng.random() < 0.5:
-                    path = f"/crash/r{self.rnd}/w{self.t}-{i}"
-                    data = f"{self.rnd}:{self.t}:{i}:".encode() * self.rng.randint(1, 40)
-                    self.inflight = ("create", path, data)
-                    err, _ = c.create(path, data)
-                    assert err == 0, f"create {path}: {err}"
-                    self.acked_creates[path] = data
-                else:
-                    value = f"{self.rnd}:{i}".encode()
-                    self.inflight = ("set", self.key, value)
-                    err = c.set_data(self.key, value)
-                    assert err == 0, f"setData {self.key}: {err}"
-                    self.acked_value = value
-                self.inflight = None
-            c.close()
+            self._write()
+            self.ended = "stopped"
         except (OSError, ConnectionError):
-            return
+            self.ended = "connection lost"
+        except BaseException:  # reported by check()
+            self.ended = "failed: " + traceback.format_exc()
+
+    def _write(self):
+        c = RawClient(self.port, timeout_ms=4000)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            if self.rng.random() < 0.5:
+                path = f"/crash/r{self.rnd}/w{self.t}-{i}"
+                data = f"{self.rnd}:{self.t}:{i}:".encode() * self.rng.randint(1, 40)
+                self.inflight = ("create", path, data)
+                err, _ = c.create(path, data)
+                if err != 0:
+                    raise AssertionError(f"create {path}: error {err}")
+                self.acked_creates[path] = data
+            else:
+                value = f"{self.rnd}:{i}".encode()
+                self.inflight = ("set", self.key, value)
+                err = c.set_data(self.key, value)
+                if err != 0:
+                    raise AssertionError(f"setData {self.key}: error {err}")
+                self.acked_value = value
+            self.inflight = None
+        c.close()
+
+    def check(self, *allowed):
+        """After join: the writer ended one of the `allowed` ways."""
+        assert not self.is_alive(), f"writer {self.t} still running"
+        assert self.ended in allowed, f"writer {self.t}: {self.ended}"
 
 
 def test_acknowledged_writes_survive_kill_9():
@@ -90,7 +105,7 @@ def test_acknowledged_writes_survive_kill_9():
             srv.kill()
             for w in writers:
                 w.join(timeout=30)
-                assert not w.is_alive()
+                w.check("connection lost")
             srv.restart()
             c = RawClient(srv.port)
             inflight_creates = {w.inflight[1]: w.inflight[2] for w in writers
@@ -159,7 +174,8 @@ def test_the_tree_rebased_under_load_keeps_every_acknowledged_write():
             w.stop.set()
         for w in writers:
             w.join(timeout=30)
-            assert not w.is_alive() and w.inflight is None
+            w.check("stopped")
+            assert w.inflight is None
         acked = {p: d for w in writers for p, d in w.acked_creates.items()}
         for path, data in acked.items():
             err, got = c.get_data(path)

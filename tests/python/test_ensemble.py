@@ -10,6 +10,8 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
+from kazoo.handlers.threading import KazooTimeoutError
 
 import servers
 
@@ -79,7 +81,7 @@ def test_a_leader_killed_under_write_load_loses_no_acknowledged_write(ensemble):
     c = client(hosts, timeout=8.0)
     c.create("/mine", b"", ephemeral=True)
     session = c.client_id[0]
-    acked, stop = [], threading.Event()
+    acked, failed, stop = [], [], threading.Event()
 
     def load():
         i = 0
@@ -87,8 +89,11 @@ def test_a_leader_killed_under_write_load_loses_no_acknowledged_write(ensemble):
             try:
                 c.create(f"/k{i:06d}", b"v")
                 acked.append(i)
-            except Exception:  # connection loss while the leader changes: unknown outcome
-                pass
+            except (ConnectionLoss, KazooTimeoutError):
+                pass  # while the leader changes: an unknown outcome
+            except Exception as e:  # anything else fails the test (after the join)
+                failed.append(f"create /k{i:06d}: {e!r}")
+                return
             i += 1
 
     t = threading.Thread(target=load)
@@ -105,6 +110,7 @@ def test_a_leader_killed_under_write_load_loses_no_acknowledged_write(ensemble):
     finally:
         stop.set()
         t.join()
+    assert failed == [], failed
     assert len(acked) > 100
     try:
         for m in rest:

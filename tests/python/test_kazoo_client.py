@@ -1,6 +1,7 @@
 """kazoo, an unmodified real client, against ringkeeper: sessions, ephemerals,
 sequential nodes, watches, transactions, ACLs and auth, containers and TTL nodes."""
 
+import struct
 import threading
 import time
 
@@ -12,6 +13,7 @@ from kazoo.exceptions import (
     AuthFailedError, SessionExpiredError,
 )
 from kazoo.protocol.states import EventType
+import rawzk
 from rawzk import RawClient
 from kazoo.security import make_digest_acl, make_acl, OPEN_ACL_UNSAFE
 from servers import wait_for
@@ -136,24 +138,37 @@ def test_data_watch_fires_once_before_the_read_that_sees_the_change(make_client,
     assert len(events) == 1 and events[0].type == EventType.CHANGED
 
 
-def test_watch_event_precedes_reply_reflecting_change(make_client, client, base):
-    """ZooKeeper's guarantee: a client sees the event before any read showing the change."""
+def test_watch_event_precedes_reply_reflecting_change(rk, client, base):
+    """ZooKeeper's guarantee: a client sees the event before any read showing the change.
+    Checked on the wire, where the order is what the server sent (kazoo runs watch
+    callbacks on a thread of their own, so its callbacks cannot show it): the reader's
+    frames up to the reply that shows the new value must include the event."""
     p = client.create(f"{base}/order", b"0")
-    writer = make_client()
-    violations = 0
-    for i in range(50):
-        seen = threading.Event()
-        client.get(p, watch=lambda ev: seen.set())
-        writer.set_async(p, str(i + 1).encode())
-        while True:
-            data, _ = client.get(p)
-            if data == str(i + 1).encode():
-                # Watch callbacks run on kazoo's event thread; the event was queued
-                # before this reply was read, so it must be set (or about to be).
-                if not seen.wait(2):
-                    violations += 1
-                break
-    assert violations == 0
+    reader, writer = RawClient(rk.port), RawClient(rk.port)
+    try:
+        for i in range(1, 51):
+            value = str(i).encode()
+            err, _, _ = reader.call(4, rawzk.s_str(p) + b"\1")  # getData with a watch
+            assert err == 0
+            reader.events.clear()
+            # The write goes out without waiting, so the reads race it.
+            writer.xid += 1
+            writer.send_frame(struct.pack(">ii", writer.xid, 5) + rawzk.s_str(p) + rawzk.s_buf(value)
+                              + struct.pack(">i", -1))
+            reads = 0
+            while True:
+                err, data = reader.get_data(p)
+                reads += 1
+                assert err == 0 and reads < 100_000
+                if data == value:
+                    break
+            # NodeDataChanged (3) for p, received before the reply that showed `value`.
+            assert (3, 3, p) in reader.events, (i, reader.events)
+            xid, _, err = struct.unpack(">iqi", writer.read_frame()[:16])
+            assert (xid, err) == (writer.xid, 0)
+    finally:
+        reader.close()
+        writer.close()
 
 
 def test_child_and_exist_watches(make_client, client, base):

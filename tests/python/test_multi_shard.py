@@ -54,13 +54,16 @@ def test_every_session_sees_writes_in_order(two_shards):
         cs[0].create("/order", b"")
         seen = [[] for _ in cs]
 
+        backwards = []
+
         def follow(i, c):
             last = -1
             deadline = time.time() + 15
             while last < 99 and time.time() < deadline:
                 data, _ = c.get("/order")
                 v = int(data) if data else -1
-                assert v >= last, "a session must never see the counter go back"
+                if v < last:
+                    backwards.append((i, last, v))
                 last = v
                 seen[i].append(v)
 
@@ -71,6 +74,8 @@ def test_every_session_sees_writes_in_order(two_shards):
             cs[0].set("/order", str(v).encode())
         for t in ts:
             t.join(20)
+            assert not t.is_alive()
+        assert backwards == [], "a session must never see the counter go back: (session, seen, then)"
         assert all(s and s[-1] == 99 for s in seen[1:])
     finally:
         for c in cs:
@@ -158,25 +163,50 @@ def get_data_req(path):
     return 4, s_str(path) + b"\0"
 
 
+class Churn:
+    """Four sessions pipelining setData of `path` in the background, 8 at a time, until
+    stop(); stop() fails the test if one got an error reply or died, or if none wrote
+    (the load the test relies on was not there)."""
+
+    def __init__(self, port, path, sessions=4):
+        self._stop = threading.Event()
+        self.failures, self.batches = [], 0
+        self._clients = [RawClient(port) for _ in range(sessions)]
+        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in self._clients]
+        self.path = path
+        for t in self._threads:
+            t.start()
+
+    def _run(self, c):
+        try:
+            while not self._stop.is_set():
+                errs = [r[0] for r in c.pipeline([set_data_req(self.path, b"x")] * 8)]
+                if any(errs):
+                    self.failures.append(f"setData {self.path}: errors {errs}")
+                    return
+                self.batches += 1
+        except Exception as e:  # reported by stop()
+            self.failures.append(repr(e))
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+            assert not t.is_alive(), "a background writer hung"
+        for c in self._clients:
+            c.close()
+        assert self.failures == [], self.failures
+        assert self.batches > 0, "the background writers wrote nothing"
+
+
 def test_a_read_between_a_sessions_writes_sees_the_first_and_not_the_second(two_shards):
     """Pipelined setData, getData, setData from one session: the read answers between
     the two writes (ZooKeeper's per-session order), even when both writes commit in
     one batch while other sessions write too."""
     c = RawClient(two_shards.port)
     assert c.create("/sandwich", b"")[0] == 0
-    stop = threading.Event()
-    noise = [RawClient(two_shards.port) for _ in range(4)]
-
-    def churn(n):
-        i = 0
-        while not stop.is_set():
-            n.pipeline([set_data_req("/sandwich-noise", b"x")] * 8)
-            i += 1
-
     assert c.create("/sandwich-noise", b"")[0] == 0
-    threads = [threading.Thread(target=churn, args=(n,)) for n in noise]
-    for t in threads:
-        t.start()
+    noise = Churn(two_shards.port, "/sandwich-noise")
     try:
         for i in range(300):
             first, second = f"a{i}".encode(), f"b{i}".encode()
@@ -185,9 +215,7 @@ def test_a_read_between_a_sessions_writes_sees_the_first_and_not_the_second(two_
             assert [r[0] for r in replies] == [0, 0, 0]
             assert replies[1][2].buf() == first, f"round {i}: the read saw the later write"
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        noise.stop()
 
 
 def test_a_read_waiting_for_its_shard_does_not_see_its_own_later_write(two_shards):
@@ -213,22 +241,11 @@ def test_a_read_behind_a_write_is_answered_when_the_write_is(two_shards):
     c.sock.settimeout(5)
     assert c.create("/behind", b"")[0] == 0
     assert c.create("/behind-noise", b"")[0] == 0
-    stop = threading.Event()
-    noise = [RawClient(two_shards.port) for _ in range(4)]
-
-    def churn(n):
-        while not stop.is_set():
-            n.pipeline([set_data_req("/behind-noise", b"x")] * 8)
-
-    threads = [threading.Thread(target=churn, args=(n,)) for n in noise]
-    for t in threads:
-        t.start()
+    noise = Churn(two_shards.port, "/behind-noise")
     try:
         for i in range(300):
             v = f"v{i}".encode()
             replies = c.pipeline([set_data_req("/behind", v), get_data_req("/behind")])
             assert replies[0][0] == 0 and replies[1][2].buf() == v
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        noise.stop()
