@@ -314,17 +314,26 @@ pub enum StartError {
         dir: std::path::PathBuf,
         source: ringkeeper_storage::dirlock::DirLockError,
     },
+    #[error("{key}: {source}")]
+    LockFile {
+        key: &'static str,
+        source: ringkeeper_storage::dirlock::DirLockError,
+    },
     #[error("executor {0} stopped unexpectedly")]
     Died(String),
     #[error(
-        "the executors did not start within {waited_s} s: {ready} of {shards} shard(s) \
-         connected to the broadcast core (a bug: please report it with this log)"
+        "the executors did not start within {waited_s} s: {what}; {ready} of {shards} \
+         shard(s) connected to it (a bug: please report it with this log)"
     )]
     Stalled {
         waited_s: u64,
         ready: usize,
         shards: usize,
+        what: &'static str,
     },
+    /// The broadcast core could not start: its txn log, or a member's epochs.
+    #[error("{0}")]
+    Core(String),
     #[error("recovery failed: {0}")]
     Recovery(#[from] crate::recovery::RecoveryError),
 }
@@ -397,10 +406,17 @@ fn lock_storage_dirs(cfg: &Config) -> Result<Vec<DirLock>, StartError> {
             continue;
         }
         seen.push(same);
-        let lock = DirLock::acquire(&dir).map_err(|source| StartError::Locked {
-            key,
-            dir: dir.clone(),
-            source,
+        let lock = DirLock::acquire(&dir).map_err(|source| match source {
+            ringkeeper_storage::dirlock::DirLockError::Held { .. } => StartError::Locked {
+                key,
+                dir: dir.clone(),
+                source,
+            },
+            // Not another server: the lock file itself could not be made (a full or
+            // read-only disk), which says nothing about the directory being in use.
+            ringkeeper_storage::dirlock::DirLockError::Io { .. } => {
+                StartError::LockFile { key, source }
+            }
         })?;
         locks.push(lock);
     }
@@ -415,10 +431,13 @@ async fn run_core(
     inbound: Vec<shared_channel::SharedReceiver<broadcast::messages::ToCore>>,
     outbound: Vec<shared_channel::SharedSender<Arc<broadcast::messages::Batch>>>,
     shared: Arc<ServerShared>,
+    started: broadcast::StartReport,
 ) {
     match member {
-        Some(m) => broadcast::member::run(cfg, m, recovered, inbound, outbound, shared).await,
-        None => broadcast::run(cfg, recovered, inbound, outbound, shared).await,
+        Some(m) => {
+            broadcast::member::run(cfg, m, recovered, inbound, outbound, shared, started).await
+        }
+        None => broadcast::run(cfg, recovered, inbound, outbound, shared, started).await,
     }
 }
 
@@ -484,6 +503,7 @@ pub fn run_as(
     let core_shared = shared.clone();
     let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut shards = Vec::new();
     let mut core = None;
     let mut first_shard = 0;
@@ -508,6 +528,7 @@ pub fn run_as(
                     to_core_rx,
                     to_shard_tx,
                     core_shared,
+                    started_tx,
                 ))
                 .detach();
                 shard::run(0, listener, shared, tx, rx, ready_tx).await
@@ -528,6 +549,7 @@ pub fn run_as(
                         to_core_rx,
                         to_shard_tx,
                         core_shared,
+                        started_tx,
                     )
                 })
                 .map_err(|source| StartError::Executor {
@@ -554,6 +576,23 @@ pub fn run_as(
     // never got there (one executor spinning, the other parked): fail loudly then,
     // instead of holding the port and a core forever.
     let deadline = std::time::Instant::now() + EXECUTORS_START_WAIT;
+    // First the core: a txn log it cannot open (or a member's unreadable epochs)
+    // ends start-up here, before any shard serves.
+    match started_rx.recv_timeout(EXECUTORS_START_WAIT) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Err(StartError::Core(why)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(StartError::Stalled {
+                waited_s: EXECUTORS_START_WAIT.as_secs(),
+                ready: 0,
+                shards: cfg.shards,
+                what: "the broadcast core did not open its txn log",
+            })
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(StartError::Died("running the broadcast core".into()))
+        }
+    }
     for ready in 0..cfg.shards {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match ready_rx.recv_timeout(left) {
@@ -563,6 +602,7 @@ pub fn run_as(
                     waited_s: EXECUTORS_START_WAIT.as_secs(),
                     ready,
                     shards: cfg.shards,
+                    what: "the shards did not connect to the broadcast core",
                 })
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {

@@ -516,13 +516,25 @@ impl Core {
             } else {
                 rand::Rng::fill(&mut self.rng, &mut pw[..]);
             }
-            self.ctx = (id, 0);
-            let effect = self.open_session(id, pw, timeout_ms, (shard, conn_id));
             if self.read_only {
-                // Lives in memory only, like a read-only ZooKeeper server's sessions.
-                out.push(self.entry(Vec::new(), effect));
+                // The log takes no writes: a session granted now would not survive a
+                // restart, and its client would find it gone. None is granted.
+                out.push(
+                    self.entry(
+                        Vec::new(),
+                        Effect::Refused {
+                            shard,
+                            conn_id,
+                            why:
+                                "the txn log cannot take writes: no new session can be made durable"
+                                    .into(),
+                        },
+                    ),
+                );
                 return;
             }
+            self.ctx = (id, 0);
+            let effect = self.open_session(id, pw, timeout_ms, (shard, conn_id));
             let zxid = self.next_zxid();
             let txn = Txn::CreateSession {
                 session_id: id,
@@ -1208,6 +1220,16 @@ pub fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
                     conn_id,
                 },
                 Effect::None => return None,
+                // A new session whose createSession did not reach the disk.
+                Effect::Connected {
+                    shard,
+                    conn_id,
+                    granted: Some(_),
+                } => Effect::Refused {
+                    shard,
+                    conn_id,
+                    why: "its createSession did not reach the txn log".into(),
+                },
                 other => other,
             };
             Some(Entry {
@@ -1226,18 +1248,20 @@ mod tests {
     use crate::proto::{CreateKind, CreateRequest, WriteOp};
     use bytes::Bytes;
 
+    /// A new session asked for on shard 0's connection `conn_id`.
+    fn new_session(conn_id: u64) -> ToCore {
+        ToCore::Connect {
+            shard: 0,
+            conn_id,
+            session_id: 0,
+            passwd: vec![],
+            timeout_ms: 30000,
+        }
+    }
+
     fn connect(core: &mut Core) -> i64 {
         let mut out = Vec::new();
-        core.step(
-            ToCore::Connect {
-                shard: 0,
-                conn_id: 1,
-                session_id: 0,
-                passwd: vec![],
-                timeout_ms: 30000,
-            },
-            &mut out,
-        );
+        core.step(new_session(1), &mut out);
         match &out[0].effect {
             Effect::Connected {
                 granted: Some(g), ..
@@ -1416,16 +1440,7 @@ mod tests {
             }
             applying
         };
-        learner.step(
-            ToCore::Connect {
-                shard: 0,
-                conn_id: 1,
-                session_id: 0,
-                passwd: vec![],
-                timeout_ms: 30000,
-            },
-            &mut Vec::new(),
-        );
+        learner.step(new_session(1), &mut Vec::new());
         let s = granted(&round_trip(&mut leader, &mut learner)).session_id;
         // Two creates of one session, the second sent while a read of the session
         // waited on the first (the shard asks for a cut before it), then a third.
@@ -1560,6 +1575,33 @@ mod tests {
         assert!(out[0].triggers.iter().any(|t| &*t.path == "/eph"));
         assert!(matches!(out[1].effect, Effect::SessionClosed { .. }));
         assert_eq!(core.session_count(), 0);
+    }
+
+    #[test]
+    fn a_new_session_is_granted_only_once_it_can_be_on_disk() {
+        let mut core = Core::empty(Arc::new(Config::default()));
+        let durable = Arc::new(core.tree().clone());
+        let ask = |core: &mut Core| {
+            let mut out = Vec::new();
+            core.step(new_session(7), &mut out);
+            out
+        };
+        // Its createSession is in a batch whose log write failed: refused, not granted.
+        let out = ask(&mut core);
+        assert!(out[0].logged);
+        let undone = undo_failed(out, &durable);
+        assert!(
+            matches!(&undone[0].effect, Effect::Refused { shard: 0, conn_id: 7, why } if why.contains("did not reach")),
+            "{:?}",
+            undone[0].effect
+        );
+        // Once the log has failed: refused at once, and no session is made.
+        core.set_read_only();
+        let before = core.session_count();
+        let out = ask(&mut core);
+        assert!(!out[0].logged);
+        assert!(matches!(&out[0].effect, Effect::Refused { conn_id: 7, .. }));
+        assert_eq!(core.session_count(), before);
     }
 
     #[test]

@@ -672,13 +672,15 @@ pub async fn run(
     inbound: Vec<SharedReceiver<ToCore>>,
     outbound: Vec<SharedSender<Arc<Batch>>>,
     shared: Arc<ServerShared>,
+    started: super::StartReport,
 ) {
-    let fail = |what: String| -> ! {
-        tracing::error!("{what}");
-        eprintln!("ringkeeper: {what}");
-        std::process::exit(1);
+    let (zab, epochs) = match zab_recovered(&cfg, &recovered) {
+        Ok(z) => z,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return;
+        }
     };
-    let (zab, epochs) = zab_recovered(&cfg, &recovered).unwrap_or_else(|e| fail(e));
     let my_id = member.peer.my_id;
     shared.set_mode(ServerMode::Looking);
     let handle = MemberHandle::new();
@@ -721,11 +723,13 @@ pub async fn run(
         role_changes: Cell::new(0),
     });
     if let Err(e) = state.start_log(&recovered).await {
-        fail(format!(
+        let _ = started.send(Err(format!(
             "cannot open the txn log in {}: {e}",
             cfg.log_dir().display()
-        ));
+        )));
+        return;
     }
+    let _ = started.send(Ok(()));
     for rx in inbound {
         let state = state.clone();
         glommio::spawn_local(async move {

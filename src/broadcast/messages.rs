@@ -136,6 +136,14 @@ pub enum Effect {
         conn_id: u64,
         granted: Option<Granted>,
     },
+    /// The handshake is refused and the connection closes (the client tries again, or
+    /// another server): a new session that could not be made durable, because the txn
+    /// log cannot take writes or the batch holding its createSession failed.
+    Refused {
+        shard: usize,
+        conn_id: u64,
+        why: String,
+    },
     /// A session is now attached to this connection; any other connection of it closes.
     Attached {
         session_id: i64,

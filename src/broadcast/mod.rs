@@ -86,6 +86,10 @@ pub(crate) async fn open_log(cfg: &Config, recovered: &Recovered) -> std::io::Re
     }
 }
 
+/// Where a core says whether it started (its txn log open, a member's epochs read):
+/// start-up waits for it before any shard serves, and fails with its message.
+pub type StartReport = std::sync::mpsc::Sender<Result<(), String>>;
+
 /// Runs the core on the current executor until every shard has gone.
 pub async fn run(
     cfg: Arc<Config>,
@@ -93,21 +97,19 @@ pub async fn run(
     inbound: Vec<SharedReceiver<ToCore>>,
     outbound: Vec<SharedSender<Arc<Batch>>>,
     shared: Arc<ServerShared>,
+    started: StartReport,
 ) {
     let log = match open_log(&cfg, &recovered).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(
+            let _ = started.send(Err(format!(
                 "cannot open the txn log in {}: {e}",
                 cfg.log_dir().display()
-            );
-            eprintln!(
-                "ringkeeper: cannot open the txn log in {}: {e}",
-                cfg.log_dir().display()
-            );
-            std::process::exit(1);
+            )));
+            return;
         }
     };
+    let _ = started.send(Ok(()));
     let queue: Rc<std::cell::RefCell<VecDeque<ToCore>>> = Rc::default();
     let notify = Rc::new(Notify::default());
     for rx in inbound {

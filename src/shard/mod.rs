@@ -42,6 +42,10 @@ pub const SESSION_OUTSTANDING_MAX: usize = 1000;
 const READ_BUF_MAX_BYTES: usize = 64 * 1024;
 const READ_BUF_MIN_BYTES: usize = 4 * 1024;
 
+/// The core's answer to a handshake: the session granted (None: expired or a wrong
+/// password), or why it refused to make one.
+type HandshakeAnswer = Result<Option<Granted>, String>;
+
 pub struct Shard {
     index: usize,
     shared: Arc<ServerShared>,
@@ -49,7 +53,8 @@ pub struct Shard {
     watches: Arc<Mutex<WatchTable>>,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     sessions: RefCell<HashMap<i64, Rc<Conn>>>,
-    handshakes: RefCell<HashMap<u64, oneshot::Sender<Option<Granted>>>>,
+    /// Handshakes waiting on the core, by connection.
+    handshakes: RefCell<HashMap<u64, oneshot::Sender<HandshakeAnswer>>>,
     to_core: ConnectedSender<ToCore>,
     next_conn: Cell<u64>,
     /// Connections with a [`Pending::CatchUp`] in their queue.
@@ -226,7 +231,18 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
             } => {
                 if *s == shard.index {
                     if let Some(tx) = shard.handshakes.borrow_mut().remove(conn_id) {
-                        let _ = tx.send(granted.clone());
+                        let _ = tx.send(Ok(granted.clone()));
+                    }
+                }
+            }
+            Effect::Refused {
+                shard: s,
+                conn_id,
+                why,
+            } => {
+                if *s == shard.index {
+                    if let Some(tx) = shard.handshakes.borrow_mut().remove(conn_id) {
+                        let _ = tx.send(Err(why.clone()));
                     }
                 }
             }
@@ -745,7 +761,11 @@ async fn read_loop(
         })
         .await
         .map_err(|_| ConnError::CoreGone)?;
-    let granted = rx.await.map_err(|_| ConnError::CoreGone)?;
+    let granted = rx.await.map_err(|_| ConnError::CoreGone)?.map_err(|why| {
+        let msg = format!("Refusing session request for client {peer}: {why}");
+        tracing::warn!("{msg}");
+        ConnError::Refused(msg)
+    })?;
     let resp = ConnectResponse {
         protocol_version: 0,
         timeout_ms: granted.as_ref().map_or(0, |g| g.timeout_ms),

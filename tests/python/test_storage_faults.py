@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rawzk import RawClient
+import servers
 from servers import start_ringkeeper, wait_for
 
 NOT_READ_ONLY = -119
@@ -188,12 +189,13 @@ def small_tmpfs():
         os.rmdir(d)
 
 
-def write_until_the_log_fails(port, value):
-    """Creates nodes until the server stops taking writes. Returns the acknowledged
-    paths, the path whose outcome is unknown (its connection was closed; None if the
-    first refused write was answered NOTREADONLY because the log had already failed on
-    another txn), and a client on the same session."""
-    c = RawClient(port)
+def write_until_the_log_fails(port, value, c=None):
+    """Creates nodes (through client `c`, or a new session) until the server stops
+    taking writes. Returns the acknowledged paths, the path whose outcome is unknown
+    (its connection was closed; None if the first refused write was answered
+    NOTREADONLY because the log had already failed on another txn), and a client on
+    the same session."""
+    c = c or RawClient(port)
     sid, pw = c.session_id, c.passwd
     acked = []
     for i in range(100000):
@@ -214,10 +216,10 @@ def assert_refuses_writes_serves_reads(port, c, acked, value):
     assert c.get_data(acked[0]) == (0, value)
     assert c.set_data(acked[0], b"y") == NOT_READ_ONLY
     assert c.create("/after", b"")[0] == NOT_READ_ONLY
-    d = RawClient(port)
-    assert d.get_data(acked[-1]) == (0, value)
-    assert d.create("/after", b"")[0] == NOT_READ_ONLY
-    d.close()
+    assert c.get_data(acked[-1]) == (0, value)
+    # No new session: it could not be made durable (a restart would forget it).
+    with pytest.raises((ConnectionError, OSError)):
+        RawClient(port, socket_timeout_s=5)
 
 
 def assert_survived(srv, acked, value):
@@ -272,8 +274,10 @@ def test_eio_refuses_writes_without_retrying_and_loses_nothing(faulty_disk, faul
     try:
         value = b"v" * 300
         write_nodes(srv.port, "/ok", 20, value)
+        # The session first: once the disk fails, no new one can be made durable.
+        c = RawClient(srv.port)
         (ctl / fault).touch()
-        acked, _unknown, c = write_until_the_log_fails(srv.port, value)
+        acked, _unknown, c = write_until_the_log_fails(srv.port, value, c)
         log = srv.log_text
         assert message in log and "Input/output error" in log, log[-2000:]
         assert "refusing writes" in log
@@ -289,3 +293,33 @@ def test_eio_refuses_writes_without_retrying_and_loses_nothing(faulty_disk, faul
         write_nodes(srv.port, "/again", 5)
     finally:
         srv.stop()
+
+
+def test_a_txn_log_that_cannot_be_made_stops_start_up_before_any_client_is_served(small_tmpfs):
+    """dataLogDir on a tmpfs with 64 KiB left: recovery finds an empty log, and the new
+    log's preallocated 1 MiB segment does not fit. Start-up must end there with the reason, before
+    the server says it serves clients, and never accept a session."""
+    log_dir = small_tmpfs / "log"
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    # Room for the lock file (the server writes its pid in it), not for a segment.
+    os.truncate(filler, os.path.getsize(filler) - 65536)
+    port = servers.free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "zoo.cfg"
+        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\ndataDir={d}/data\n"
+                       f"dataLogDir={log_dir}\npreAllocSize=1024\n")
+        proc = subprocess.Popen([str(servers.RINGKEEPER_BIN), "--config", str(cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, out
+    assert f"cannot open the txn log in {log_dir}" in out, out
+    assert "serving ZooKeeper clients" not in out, out
