@@ -189,7 +189,9 @@ impl ServerShared {
         ServerShared {
             last_zxid: AtomicI64::new(initial_tree.last_zxid()),
             initial_tree,
-            log_stats: Arc::default(),
+            log_stats: Arc::new(ringkeeper_storage::group::LogStats::warning_after_ms(
+                cfg.fsync_warning_threshold_ms,
+            )),
             shard_stats: (0..cfg.shards).map(|_| ShardStats::default()).collect(),
             watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
             cfg,

@@ -61,6 +61,9 @@ pub struct Config {
     /// clients that asked for read-only mode (ZooKeeper's read-only mode).
     pub read_only_mode_enabled: bool,
     pub snap_count: u64,
+    /// A txn log write (with its sync) slower than this is logged as a warning and
+    /// counted (`fsync.warningthresholdms`, ZooKeeper's default 1000 ms).
+    pub fsync_warning_threshold_ms: u64,
     pub force_sync: bool,
     pub pre_alloc_size_kb: u64,
     pub autopurge_snap_retain_count: u32,
@@ -135,6 +138,7 @@ impl Default for Config {
             standalone_enabled: true,
             read_only_mode_enabled: false,
             snap_count: 100_000,
+            fsync_warning_threshold_ms: 1000,
             force_sync: true,
             pre_alloc_size_kb: 65536,
             autopurge_snap_retain_count: 3,
@@ -289,6 +293,9 @@ impl Config {
                 self.fallback_to_older_snapshot = parse_bool(value).map_err(bad)?
             }
             "snapCount" => self.snap_count = parse_num(value).map_err(bad)?,
+            "fsync.warningthresholdms" => {
+                self.fsync_warning_threshold_ms = parse_num(value).map_err(bad)?
+            }
             "forceSync" => self.force_sync = parse_bool(value).map_err(bad)?,
             "preAllocSize" => self.pre_alloc_size_kb = parse_num(value).map_err(bad)?,
             "autopurge.snapRetainCount" => {

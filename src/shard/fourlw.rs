@@ -491,6 +491,7 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
                 ("rk_log_txns", &log.txns),
                 ("rk_log_bytes", &log.bytes),
                 ("rk_log_write_us_sum", &log.write_us),
+                ("zk_fsync_threshold_exceed_count", &log.slow_syncs),
             ] {
                 kv(k, v.load(Relaxed).to_string());
             }

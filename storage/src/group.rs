@@ -32,6 +32,20 @@ pub struct LogStats {
     pub bytes: AtomicU64,
     /// Sum of the time each durable write took, in microseconds.
     pub write_us: AtomicU64,
+    /// A durable write slower than this many milliseconds is logged as a warning
+    /// (ZooKeeper's fsync.warningthresholdms); 0: never.
+    pub sync_warning_ms: AtomicU64,
+    /// Durable writes that took longer than `sync_warning_ms`.
+    pub slow_syncs: AtomicU64,
+}
+
+impl LogStats {
+    /// Stats that warn of durable writes slower than `ms` milliseconds.
+    pub fn warning_after_ms(ms: u64) -> LogStats {
+        let s = LogStats::default();
+        s.sync_warning_ms.store(ms, Ordering::Relaxed);
+        s
+    }
 }
 
 struct Pending<T> {
@@ -196,8 +210,21 @@ impl<T> GroupCommit<T> {
                         st.fsyncs.store(c.syncs, Ordering::Relaxed);
                         st.txns.store(c.records, Ordering::Relaxed);
                         st.bytes.store(c.bytes, Ordering::Relaxed);
+                        let took = started.elapsed();
                         st.write_us
-                            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                        let warn_ms = st.sync_warning_ms.load(Ordering::Relaxed);
+                        if warn_ms > 0 && took.as_millis() as u64 > warn_ms {
+                            st.slow_syncs.fetch_add(1, Ordering::Relaxed);
+                            // ZooKeeper's words, so that operators' alerts on them fire.
+                            tracing::warn!(
+                                "fsync-ing the write ahead log took {}ms which will adversely \
+                                 effect operation latency (a write of {} bytes). See the \
+                                 ZooKeeper troubleshooting guide",
+                                took.as_millis(),
+                                batch.records.len()
+                            );
+                        }
                         let last = first + batch.count as i64 - 1;
                         self.durable_zxid.store(last, Ordering::Release);
                     }

@@ -1,12 +1,14 @@
 """A pass-through FUSE file system that fails on command, for disk-fault tests:
 `python3 faultfs.py BACKING MOUNTPOINT CONTROL` mirrors BACKING at MOUNTPOINT; while
 CONTROL/fsync_eio exists every fsync/fdatasync fails with EIO, while CONTROL/write_eio
-exists every write does. io_uring I/O reaches it like any other (strace could not
+exists every write does, and while CONTROL/write_slow exists every write waits
+half a second first. io_uring I/O reaches it like any other (strace could not
 inject faults into io_uring)."""
 
 import errno
 import os
 import sys
+import time
 
 from fuse import FUSE, FuseOSError, Operations
 
@@ -74,6 +76,8 @@ class FaultFS(Operations):
     def write(self, path, data, offset, fh):
         if self._failing("write_eio"):
             raise FuseOSError(errno.EIO)
+        if self._failing("write_slow"):
+            time.sleep(0.5)
         return self._do(os.pwrite, fh, data, offset)
 
     def truncate(self, path, length, fh=None):

@@ -295,6 +295,34 @@ def test_eio_refuses_writes_without_retrying_and_loses_nothing(faulty_disk, faul
         srv.stop()
 
 
+def test_a_slow_log_write_is_warned_of_and_counted(faulty_disk):
+    """fsync.warningthresholdms, as ZooKeeper reads it: a txn log write slower than the
+    threshold gets ZooKeeper's warning and counts in mntr's
+    zk_fsync_threshold_exceed_count; the write itself succeeds."""
+    mnt, ctl = faulty_disk
+    srv = start_ringkeeper({"dataDir": str(mnt), "preAllocSize": "256", "fsync.warningthresholdms": "200"})
+    try:
+        c = RawClient(srv.port)
+        assert c.create("/fast", b"")[0] == 0
+
+        def slow_count():
+            mntr = dict(line.split("\t", 1) for line in srv.four("mntr").splitlines() if "\t" in line)
+            return int(mntr["zk_fsync_threshold_exceed_count"])
+
+        before = slow_count()
+        (ctl / "write_slow").touch()
+        try:
+            assert c.create("/slow", b"x")[0] == 0
+        finally:
+            (ctl / "write_slow").unlink()
+        assert slow_count() > before
+        assert "fsync-ing the write ahead log took" in srv.log_text
+        assert "which will adversely effect operation latency" in srv.log_text
+        c.close()
+    finally:
+        srv.stop()
+
+
 def test_a_txn_log_that_cannot_be_made_stops_start_up_before_any_client_is_served(small_tmpfs):
     """dataLogDir on a tmpfs with 64 KiB left: recovery finds an empty log, and the new
     log's preallocated 1 MiB segment does not fit. Start-up must end there with the reason, before
