@@ -151,6 +151,14 @@ pub async fn run(
     }
 }
 
+/// Hands the core's answer to connection `conn_id`'s waiting handshake (if it still
+/// waits).
+fn answer_handshake(shard: &Shard, conn_id: u64, answer: HandshakeAnswer) {
+    if let Some(tx) = shard.handshakes.borrow_mut().remove(&conn_id) {
+        let _ = tx.send(answer);
+    }
+}
+
 /// Applies a committed batch on this shard, entry by entry: switch to the tree version
 /// after the entry, fire its watch events, then deliver its effect.
 fn apply_batch(shard: &Shard, batch: &Batch) {
@@ -230,9 +238,7 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                 granted,
             } => {
                 if *s == shard.index {
-                    if let Some(tx) = shard.handshakes.borrow_mut().remove(conn_id) {
-                        let _ = tx.send(Ok(granted.clone()));
-                    }
+                    answer_handshake(shard, *conn_id, Ok(granted.clone()));
                 }
             }
             Effect::Refused {
@@ -241,9 +247,7 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                 why,
             } => {
                 if *s == shard.index {
-                    if let Some(tx) = shard.handshakes.borrow_mut().remove(conn_id) {
-                        let _ = tx.send(Err(why.clone()));
-                    }
+                    answer_handshake(shard, *conn_id, Err(why.clone()));
                 }
             }
             Effect::Attached {

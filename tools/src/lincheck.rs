@@ -70,6 +70,18 @@ enum Ret2 {
 }
 
 impl Op2 {
+    /// `op` with its value interned by `id`.
+    fn of<'a>(op: &'a Op, id: &mut impl FnMut(&'a str) -> u32) -> Op2 {
+        match op {
+            Op::Read => Op2::Read,
+            Op::Cas { expect, value } => Op2::Cas {
+                expect: *expect,
+                value: id(value),
+            },
+            Op::Create => Op2::Create,
+        }
+    }
+
     fn apply(self, s: State) -> (Ret2, State) {
         match self {
             Op2::Read => (
@@ -98,6 +110,21 @@ impl Op2 {
                     ..s
                 },
             ),
+        }
+    }
+}
+
+impl Ret2 {
+    /// `ret` with its value interned by `id`.
+    fn of<'a>(ret: &'a Ret, id: &mut impl FnMut(&'a str) -> u32) -> Ret2 {
+        match ret {
+            Ret::Read { value, version } => Ret2::Read {
+                value: id(value),
+                version: *version,
+            },
+            Ret::CasOk { version } => Ret2::CasOk { version: *version },
+            Ret::BadVersion => Ret2::BadVersion,
+            Ret::Created { seq } => Ret2::Created { seq: *seq },
         }
     }
 }
@@ -161,23 +188,8 @@ pub(crate) fn check_with_limit(entries: &[&Entry], limit: usize) -> Verdict {
     let ops: Vec<Operation> = entries
         .iter()
         .map(|e| Operation {
-            call: match &e.op {
-                Op::Read => Op2::Read,
-                Op::Cas { expect, value } => Op2::Cas {
-                    expect: *expect,
-                    value: intern(value),
-                },
-                Op::Create => Op2::Create,
-            },
-            ret: e.returned.as_ref().map(|(_, r)| match r {
-                Ret::Read { value, version } => Ret2::Read {
-                    value: intern(value),
-                    version: *version,
-                },
-                Ret::CasOk { version } => Ret2::CasOk { version: *version },
-                Ret::BadVersion => Ret2::BadVersion,
-                Ret::Created { seq } => Ret2::Created { seq: *seq },
-            }),
+            call: Op2::of(&e.op, &mut intern),
+            ret: e.returned.as_ref().map(|(_, r)| Ret2::of(r, &mut intern)),
         })
         .collect();
 
@@ -328,30 +340,11 @@ mod tests {
                 if blocked {
                     continue;
                 }
-                let id = |v: &str| values.iter().position(|x| *x == v).unwrap() as u32;
-                let op = match &e.op {
-                    Op::Read => Op2::Read,
-                    Op::Cas { expect, value } => Op2::Cas {
-                        expect: *expect,
-                        value: id(value),
-                    },
-                    Op::Create => Op2::Create,
-                };
-                let (ret, next) = op.apply(s);
+                let mut id = |v: &str| values.iter().position(|x| *x == v).unwrap() as u32;
+                let (ret, next) = Op2::of(&e.op, &mut id).apply(s);
                 let fits = match &e.returned {
                     None => true,
-                    Some((_, r)) => {
-                        let r = match r {
-                            Ret::Read { value, version } => Ret2::Read {
-                                value: id(value),
-                                version: *version,
-                            },
-                            Ret::CasOk { version } => Ret2::CasOk { version: *version },
-                            Ret::BadVersion => Ret2::BadVersion,
-                            Ret::Created { seq } => Ret2::Created { seq: *seq },
-                        };
-                        r == ret
-                    }
+                    Some((_, r)) => Ret2::of(r, &mut id) == ret,
                 };
                 if fits {
                     left.remove(k);
