@@ -7,7 +7,9 @@
 
 pub mod broadcast;
 pub mod config;
+pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod peering;
 pub mod proto;
 pub mod recovery;

@@ -9,14 +9,17 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crossbeam::utils::CachePadded;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringkeeper_storage::dirlock::DirLock;
 use thiserror::Error;
 
 use crate::broadcast;
+use crate::broadcast::SnapshotStats;
 use crate::config::Config;
 use crate::listen;
+use crate::metrics::latency::PublishedLatencies;
 use crate::session::watches::WatchTable;
 use crate::shard;
 
@@ -61,6 +64,28 @@ impl ShardStats {
             &self.latency_max_us,
         ] {
             a.store(0, Relaxed);
+        }
+    }
+}
+
+/// The shards' request counters added up (`srvr`, `mntr`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestTotals {
+    pub received: u64,
+    pub sent: u64,
+    pub lat_min_us: u64,
+    pub lat_max_us: u64,
+    pub lat_sum_us: u64,
+    pub lat_count: u64,
+    pub outstanding: i64,
+}
+
+impl RequestTotals {
+    pub fn avg_latency_ms(&self) -> f64 {
+        if self.lat_count == 0 {
+            0.0
+        } else {
+            self.lat_sum_us as f64 / self.lat_count as f64 / 1000.0
         }
     }
 }
@@ -136,7 +161,23 @@ pub struct ServerShared {
     pub started: Instant,
     /// The monotonic clock's reading at `started`, in ms.
     started_monotonic_ms: u64,
-    pub shard_stats: Vec<ShardStats>,
+    /// Each shard's counters, a cache line each (each shard writes only its own).
+    pub shard_stats: Vec<CachePadded<ShardStats>>,
+    /// Each shard's published request latencies (see [`crate::metrics::latency`]).
+    pub latencies: Vec<CachePadded<Mutex<PublishedLatencies>>>,
+    /// Snapshots written and the time they took.
+    pub snapshot_stats: Arc<SnapshotStats>,
+    /// Connections refused because their IP held maxClientCnxns.
+    pub connections_rejected: AtomicU64,
+    /// Requests answered THROTTLEDOP.
+    pub throttled_ops: AtomicU64,
+    /// Failed authentications (addauth, the AdminServer).
+    pub auth_failed: AtomicU64,
+    /// This member's id (`myid`); 0 standalone.
+    my_id: AtomicI64,
+    started_wall: SystemTime,
+    /// When the AdminServer last ran a rate-limited command.
+    admin_last_limited: Mutex<Option<Instant>>,
     pub watch_tables: Vec<Arc<Mutex<WatchTable>>>,
     pub conns: Mutex<BTreeMap<u64, Arc<ConnInfo>>>,
     conns_per_ip: Mutex<HashMap<IpAddr, u32>>,
@@ -192,7 +233,17 @@ impl ServerShared {
             log_stats: Arc::new(ringkeeper_storage::group::LogStats::warning_after_ms(
                 cfg.fsync_warning_threshold_ms,
             )),
-            shard_stats: (0..cfg.shards).map(|_| ShardStats::default()).collect(),
+            shard_stats: (0..cfg.shards).map(|_| CachePadded::default()).collect(),
+            latencies: (0..cfg.shards)
+                .map(|_| CachePadded::new(Mutex::new(PublishedLatencies::new(Instant::now()))))
+                .collect(),
+            snapshot_stats: Arc::default(),
+            connections_rejected: AtomicU64::new(0),
+            throttled_ops: AtomicU64::new(0),
+            auth_failed: AtomicU64::new(0),
+            my_id: AtomicI64::new(0),
+            started_wall: SystemTime::now(),
+            admin_last_limited: Mutex::new(None),
             watch_tables: (0..cfg.shards).map(|_| Arc::default()).collect(),
             cfg,
             started: Instant::now(),
@@ -236,6 +287,7 @@ impl ServerShared {
         let limit = self.cfg.max_client_cnxns;
         if limit != 0 && *n >= limit {
             tracing::warn!("Too many connections from /{ip} - max is {limit}");
+            self.connections_rejected.fetch_add(1, Relaxed);
             return false;
         }
         *n += 1;
@@ -255,6 +307,65 @@ impl ServerShared {
             if *n == 0 {
                 per_ip.remove(&info.peer.ip());
             }
+        }
+    }
+
+    pub fn my_id(&self) -> i64 {
+        self.my_id.load(Relaxed)
+    }
+
+    pub fn set_my_id(&self, id: i64) {
+        self.my_id.store(id, Relaxed);
+    }
+
+    /// When the server started, in seconds since the epoch.
+    pub fn started_unix_s(&self) -> u64 {
+        self.started_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Whether a rate-limited AdminServer command may run now (at most once per
+    /// `interval_ms`); if so, the interval starts again.
+    pub fn admin_rate_limit_allows(&self, interval_ms: u64) -> bool {
+        let mut last = self.admin_last_limited.lock().expect("rate limit poisoned");
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t).as_millis() < interval_ms as u128) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// The request counters of all shards added up.
+    pub fn request_totals(&self) -> RequestTotals {
+        let mut t = RequestTotals::default();
+        let mut min = u64::MAX;
+        for s in &self.shard_stats {
+            t.received += s.packets_received.load(Relaxed);
+            t.sent += s.packets_sent.load(Relaxed);
+            let n = s.latency_count.load(Relaxed);
+            if n > 0 {
+                min = min.min(s.latency_min_us.load(Relaxed));
+            }
+            t.lat_max_us = t.lat_max_us.max(s.latency_max_us.load(Relaxed));
+            t.lat_sum_us += s.latency_sum_us.load(Relaxed);
+            t.lat_count += n;
+            t.outstanding += s.outstanding.load(Relaxed);
+        }
+        t.lat_min_us = if min == u64::MAX { 0 } else { min };
+        t
+    }
+
+    /// `srst`: every shard's counters and latencies back to zero.
+    pub fn reset_request_stats(&self) {
+        for s in &self.shard_stats {
+            s.reset();
+        }
+        for l in &self.latencies {
+            l.lock()
+                .expect("latency slot poisoned")
+                .reset(Instant::now());
         }
     }
 
@@ -301,6 +412,12 @@ pub enum StartError {
     },
     #[error("{0}")]
     Listen(#[from] listen::ListenError),
+    #[error("cannot listen on {addr}, set by {keys}: {source}")]
+    OperatorPort {
+        addr: SocketAddr,
+        keys: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot create {path}: {source}")]
     Dir {
         path: std::path::PathBuf,
@@ -443,6 +560,41 @@ async fn run_core(
     }
 }
 
+/// Binds the AdminServer's and the Prometheus endpoint's ports, if they are on: a
+/// port that cannot be bound stops start-up with the key that names it.
+fn bind_operator_ports(cfg: &Config) -> Result<Vec<shard::admin::Endpoint>, StartError> {
+    let mut out = Vec::new();
+    for (on, service, ip, port, keys) in [
+        (
+            cfg.admin_enable_server,
+            shard::admin::Service::Admin,
+            cfg.admin_server_address,
+            cfg.admin_server_port,
+            "admin.serverAddress/admin.serverPort (admin.enableServer=false turns the AdminServer off)",
+        ),
+        (
+            cfg.prometheus_enabled,
+            shard::admin::Service::Prometheus,
+            cfg.prometheus_host,
+            cfg.prometheus_port,
+            "metricsProvider.httpHost/metricsProvider.httpPort",
+        ),
+    ] {
+        if !on {
+            continue;
+        }
+        let addr = SocketAddr::new(ip, port);
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| StartError::OperatorPort {
+            addr,
+            keys,
+            source,
+        })?;
+        tracing::info!("{service:?} endpoint on http://{addr}");
+        out.push(shard::admin::Endpoint { service, listener });
+    }
+    Ok(out)
+}
+
 /// How long the executors may take to start and connect to one another.
 const EXECUTORS_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -466,6 +618,7 @@ pub fn run_as(
     // at once and no second server can join it while this one recovers.
     let (listeners, bound) = listen::bind_shard_listeners(addr, cfg.shards)?;
     let mut listeners = listeners.into_iter();
+    let mut endpoints = bind_operator_ports(&cfg)?;
     let recovered = crate::recovery::recover(&cfg)?;
     if cfg.autopurge_purge_interval_hours > 0 {
         broadcast::purge(&cfg);
@@ -474,10 +627,17 @@ pub fn run_as(
         cfg.clone(),
         Arc::new(recovered.tree.clone()),
     ));
-    if member.is_some() {
+    if let Some((path, zxid)) = &recovered.snapshot {
+        shared.snapshot_stats.started_from(path, *zxid);
+    }
+    if let Some(m) = &member {
         // No clients until the member has a leader.
         shared.set_mode(ServerMode::Looking);
+        shared.set_my_id(m.peer.my_id);
     }
+    // The operator endpoints run on the last shard's executor (with the core on
+    // shard 0's on small machines, the other one).
+    let last_shard = cfg.shards - 1;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cfg.shards < cores;
     let placement = |cpu: usize| {
@@ -518,6 +678,11 @@ pub fn run_as(
         let ready_tx = ready_tx.clone();
         let name = "rk-shard-0".to_string();
         let listener = listeners.next().expect("one listener per shard");
+        let eps = if last_shard == 0 {
+            std::mem::take(&mut endpoints)
+        } else {
+            Vec::new()
+        };
         let h = LocalExecutorBuilder::new(placement(0))
             .name(&name)
             .io_memory(CORE_IO_MEMORY_BYTES)
@@ -533,7 +698,7 @@ pub fn run_as(
                     started_tx,
                 ))
                 .detach();
-                shard::run(0, listener, shared, tx, rx, ready_tx).await
+                shard::run(0, listener, shared, tx, rx, eps, ready_tx).await
             })
             .map_err(|source| StartError::Executor { name, source })?;
         shards.push(h);
@@ -565,11 +730,16 @@ pub fn run_as(
         let ready_tx = ready_tx.clone();
         let name = format!("rk-shard-{i}");
         let listener = listeners.next().expect("one listener per shard");
+        let eps = if i == last_shard {
+            std::mem::take(&mut endpoints)
+        } else {
+            Vec::new()
+        };
         let h = LocalExecutorBuilder::new(placement(i % cores))
             .name(&name)
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(spin)
-            .spawn(move || shard::run(i, listener, shared, tx, rx, ready_tx))
+            .spawn(move || shard::run(i, listener, shared, tx, rx, eps, ready_tx))
             .map_err(|source| StartError::Executor { name, source })?;
         shards.push(h);
     }

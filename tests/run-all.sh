@@ -21,7 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import kazoo, pytest, fuse' 2>/dev/null || python3 -m pip install -q kazoo pytest fusepy
+python3 -c 'import kazoo, pytest, fuse, prometheus_client' 2>/dev/null \
+    || python3 -m pip install -q kazoo pytest fusepy prometheus_client
 
 # io_uring rings count against locked memory; the server raises its own limit when it
 # may, this keeps the shell's children (the servers under test) unconstrained too.

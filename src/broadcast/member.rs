@@ -718,6 +718,7 @@ pub async fn run(
             cfg.clone(),
             Arc::default(),
             Arc::default(),
+            shared.snapshot_stats.clone(),
         )),
         since_snapshot: Cell::new(recovered.log_end.replayed),
         role_changes: Cell::new(0),

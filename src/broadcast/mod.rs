@@ -33,7 +33,7 @@ use ringkeeper_storage::log::{LogError, LogOptions, LogWriter};
 use snapshots::Snapshotter;
 
 pub use self::core::{undo_failed, Core, Framed, Now, BATCH_REQUESTS_MAX};
-pub use snapshots::{purge, SNAPSHOT_REQUESTED};
+pub use snapshots::{purge, SnapshotStats, WrittenSnapshot, SNAPSHOT_REQUESTED};
 
 /// Reads the clocks for a core (the drivers' side).
 pub struct Clock {
@@ -193,7 +193,12 @@ pub async fn run(
         glommio::spawn_local(group.clone().run_sealed(log, seal, release)).detach();
     }
 
-    let snapshotter = Snapshotter::new(cfg.clone(), group.durable_zxid(), group.failed_flag());
+    let snapshotter = Snapshotter::new(
+        cfg.clone(),
+        group.durable_zxid(),
+        group.failed_flag(),
+        shared.snapshot_stats.clone(),
+    );
     let mut since_snapshot: u64 = recovered.log_end.replayed;
     let mut last_tick = Instant::now();
     loop {

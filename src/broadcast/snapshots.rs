@@ -14,6 +14,74 @@ use ringkeeper_storage::snapshot::SnapSession;
 pub static SNAPSHOT_REQUESTED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// Snapshots written since start-up and the time they took (`snapshottime`), and
+/// the newest one (`last_snapshot`, the AdminServer's `snapshot`).
+#[derive(Default)]
+pub struct SnapshotStats {
+    pub count: std::sync::atomic::AtomicU64,
+    pub sum_us: std::sync::atomic::AtomicU64,
+    pub min_us: std::sync::atomic::AtomicU64,
+    pub max_us: std::sync::atomic::AtomicU64,
+    pub last: std::sync::Mutex<Option<WrittenSnapshot>>,
+}
+
+/// One snapshot written by this server.
+#[derive(Debug, Clone)]
+pub struct WrittenSnapshot {
+    pub zxid: i64,
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
+    /// When it was published, in seconds since the epoch.
+    pub unix_s: u64,
+    pub took_ms: u64,
+}
+
+impl SnapshotStats {
+    fn record(&self, s: WrittenSnapshot, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = took.as_micros() as u64;
+        if self.count.fetch_add(1, Relaxed) == 0 {
+            self.min_us.store(us, Relaxed);
+        } else {
+            self.min_us.fetch_min(us, Relaxed);
+        }
+        self.sum_us.fetch_add(us, Relaxed);
+        self.max_us.fetch_max(us, Relaxed);
+        *self.last.lock().expect("snapshot stats poisoned") = Some(s);
+    }
+
+    pub fn timing(&self) -> crate::metrics::figures::Timing {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::metrics::figures::Timing {
+            count: self.count.load(Relaxed),
+            sum_us: self.sum_us.load(Relaxed),
+            min_us: self.min_us.load(Relaxed),
+            max_us: self.max_us.load(Relaxed),
+        }
+    }
+
+    /// The snapshot recovery started from, as the last one until one is written.
+    pub fn started_from(&self, path: &std::path::Path, zxid: i64) {
+        let meta = std::fs::metadata(path).ok();
+        let unix_s = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        *self.last.lock().expect("snapshot stats poisoned") = Some(WrittenSnapshot {
+            zxid,
+            path: path.to_path_buf(),
+            bytes: meta.map_or(0, |m| m.len()),
+            unix_s,
+            took_ms: 0,
+        });
+    }
+
+    pub fn last(&self) -> Option<WrittenSnapshot> {
+        self.last.lock().expect("snapshot stats poisoned").clone()
+    }
+}
+
 /// Writes a snapshot of `tree` on its own thread, published once the log holds its
 /// zxid; then rebuilds the tree on it (see `rebase`) and purges by retention if that
 /// is due.
@@ -28,6 +96,7 @@ pub struct Snapshotter {
     abandoned: Arc<std::sync::atomic::AtomicBool>,
     pub last_purge: Arc<std::sync::Mutex<Instant>>,
     pub cfg: Arc<Config>,
+    pub stats: Arc<SnapshotStats>,
 }
 
 impl Snapshotter {
@@ -37,8 +106,10 @@ impl Snapshotter {
         cfg: Arc<Config>,
         durable: Arc<std::sync::atomic::AtomicI64>,
         failed: Arc<std::sync::atomic::AtomicBool>,
+        stats: Arc<SnapshotStats>,
     ) -> Self {
         Snapshotter {
+            stats,
             running: Arc::default(),
             rebase: Arc::default(),
             durable,
@@ -94,6 +165,7 @@ impl Snapshotter {
         let abandoned = self.abandoned.clone();
         let last_purge = self.last_purge.clone();
         let cfg = self.cfg.clone();
+        let stats = self.stats.clone();
         let spawned = std::thread::Builder::new()
             .name("rk-snapshot".into())
             .spawn(move || {
@@ -110,13 +182,28 @@ impl Snapshotter {
                     std::thread::sleep(Duration::from_millis(1));
                 });
                 match &r {
-                    Ok(Some(p)) => tracing::info!(
-                        "snapshot {} written: {} znodes, {} sessions, in {} ms",
-                        p.display(),
-                        tree.node_count(),
-                        sessions.len(),
-                        t0.elapsed().as_millis()
-                    ),
+                    Ok(Some(p)) => {
+                        let took = t0.elapsed();
+                        tracing::info!(
+                            "snapshot {} written: {} znodes, {} sessions, in {} ms",
+                            p.display(),
+                            tree.node_count(),
+                            sessions.len(),
+                            took.as_millis()
+                        );
+                        stats.record(
+                            WrittenSnapshot {
+                                zxid,
+                                path: p.clone(),
+                                bytes: std::fs::metadata(p).map_or(0, |m| m.len()),
+                                unix_s: std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_secs()),
+                                took_ms: took.as_millis() as u64,
+                            },
+                            took,
+                        );
+                    }
                     Ok(None) => tracing::warn!(
                         "snapshot at zxid {zxid:#x} abandoned: the txn log failed or stopped before holding it"
                     ),

@@ -80,8 +80,22 @@ pub struct Config {
     pub super_digest: Option<String>,
     pub jute_maxbuffer: usize,
     pub global_outstanding_limit: u32,
+    /// The AdminServer (`admin.enableServer`): ZooKeeper's HTTP commands, on
+    /// `admin.serverAddress`:`admin.serverPort` under `admin.commandURL`. On by default
+    /// with a zoo.cfg, as in ZooKeeper; off in the embedded default.
     pub admin_enable_server: bool,
+    pub admin_server_address: IpAddr,
     pub admin_server_port: u16,
+    pub admin_command_url: String,
+    /// Whether the AdminServer's `snapshot` command may run (`admin.snapshot.enabled`),
+    /// and how often (`admin.rateLimiterIntervalInMS`).
+    pub admin_snapshot_enabled: bool,
+    pub admin_rate_limiter_interval_ms: u64,
+    /// The Prometheus endpoint (`metricsProvider.className` naming ZooKeeper's
+    /// PrometheusMetricsProvider): `/metrics` on httpHost:httpPort.
+    pub prometheus_enabled: bool,
+    pub prometheus_host: IpAddr,
+    pub prometheus_port: u16,
     /// Client shards (one executor each).
     pub shards: usize,
     /// How long an executor polls for work before parking in the kernel. Every write
@@ -151,8 +165,15 @@ impl Default for Config {
             super_digest: None,
             jute_maxbuffer: crate::proto::JUTE_MAXBUFFER_DEFAULT,
             global_outstanding_limit: 1000,
-            admin_enable_server: true,
+            admin_enable_server: false,
+            admin_server_address: IpAddr::from([127, 0, 0, 1]),
             admin_server_port: 8080,
+            admin_command_url: "/commands".into(),
+            admin_snapshot_enabled: true,
+            admin_rate_limiter_interval_ms: 300_000,
+            prometheus_enabled: false,
+            prometheus_host: IpAddr::from([127, 0, 0, 1]),
+            prometheus_port: 7000,
             // Up to 2 cores: a shard per core, the core on shard 0's executor; above,
             // the broadcast core gets a core of its own.
             shards: if cores <= 2 { cores.max(1) } else { cores - 1 },
@@ -211,8 +232,12 @@ impl Config {
             file: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        // A zoo.cfg gets ZooKeeper's defaults: every address, the AdminServer on.
         let mut cfg = Config {
             client_port_address: IpAddr::from([0, 0, 0, 0]),
+            admin_enable_server: true,
+            admin_server_address: IpAddr::from([0, 0, 0, 0]),
+            prometheus_host: IpAddr::from([0, 0, 0, 0]),
             source: path.display().to_string(),
             ..Config::default()
         };
@@ -345,6 +370,43 @@ impl Config {
             }
             "admin.enableServer" => self.admin_enable_server = parse_bool(value).map_err(bad)?,
             "admin.serverPort" => self.admin_server_port = parse_num(value).map_err(bad)?,
+            "admin.serverAddress" => {
+                self.admin_server_address =
+                    value.parse().map_err(|_| bad("not an IP address".into()))?
+            }
+            "admin.commandURL" => {
+                if !value.starts_with('/') || value.contains(char::is_whitespace) {
+                    return Err(bad("must be a path starting with /".into()));
+                }
+                self.admin_command_url = value.trim_end_matches('/').to_string();
+                if self.admin_command_url.is_empty() {
+                    return Err(bad("must not be the root".into()));
+                }
+            }
+            "admin.snapshot.enabled" => {
+                self.admin_snapshot_enabled = parse_bool(value).map_err(bad)?
+            }
+            "admin.rateLimiterIntervalInMS" => {
+                self.admin_rate_limiter_interval_ms = parse_num(value).map_err(bad)?
+            }
+            "metricsProvider.className" => {
+                self.prometheus_enabled = match value {
+                    "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider" => true,
+                    "org.apache.zookeeper.metrics.impl.NullMetricsProvider"
+                    | "org.apache.zookeeper.metrics.impl.DefaultMetricsProvider" => false,
+                    _ => {
+                        return Err(bad(
+                            "the metrics providers are ZooKeeper's PrometheusMetricsProvider, \
+                             DefaultMetricsProvider and NullMetricsProvider"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+            "metricsProvider.httpHost" => {
+                self.prometheus_host = value.parse().map_err(|_| bad("not an IP address".into()))?
+            }
+            "metricsProvider.httpPort" => self.prometheus_port = parse_num(value).map_err(bad)?,
             "spinBeforeParkUs" | "ringkeeper.spinBeforeParkUs" => {
                 let n: u64 = parse_num(value).map_err(bad)?;
                 if n > 10_000 {
@@ -388,9 +450,7 @@ impl Config {
                 self.read_only_mode_enabled = parse_bool(value).map_err(bad)?
             }
             // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper.
-            "admin.serverAddress"
-            | "admin.commandURL"
-            | "admin.idleTimeout"
+            "admin.idleTimeout"
             | "reconfigEnabled"
             | "dynamicConfigFile"
             | "electionAlg"
@@ -398,9 +458,8 @@ impl Config {
             | "cnxTimeout"
             | "skipACL"
             | "audit.enable"
-            | "metricsProvider.className"
-            | "metricsProvider.httpPort"
             | "metricsProvider.exportJvmInfo"
+            | "metricsProvider.prometheusMetricsSummaryRotateIntervalSeconds"
             | "syncEnabled"
             | "localSessionsEnabled"
             | "localSessionsUpgradingEnabled"

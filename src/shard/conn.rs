@@ -13,10 +13,15 @@ use crate::util::Notify;
 /// A request waiting for its turn to be answered.
 pub enum Pending {
     /// A write (or sync/closeSession) the broadcast core has not answered yet.
-    Write { xid: i32, received: Instant },
+    Write {
+        xid: i32,
+        op: i32,
+        received: Instant,
+    },
     /// A read that arrived behind a pending write; executed once the write is answered.
     Read {
         xid: i32,
+        op: i32,
         req: Request,
         received: Instant,
     },

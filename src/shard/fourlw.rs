@@ -9,6 +9,7 @@ use std::time::UNIX_EPOCH;
 use super::Shard;
 use crate::broadcast::messages::{SessionSummary, ToCore};
 use crate::config::dir_size;
+use crate::metrics::figures::{java_double, Inputs, Report};
 use crate::server::ServerMode;
 use crate::session::watches::WatchSide;
 
@@ -20,7 +21,7 @@ pub fn version() -> String {
     )
 }
 
-fn op_name(op: i32) -> &'static str {
+pub(super) fn op_name(op: i32) -> &'static str {
     match op {
         1 | 15 | 19 | 21 => "CREA",
         2 => "DELE",
@@ -48,58 +49,6 @@ fn op_name(op: i32) -> &'static str {
     }
 }
 
-/// A double printed the way Java's Double.toString prints small values ("0.0", "0.1374").
-fn java_double(v: f64) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0');
-    if s.ends_with('.') {
-        format!("{s}0")
-    } else {
-        s.to_string()
-    }
-}
-
-struct Totals {
-    received: u64,
-    sent: u64,
-    lat_min_us: u64,
-    lat_avg_ms: f64,
-    lat_max_us: u64,
-    outstanding: i64,
-}
-
-fn totals(shard: &Shard) -> Totals {
-    let mut t = Totals {
-        received: 0,
-        sent: 0,
-        lat_min_us: u64::MAX,
-        lat_avg_ms: 0.0,
-        lat_max_us: 0,
-        outstanding: 0,
-    };
-    let mut sum = 0u64;
-    let mut count = 0u64;
-    for s in &shard.shared.shard_stats {
-        t.received += s.packets_received.load(Relaxed);
-        t.sent += s.packets_sent.load(Relaxed);
-        let n = s.latency_count.load(Relaxed);
-        if n > 0 {
-            t.lat_min_us = t.lat_min_us.min(s.latency_min_us.load(Relaxed));
-        }
-        t.lat_max_us = t.lat_max_us.max(s.latency_max_us.load(Relaxed));
-        sum += s.latency_sum_us.load(Relaxed);
-        count += n;
-        t.outstanding += s.outstanding.load(Relaxed);
-    }
-    if t.lat_min_us == u64::MAX {
-        t.lat_min_us = 0;
-    }
-    if count > 0 {
-        t.lat_avg_ms = sum as f64 / count as f64 / 1000.0;
-    }
-    t
-}
-
 fn brief_cons(shard: &Shard, out: &mut String) {
     for c in shard.shared.conns.lock().expect("conns poisoned").values() {
         let _ = writeln!(
@@ -119,7 +68,7 @@ fn brief_cons(shard: &Shard, out: &mut String) {
 }
 
 fn srvr(shard: &Shard, with_clients: bool) -> String {
-    let t = totals(shard);
+    let t = shard.shared.request_totals();
     let mut s = format!("Zookeeper version: {}\n", version());
     if with_clients {
         s.push_str("Clients:\n");
@@ -130,7 +79,7 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
         s,
         "Latency min/avg/max: {}/{}/{}\nReceived: {}\nSent: {}\nConnections: {}\nOutstanding: {}\nZxid: 0x{:x}\nMode: {}\nNode count: {}\n",
         t.lat_min_us / 1000,
-        java_double(t.lat_avg_ms),
+        java_double(t.avg_latency_ms()),
         t.lat_max_us / 1000,
         t.received,
         t.sent,
@@ -205,6 +154,15 @@ fn watch_tables(
 /// `envi`: the keys of ZooKeeper's that mean something for a native server, with
 /// Java's spelling of the values (os.name "Linux", os.arch "amd64").
 fn envi(shards: usize) -> String {
+    let mut s = String::from("Environment:\n");
+    for (k, v) in environment(shards) {
+        let _ = writeln!(s, "{k}={v}");
+    }
+    s
+}
+
+/// The entries `envi` and the AdminServer's `environment` show, in order.
+pub(super) fn environment(shards: usize) -> Vec<(&'static str, String)> {
     // SAFETY: uname fills a local struct with NUL-terminated strings.
     let (os_name, os_version) = unsafe {
         let mut u: libc::utsname = std::mem::zeroed();
@@ -229,13 +187,18 @@ fn envi(shards: usize) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let (user, home) = current_user();
-    format!(
-        "Environment:\nzookeeper.version={}\nhost.name={}\njava.version=n/a (ringkeeper is native)\nos.name={os_name}\nos.arch={arch}\nos.version={os_version}\nuser.name={}\nuser.home={}\nuser.dir={cwd}\nringkeeper.shards={shards}\n",
-        version(),
-        host.trim(),
-        user,
-        home,
-    )
+    vec![
+        ("zookeeper.version", version()),
+        ("host.name", host.trim().to_string()),
+        ("java.version", "n/a (ringkeeper is native)".into()),
+        ("os.name", os_name),
+        ("os.arch", arch.to_string()),
+        ("os.version", os_version),
+        ("user.name", user),
+        ("user.home", home),
+        ("user.dir", cwd),
+        ("ringkeeper.shards", shards.to_string()),
+    ]
 }
 
 /// The effective user's name and home directory, from the password database as Java
@@ -287,7 +250,7 @@ fn watch_list(shard: &Shard, by_path: bool) -> String {
 }
 
 /// The broadcast core's session table (empty if the core has stopped).
-async fn sessions(shard: &Shard) -> Vec<SessionSummary> {
+pub(super) async fn sessions(shard: &Shard) -> Vec<SessionSummary> {
     let (tx, rx) = futures_channel::oneshot::channel();
     if shard.to_core.send(ToCore::Sessions(tx)).await.is_err() {
         return Vec::new();
@@ -400,7 +363,13 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
         },
         "srvr" => srvr(shard, false),
         "stat" => srvr(shard, true),
-        "conf" => cfg.conf_lines().join("\n") + "\n",
+        // conf and dirs read directory sizes: on the blocking pool, not this executor.
+        "conf" => {
+            let cfg = cfg.clone();
+            glommio::executor()
+                .spawn_blocking(move || cfg.conf_lines().join("\n") + "\n")
+                .await
+        }
         "cons" => cons(shard),
         "crst" => {
             for c in shard.shared.conns.lock().expect("conns poisoned").values() {
@@ -409,93 +378,21 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
             "Connection stats reset.\n".into()
         }
         "srst" => {
-            for s in &shard.shared.shard_stats {
-                s.reset();
-            }
+            shard.shared.reset_request_stats();
             "Server stats reset.\n".into()
         }
         "envi" => envi(cfg.shards),
         "mntr" => {
+            // The latest this shard recorded, not a second old.
+            shard.publish_latency();
             let global_sessions = sessions(shard).await.len();
-            let t = totals(shard);
             let tree = shard.tree();
-            // ZooKeeper's figure: its data and child watch managers' sizes added up.
-            let tables = watch_tables(shard);
-            let watches: usize = tables
-                .iter()
-                .map(|w| {
-                    w.zookeeper_view(WatchSide::Data).count()
-                        + w.zookeeper_view(WatchSide::Child).count()
-                })
-                .sum();
-            drop(tables);
-            let ephemerals: usize = tree.all_ephemerals().iter().map(|(_, p)| p.len()).sum();
-            let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
-            let mut s = String::new();
-            let mut kv = |k: &str, v: String| {
-                let _ = writeln!(s, "{k}\t{v}");
-            };
-            kv("zk_version", version());
-            kv("zk_server_state", shard.shared.mode().name().into());
-            kv("zk_avg_latency", java_double(t.lat_avg_ms));
-            kv("zk_max_latency", (t.lat_max_us / 1000).to_string());
-            kv("zk_min_latency", (t.lat_min_us / 1000).to_string());
-            kv("zk_packets_received", t.received.to_string());
-            kv("zk_packets_sent", t.sent.to_string());
-            kv(
-                "zk_num_alive_connections",
-                shard.shared.connection_count().to_string(),
-            );
-            kv("zk_outstanding_requests", t.outstanding.to_string());
-            kv("zk_znode_count", tree.reported_node_count().to_string());
-            kv("zk_watch_count", watches.to_string());
-            kv("zk_ephemerals_count", ephemerals.to_string());
-            kv(
-                "zk_approximate_data_size",
-                tree.approximate_data_size().to_string(),
-            );
-            kv("zk_open_file_descriptor_count", fds.to_string());
-            kv(
-                "zk_uptime",
-                shard.shared.started.elapsed().as_millis().to_string(),
-            );
-            kv("zk_global_sessions", global_sessions.to_string());
-            if let (ServerMode::Leader, Some(f)) =
-                (shard.shared.mode(), shard.shared.leader_figures())
-            {
-                // ZooKeeper 3.6+ names them so; zk_followers is what 3.5 called the
-                // learners, kept for the dashboards that read it.
-                kv("zk_learners", f.learners.to_string());
-                kv("zk_followers", f.learners.to_string());
-                kv("zk_synced_followers", f.synced_followers.to_string());
-                kv("zk_synced_non_voting_followers", "0".into());
-                kv("zk_synced_observers", f.synced_observers.to_string());
-                kv("zk_pending_syncs", f.pending_syncs.to_string());
-            }
-            kv("zk_last_proposal_size", "-1".into());
-            // ringkeeper's own: connections per shard, so the spread is visible.
-            let mut per_shard = vec![0usize; cfg.shards];
-            for id in shard.shared.conns.lock().expect("conns poisoned").keys() {
-                if let Some(n) = per_shard.get_mut((id >> 48) as usize) {
-                    *n += 1;
-                }
-            }
-            for (i, n) in per_shard.iter().enumerate() {
-                kv(&format!("rk_shard_{i}_connections"), n.to_string());
-            }
-            // The txn log: txns / fsyncs is the group-commit batching factor.
-            let log = &shard.shared.log_stats;
-            for (k, v) in [
-                ("rk_log_writes", &log.writes),
-                ("rk_log_fsyncs", &log.fsyncs),
-                ("rk_log_txns", &log.txns),
-                ("rk_log_bytes", &log.bytes),
-                ("rk_log_write_us_sum", &log.write_us),
-                ("zk_fsync_threshold_exceed_count", &log.slow_syncs),
-            ] {
-                kv(k, v.load(Relaxed).to_string());
-            }
-            s
+            Report::gather(Inputs {
+                shared: &shard.shared,
+                tree: &tree,
+                global_sessions,
+            })
+            .mntr()
         }
         // The watch words show ZooKeeper's data watch manager, as ZooKeeper's do:
         // getData/exists watches and persistent ones, not getChildren watches.
@@ -522,11 +419,18 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
             let sessions = sessions(shard).await;
             dump(shard, sessions)
         }
-        "dirs" => format!(
-            "datadir_size: {}\nlogdir_size: {}\n",
-            dir_size(&cfg.snapshot_dir()),
-            dir_size(&cfg.log_dir())
-        ),
+        "dirs" => {
+            let cfg = cfg.clone();
+            glommio::executor()
+                .spawn_blocking(move || {
+                    format!(
+                        "datadir_size: {}\nlogdir_size: {}\n",
+                        dir_size(&cfg.snapshot_dir()),
+                        dir_size(&cfg.log_dir())
+                    )
+                })
+                .await
+        }
         other => format!("{other} is not supported by ringkeeper.\n"),
     }
 }

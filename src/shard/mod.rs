@@ -4,6 +4,7 @@
 //! and, when the committed batch comes back, fires watch events, sends replies and
 //! releases the reads queued behind them — always in each session's request order.
 
+pub mod admin;
 pub mod conn;
 pub mod fourlw;
 pub mod reads;
@@ -23,6 +24,7 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedS
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::broadcast::messages::{Batch, CoreOp, Effect, Granted, ToCore};
+use crate::metrics::latency::{ShardLatencies, PUBLISH_EVERY};
 use crate::proto::codes::perms;
 use crate::proto::codes::{keeper_state, xid};
 use crate::proto::{
@@ -59,6 +61,8 @@ pub struct Shard {
     next_conn: Cell<u64>,
     /// Connections with a [`Pending::CatchUp`] in their queue.
     catching_up: RefCell<Vec<Rc<Conn>>>,
+    /// Request latency recorded since the last publish (this executor only).
+    latency: RefCell<ShardLatencies>,
 }
 
 impl Shard {
@@ -69,6 +73,14 @@ impl Shard {
     fn tree(&self) -> Arc<DataTree> {
         self.tree.borrow().clone()
     }
+
+    /// Moves the latency this shard recorded into its published slot.
+    fn publish_latency(&self) {
+        let mut slot = self.shared.latencies[self.index]
+            .lock()
+            .expect("latency slot poisoned");
+        self.latency.borrow_mut().publish(&mut slot, Instant::now());
+    }
 }
 
 /// Runs shard `index` until the process ends.
@@ -78,6 +90,7 @@ pub async fn run(
     shared: Arc<ServerShared>,
     to_core: SharedSender<ToCore>,
     from_core: SharedReceiver<Arc<Batch>>,
+    endpoints: Vec<admin::Endpoint>,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     // SAFETY: the descriptor is a bound, listening TCP socket that this call takes
@@ -94,6 +107,7 @@ pub async fn run(
         to_core: to_core.connect().await,
         next_conn: Cell::new(0),
         catching_up: RefCell::default(),
+        latency: RefCell::default(),
     });
     let from_core = from_core.connect().await;
     {
@@ -127,6 +141,17 @@ pub async fn run(
         })
         .detach();
     }
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(PUBLISH_EVERY).await;
+                shard.publish_latency();
+            }
+        })
+        .detach();
+    }
+    admin::spawn(&shard, endpoints);
     let _ = ready.send(());
     let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
@@ -353,9 +378,13 @@ fn deliver_write_reply(
 ) {
     let front = c.queue.borrow_mut().pop_front();
     match front {
-        Some(Pending::Write { xid: x, received }) => {
+        Some(Pending::Write {
+            xid: x,
+            op,
+            received,
+        }) => {
             debug_assert_eq!(x, reply_xid, "replies must come back in request order");
-            record_latency(shard, c, received);
+            record_latency(shard, c, op, received);
         }
         _ => tracing::error!(
             "session 0x{:x}: reply for xid {reply_xid} does not match the head of its queue",
@@ -376,10 +405,14 @@ fn deliver_write_reply(
     count_sent(shard, c, 1);
 }
 
-fn record_latency(shard: &Shard, c: &Conn, received: Instant) {
+fn record_latency(shard: &Shard, c: &Conn, op: i32, received: Instant) {
     let now = Instant::now();
     let us = now.saturating_duration_since(received).as_micros() as u64;
     shard.stats().record_latency(us);
+    // Pings are the client's liveness, not work: they stay out of the per-op figures.
+    if op != OpCode::Ping as i32 {
+        shard.latency.borrow_mut().record(op, us);
+    }
     let info = &c.info;
     info.last_response_ms
         .store(shard.shared.monotonic_ms_at(now), Relaxed);
@@ -417,11 +450,12 @@ fn drain_ready(shard: &Shard, c: &Conn) {
             None => break,
             Some(Pending::Read {
                 xid: x,
+                op,
                 req,
                 received,
             }) => {
                 answer_read(shard, c, x, &req);
-                record_latency(shard, c, received);
+                record_latency(shard, c, op, received);
             }
             Some(Pending::Ready { frame, close_after }) => {
                 c.out.borrow_mut().extend_from_slice(&frame);
@@ -902,6 +936,7 @@ async fn dispatch(
                     0
                 }
                 Err(code) => {
+                    shard.shared.auth_failed.fetch_add(1, Relaxed);
                     tracing::warn!(
                         "Authentication with scheme {scheme:?} failed for session 0x{:x}",
                         c.session_id.get()
@@ -956,7 +991,7 @@ async fn dispatch(
             let behind = shard.tree().last_zxid() < published;
             if c.queue.borrow().is_empty() && !behind {
                 answer_read(shard, c, req_xid, &read);
-                record_latency(shard, c, received);
+                record_latency(shard, c, op, received);
                 c.flush_soon();
             } else {
                 if behind {
@@ -970,6 +1005,7 @@ async fn dispatch(
                 }
                 c.queue.borrow_mut().push_back(Pending::Read {
                     xid: req_xid,
+                    op,
                     req: read,
                     received,
                 });
@@ -986,6 +1022,7 @@ async fn dispatch(
         .any(|p| !matches!(p, Pending::Write { .. }));
     c.queue.borrow_mut().push_back(Pending::Write {
         xid: req_xid,
+        op,
         received,
     });
     c.info.queued.store(c.queue.borrow().len() as i64, Relaxed);

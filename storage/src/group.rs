@@ -32,6 +32,9 @@ pub struct LogStats {
     pub bytes: AtomicU64,
     /// Sum of the time each durable write took, in microseconds.
     pub write_us: AtomicU64,
+    /// The quickest and slowest durable write, in microseconds (0 before the first).
+    pub write_us_min: AtomicU64,
+    pub write_us_max: AtomicU64,
     /// A durable write slower than this many milliseconds is logged as a warning
     /// (ZooKeeper's fsync.warningthresholdms); 0: never.
     pub sync_warning_ms: AtomicU64,
@@ -211,8 +214,14 @@ impl<T> GroupCommit<T> {
                         st.txns.store(c.records, Ordering::Relaxed);
                         st.bytes.store(c.bytes, Ordering::Relaxed);
                         let took = started.elapsed();
-                        st.write_us
-                            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                        let us = took.as_micros() as u64;
+                        st.write_us.fetch_add(us, Ordering::Relaxed);
+                        // One writer: a load and a store are enough; 0 means none yet.
+                        let min = st.write_us_min.load(Ordering::Relaxed);
+                        if min == 0 || us < min {
+                            st.write_us_min.store(us.max(1), Ordering::Relaxed);
+                        }
+                        st.write_us_max.fetch_max(us, Ordering::Relaxed);
                         let warn_ms = st.sync_warning_ms.load(Ordering::Relaxed);
                         if warn_ms > 0 && took.as_millis() as u64 > warn_ms {
                             st.slow_syncs.fetch_add(1, Ordering::Relaxed);

@@ -21,9 +21,19 @@ ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 LOG_JARS = [Path("/usr/share/java/slf4j-log4j12.jar"), Path("/usr/share/java/log4j-1.2.jar")]
 
 
-def zookeeper_classpath(conf_dir):
-    """conf dir (log4j.properties) : ZooKeeper : the log4j binding, as present."""
-    return ":".join([str(conf_dir), str(ZOOKEEPER_JAR)] + [str(j) for j in LOG_JARS if j.exists()])
+# What ZooKeeper's AdminServer needs on the class path (Jetty, the servlet API and
+# Jackson: Debian packages that libzookeeper-java depends on).
+ADMIN_JARS = [Path("/usr/share/java") / j for j in (
+    "jetty9-server.jar", "jetty9-servlet.jar", "jetty9-http.jar", "jetty9-io.jar", "jetty9-util.jar",
+    "jetty9-security.jar", "jetty9-util-ajax.jar", "servlet-api.jar", "jackson-databind.jar",
+    "jackson-core.jar", "jackson-annotations.jar")]
+
+
+def zookeeper_classpath(conf_dir, admin=False):
+    """conf dir (log4j.properties) : ZooKeeper : the log4j binding, as present; with
+    `admin`, what its AdminServer needs too."""
+    jars = [ZOOKEEPER_JAR] + [j for j in LOG_JARS if j.exists()] + (ADMIN_JARS if admin else [])
+    return ":".join([str(conf_dir)] + [str(j) for j in jars])
 
 
 def wait_for(pred, timeout=10.0):
@@ -157,7 +167,10 @@ def start_ringkeeper(extra=None, shards=None, wait=True, myid=None):
     tmp = tempfile.TemporaryDirectory(prefix="rk-test-")
     port = int((extra or {}).get("clientPort") or free_port())
     cfg = dict(COMMON_CFG)
-    cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port), "clientPortAddress": "127.0.0.1"})
+    # The AdminServer is on by default with a zoo.cfg, as in ZooKeeper: off here, so
+    # that servers running side by side do not contend for port 8080.
+    cfg.update({"dataDir": f"{tmp.name}/data", "clientPort": str(port), "clientPortAddress": "127.0.0.1",
+                "admin.enableServer": "false"})
     if shards:
         cfg["shards"] = str(shards)
     cfg.update(extra or {})
@@ -216,7 +229,8 @@ def start_zookeeper(extra=None, heap="512m", wait=True):
         proc = subprocess.Popen(
             ["java", f"-Xms{heap}", f"-Xmx{heap}", "-Dlog4j.configuration=file:" + str(conf_dir / "log4j.properties"),
              "-Dzookeeper.4lw.commands.whitelist=*", *props,
-             "-cp", zookeeper_classpath(conf_dir), "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
+             "-cp", zookeeper_classpath(conf_dir, admin=cfg["admin.enableServer"] == "true"),
+             "org.apache.zookeeper.server.ZooKeeperServerMain", str(cfg_path)],
             stdout=open(Path(tmp.name) / "stdout.log", "ab"), stderr=subprocess.STDOUT,
         )
         if wait:

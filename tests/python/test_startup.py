@@ -40,7 +40,7 @@ def test_unknown_key_warns_and_server_starts_naming_its_storage():
     port = servers.free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "zoo.cfg"
-        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\nfrobnicate=1\ndataDir={d}/data\n")
+        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nfrobnicate=1\ndataDir={d}/data\n")
         proc = subprocess.Popen([str(servers.RINGKEEPER_BIN), "--config", str(cfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -227,7 +227,7 @@ def test_an_ensemble_config_is_read_as_zookeeper_reads_it():
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "zoo.cfg"
         port = servers.free_port()
-        cfg.write_text(f"clientPort={port}\ndataDir={d}\n4lw.commands.whitelist=srvr,isro\n"
+        cfg.write_text(f"clientPort={port}\ndataDir={d}\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,isro\n"
                        "server.1=127.0.0.1:2888:3888\nserver.2=127.0.0.2:2888:3888\n"
                        "server.3=127.0.0.3:2888:3888:observer\n")
         p = run_bin(["--config", str(cfg)])
@@ -257,7 +257,7 @@ def test_an_ensemble_config_is_read_as_zookeeper_reads_it():
         p = run_bin(["--config", str(cfg)])
         assert p.returncode == 2 and f"{cfg}:3" in p.stderr and "host:port:port" in p.stderr, p.stderr
         # One line with standaloneEnabled (the default) is standalone, as in ZooKeeper.
-        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\ndataDir={d}\nserver.1=127.0.0.1:2888:3888\n")
+        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\ndataDir={d}\nserver.1=127.0.0.1:2888:3888\n")
         proc = subprocess.Popen([str(servers.RINGKEEPER_BIN), "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -340,7 +340,7 @@ def test_a_txn_log_that_cannot_be_made_stops_start_up_before_any_client_is_serve
     port = servers.free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "zoo.cfg"
-        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\ndataDir={d}/data\n"
+        cfg.write_text(f"clientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\ndataDir={d}/data\n"
                        f"dataLogDir={log_dir}\npreAllocSize=1024\n")
         proc = subprocess.Popen([str(servers.RINGKEEPER_BIN), "--config", str(cfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
