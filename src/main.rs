@@ -84,14 +84,21 @@ fn install_snapshot_signal() {
     }
 }
 
+/// Logs to stderr at the configured levels (RUST_LOG wins), as text or JSON lines.
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_json {
+        fmt.json().with_current_span(false).init();
+    } else {
+        fmt.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cfg = match parse_args() {
         Ok(c) => c,
         Err(msg) => {
@@ -99,6 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&cfg);
     for k in &cfg.unknown_keys {
         tracing::warn!("unknown configuration key {k:?} ignored");
     }

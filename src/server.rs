@@ -40,6 +40,8 @@ pub struct ShardStats {
     pub latency_min_us: AtomicU64,
     pub latency_max_us: AtomicU64,
     pub outstanding: AtomicI64,
+    /// Requests answered later than slowRequestThresholdMs.
+    pub slow_requests: AtomicU64,
 }
 
 impl ShardStats {

@@ -96,6 +96,14 @@ pub struct Config {
     pub prometheus_enabled: bool,
     pub prometheus_host: IpAddr,
     pub prometheus_port: u16,
+    /// A request answered later than this many ms after it arrived is logged as a
+    /// warning (at most one line a second per shard) and counted; 0: never.
+    pub slow_request_threshold_ms: u64,
+    /// Log filter directives (tracing's EnvFilter: `info`, `info,ringkeeper::peering=debug`);
+    /// RUST_LOG, when set, wins.
+    pub log_level: String,
+    /// Log lines as JSON objects (one per line) instead of text.
+    pub log_json: bool,
     /// Client shards (one executor each).
     pub shards: usize,
     /// How long an executor polls for work before parking in the kernel. Every write
@@ -165,6 +173,9 @@ impl Default for Config {
             super_digest: None,
             jute_maxbuffer: crate::proto::JUTE_MAXBUFFER_DEFAULT,
             global_outstanding_limit: 1000,
+            slow_request_threshold_ms: 1000,
+            log_level: "info".into(),
+            log_json: false,
             admin_enable_server: false,
             admin_server_address: IpAddr::from([127, 0, 0, 1]),
             admin_server_port: 8080,
@@ -407,6 +418,24 @@ impl Config {
                 self.prometheus_host = value.parse().map_err(|_| bad("not an IP address".into()))?
             }
             "metricsProvider.httpPort" => self.prometheus_port = parse_num(value).map_err(bad)?,
+            "slowRequestThresholdMs" | "ringkeeper.slowRequestThresholdMs" => {
+                self.slow_request_threshold_ms = parse_num(value).map_err(bad)?
+            }
+            "logLevel" | "ringkeeper.logLevel" => {
+                tracing_subscriber::EnvFilter::try_new(value).map_err(|e| {
+                    bad(format!(
+                        "not a log filter ({e}); e.g. info or info,ringkeeper::peering=debug"
+                    ))
+                })?;
+                self.log_level = value.to_string();
+            }
+            "logFormat" | "ringkeeper.logFormat" => {
+                self.log_json = match value {
+                    "json" => true,
+                    "plain" => false,
+                    _ => return Err(bad("must be plain or json".into())),
+                }
+            }
             "spinBeforeParkUs" | "ringkeeper.spinBeforeParkUs" => {
                 let n: u64 = parse_num(value).map_err(bad)?;
                 if n > 10_000 {

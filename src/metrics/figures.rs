@@ -285,6 +285,15 @@ impl Report {
                 value: Value::Int(st.packets_received.load(Relaxed) as i64),
             });
         }
+        b.counter(
+            "rk_slow_requests",
+            "requests answered later than slowRequestThresholdMs",
+            shared
+                .shard_stats
+                .iter()
+                .map(|s| s.slow_requests.load(Relaxed))
+                .sum(),
+        );
         // The txn log: txns / fsyncs is the group-commit batching factor.
         let log = &shared.log_stats;
         for (key, help, v) in [

@@ -63,6 +63,8 @@ pub struct Shard {
     catching_up: RefCell<Vec<Rc<Conn>>>,
     /// Request latency recorded since the last publish (this executor only).
     latency: RefCell<ShardLatencies>,
+    /// When a slow request was last warned of, and how many since went unsaid.
+    slow_warned: Cell<(Option<Instant>, u64)>,
 }
 
 impl Shard {
@@ -108,6 +110,7 @@ pub async fn run(
         next_conn: Cell::new(0),
         catching_up: RefCell::default(),
         latency: RefCell::default(),
+        slow_warned: Cell::new((None, 0)),
     });
     let from_core = from_core.connect().await;
     {
@@ -413,6 +416,10 @@ fn record_latency(shard: &Shard, c: &Conn, op: i32, received: Instant) {
     if op != OpCode::Ping as i32 {
         shard.latency.borrow_mut().record(op, us);
     }
+    let slow_ms = shard.shared.cfg.slow_request_threshold_ms;
+    if slow_ms > 0 && us / 1000 > slow_ms {
+        warn_slow(shard, c, op, us, now);
+    }
     let info = &c.info;
     info.last_response_ms
         .store(shard.shared.monotonic_ms_at(now), Relaxed);
@@ -421,6 +428,32 @@ fn record_latency(shard: &Shard, c: &Conn, op: i32, received: Instant) {
     info.lat_count.fetch_add(1, Relaxed);
     info.lat_min_us.fetch_min(us, Relaxed);
     info.lat_max_us.fetch_max(us, Relaxed);
+}
+
+/// Counts a request slower than slowRequestThresholdMs and says so, at most once a
+/// second per shard (a stalled disk makes every request slow: one line, with the
+/// count since the last).
+fn warn_slow(shard: &Shard, c: &Conn, op: i32, us: u64, now: Instant) {
+    shard.stats().slow_requests.fetch_add(1, Relaxed);
+    let (last, quiet) = shard.slow_warned.get();
+    if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+        shard.slow_warned.set((last, quiet + 1));
+        return;
+    }
+    shard.slow_warned.set((Some(now), 0));
+    let more = if quiet > 0 {
+        format!(" ({quiet} more slow requests on this shard since the last warning)")
+    } else {
+        String::new()
+    };
+    tracing::warn!(
+        "slow request: {} from session 0x{:x} ({}) took {} ms, over slowRequestThresholdMs={}{more}",
+        crate::metrics::latency::OP_NAMES[crate::metrics::latency::op_class(op)],
+        c.session_id.get(),
+        c.info.peer,
+        us / 1000,
+        shard.shared.cfg.slow_request_threshold_ms
+    );
 }
 
 /// Counts `frames` packets sent on `c` (replies, watch events, the handshake's answer).

@@ -185,7 +185,7 @@ def start_ringkeeper(extra=None, shards=None, wait=True, myid=None):
         proc = subprocess.Popen(
             [str(RINGKEEPER_BIN), "--config", str(cfg_path)],
             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-            env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
+            env=dict(os.environ),
         )
         if wait:
             _wait_ready(proc, port, log_path, "ringkeeper")

@@ -282,3 +282,38 @@ def _answers_srvr(port):
         return "Mode: standalone" in servers.four_letter(port, "srvr", timeout=1)
     except OSError:
         return False
+
+
+def test_logs_as_json_lines_with_a_level_per_module():
+    """logFormat=json: every line is one JSON object; logLevel takes tracing's
+    directives, so one module can be quieter than the rest."""
+    import json
+    admin = servers.free_port()
+    srv = servers.start_ringkeeper({"logFormat": "json", "logLevel": "info,ringkeeper::server=warn",
+                                    "admin.enableServer": "true", "admin.serverAddress": "127.0.0.1",
+                                    "admin.serverPort": str(admin)})
+    try:
+        from kazoo.client import KazooClient
+        zk = KazooClient(hosts=srv.hosts)
+        zk.start()
+        zk.create("/j", b"")
+        zk.stop()
+        srv.kill()
+        lines = [json.loads(line) for line in srv.log_text.splitlines() if line.strip()]
+    finally:
+        srv.stop()
+    assert any("serving ZooKeeper clients" in l["fields"]["message"] for l in lines), lines
+    assert all({"timestamp", "level", "target"} <= set(l) for l in lines)
+    # ringkeeper::server's info line (the admin endpoint's address) is filtered out.
+    assert not any(l["target"] == "ringkeeper::server" and l["level"] == "INFO" for l in lines)
+    # No line per request at the default level.
+    assert not any("/j" in json.dumps(l) for l in lines)
+
+
+def test_a_bad_log_setting_names_the_key():
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "zoo.cfg"
+        for line, key in [("logFormat=xml", "logFormat"), ("logLevel=info,[", "logLevel")]:
+            cfg.write_text(f"dataDir={d}\n{line}\n")
+            p = run_bin(["--config", str(cfg)])
+            assert p.returncode == 2 and f"{cfg}:2" in p.stderr and key in p.stderr, p.stderr

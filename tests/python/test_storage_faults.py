@@ -298,26 +298,31 @@ def test_eio_refuses_writes_without_retrying_and_loses_nothing(faulty_disk, faul
 def test_a_slow_log_write_is_warned_of_and_counted(faulty_disk):
     """fsync.warningthresholdms, as ZooKeeper reads it: a txn log write slower than the
     threshold gets ZooKeeper's warning and counts in mntr's
-    zk_fsync_threshold_exceed_count; the write itself succeeds."""
+    zk_fsync_threshold_exceed_count; the write itself succeeds. The request that
+    waited for it is slower than slowRequestThresholdMs: warned of and counted too."""
     mnt, ctl = faulty_disk
-    srv = start_ringkeeper({"dataDir": str(mnt), "preAllocSize": "256", "fsync.warningthresholdms": "200"})
+    srv = start_ringkeeper({"dataDir": str(mnt), "preAllocSize": "256", "fsync.warningthresholdms": "200",
+                            "slowRequestThresholdMs": "300"})
     try:
         c = RawClient(srv.port)
         assert c.create("/fast", b"")[0] == 0
 
-        def slow_count():
+        def counts():
             mntr = dict(line.split("\t", 1) for line in srv.four("mntr").splitlines() if "\t" in line)
-            return int(mntr["zk_fsync_threshold_exceed_count"])
+            return int(mntr["zk_fsync_threshold_exceed_count"]), int(mntr["rk_slow_requests"])
 
-        before = slow_count()
+        before = counts()
+        assert before[1] == 0 and "slow request" not in srv.log_text
         (ctl / "write_slow").touch()
         try:
             assert c.create("/slow", b"x")[0] == 0
         finally:
             (ctl / "write_slow").unlink()
-        assert slow_count() > before
+        after = counts()
+        assert after[0] > before[0] and after[1] >= 1
         assert "fsync-ing the write ahead log took" in srv.log_text
         assert "which will adversely effect operation latency" in srv.log_text
+        assert "slow request: create from session" in srv.log_text
         c.close()
     finally:
         srv.stop()
