@@ -171,8 +171,9 @@ pub struct ServerShared {
     pub snapshot_stats: Arc<SnapshotStats>,
     /// Connections refused because their IP held maxClientCnxns.
     pub connections_rejected: AtomicU64,
-    /// Requests answered THROTTLEDOP.
-    pub throttled_ops: AtomicU64,
+    /// Times a connection's reading was held back because the server had its limit
+    /// of requests in flight (ZooKeeper's request_throttle_wait_count).
+    pub throttle_waits: AtomicU64,
     /// Failed authentications (addauth, the AdminServer).
     pub auth_failed: AtomicU64,
     /// This member's id (`myid`); 0 standalone.
@@ -241,7 +242,7 @@ impl ServerShared {
                 .collect(),
             snapshot_stats: Arc::default(),
             connections_rejected: AtomicU64::new(0),
-            throttled_ops: AtomicU64::new(0),
+            throttle_waits: AtomicU64::new(0),
             auth_failed: AtomicU64::new(0),
             my_id: AtomicI64::new(0),
             started_wall: SystemTime::now(),
@@ -357,6 +358,20 @@ impl ServerShared {
         }
         t.lat_min_us = if min == u64::MAX { 0 } else { min };
         t
+    }
+
+    /// Whether the requests in flight (writes at the broadcast core) have reached
+    /// the server's limit: globalOutstandingLimit, or request_throttle_max_requests
+    /// if that is set and lower.
+    pub fn over_outstanding_limit(&self) -> bool {
+        let limit = self.cfg.outstanding_limit();
+        limit > 0
+            && self
+                .shard_stats
+                .iter()
+                .map(|s| s.outstanding.load(Relaxed))
+                .sum::<i64>()
+                >= limit as i64
     }
 
     /// `srst`: every shard's counters and latencies back to zero.

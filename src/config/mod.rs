@@ -79,7 +79,12 @@ pub struct Config {
     pub sessionless_conn_timeout_ms: u64,
     pub super_digest: Option<String>,
     pub jute_maxbuffer: usize,
+    /// Requests in flight (at the broadcast core) before the shards stop reading
+    /// from client connections (globalOutstandingLimit, default 1000; 0: no limit).
     pub global_outstanding_limit: u32,
+    /// ZooKeeper 3.6's zookeeper.request_throttle_max_requests: the same back-pressure
+    /// at a lower limit, if set (0, the default: off).
+    pub request_throttle_max_requests: u32,
     /// The AdminServer (`admin.enableServer`): ZooKeeper's HTTP commands, on
     /// `admin.serverAddress`:`admin.serverPort` under `admin.commandURL`. On by default
     /// with a zoo.cfg, as in ZooKeeper; off in the embedded default.
@@ -173,6 +178,7 @@ impl Default for Config {
             super_digest: None,
             jute_maxbuffer: crate::proto::JUTE_MAXBUFFER_DEFAULT,
             global_outstanding_limit: 1000,
+            request_throttle_max_requests: 0,
             slow_request_threshold_ms: 1000,
             log_level: "info".into(),
             log_json: false,
@@ -225,6 +231,18 @@ impl Config {
         let min = self.min_session_timeout_ms() as i32;
         let max = self.max_session_timeout_ms() as i32;
         requested.clamp(min, max.max(min))
+    }
+
+    /// The requests in flight at which the shards stop reading (0: none).
+    pub fn outstanding_limit(&self) -> u32 {
+        match (
+            self.global_outstanding_limit,
+            self.request_throttle_max_requests,
+        ) {
+            (0, r) => r,
+            (g, 0) => g,
+            (g, r) => g.min(r),
+        }
     }
 
     /// Largest accepted frame: jute.maxbuffer plus room for headers.
@@ -378,6 +396,9 @@ impl Config {
             }
             "globalOutstandingLimit" => {
                 self.global_outstanding_limit = parse_num(value).map_err(bad)?
+            }
+            "request_throttle_max_requests" => {
+                self.request_throttle_max_requests = parse_num(value).map_err(bad)?
             }
             "admin.enableServer" => self.admin_enable_server = parse_bool(value).map_err(bad)?,
             "admin.serverPort" => self.admin_server_port = parse_num(value).map_err(bad)?,

@@ -214,9 +214,9 @@ impl Report {
             shared.connections_rejected.load(Relaxed),
         );
         b.counter(
-            "throttled_ops",
-            "requests answered THROTTLEDOP",
-            shared.throttled_ops.load(Relaxed),
+            "request_throttle_wait_count",
+            "times a connection was held back by the limit of requests in flight",
+            shared.throttle_waits.load(Relaxed),
         );
         b.counter(
             "fsync_threshold_exceed_count",

@@ -43,6 +43,10 @@ pub struct Conn {
     pub queue: RefCell<VecDeque<Pending>>,
     /// Signalled when the queue shrinks, for a reader waiting on back-pressure.
     pub queue_shrunk: Notify,
+    /// Bytes the writer has taken from `out` and not yet written to the socket.
+    pub writing_bytes: Cell<usize>,
+    /// Signalled after each socket write, for a reader waiting on a full `out`.
+    pub out_drained: Notify,
     pub auth: RefCell<Arc<Vec<Id>>>,
     pub touched: Cell<bool>,
     /// The client sent the readOnly byte in its ConnectRequest.
@@ -61,6 +65,8 @@ impl Conn {
             closing: Cell::new(false),
             queue: RefCell::new(VecDeque::new()),
             queue_shrunk: Notify::default(),
+            writing_bytes: Cell::new(0),
+            out_drained: Notify::default(),
             auth: RefCell::new(Arc::new(vec![Id::new("ip", &ip)])),
             touched: Cell::new(false),
             sent_read_only: Cell::new(false),
@@ -75,5 +81,10 @@ impl Conn {
 
     pub fn flush_soon(&self) {
         self.wake_writer.notify();
+    }
+
+    /// Reply bytes not yet on the socket: buffered, or being written.
+    pub fn unsent_bytes(&self) -> usize {
+        self.out.borrow().len() + self.writing_bytes.get()
     }
 }

@@ -38,6 +38,12 @@ use conn::{Conn, Pending};
 
 /// Requests one connection may have queued before the shard stops reading from it.
 pub const SESSION_OUTSTANDING_MAX: usize = 1000;
+/// Reply bytes one connection may have unsent (a client that does not read its
+/// replies) before the shard stops reading its requests.
+pub const UNSENT_REPLY_MAX_BYTES: usize = 1 << 20;
+/// How often a connection held back by the global outstanding limit looks again (the
+/// requests that free room may be answered on another shard).
+const THROTTLE_RECHECK: Duration = Duration::from_millis(1);
 /// A connection's read buffer starts small (most sessions are idle or send small
 /// requests; 100k sessions x 64 KiB would be 6 GiB) and doubles, up to this, while
 /// reads keep filling it.
@@ -651,7 +657,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     c.wake_writer.wait().await;
                     continue;
                 }
-                if wr.write_all(&data).await.is_err() {
+                c.writing_bytes.set(data.len());
+                let written = wr.write_all(&data).await;
+                c.writing_bytes.set(0);
+                c.out_drained.notify();
+                if written.is_err() {
                     break;
                 }
                 // Reuse the allocation if nothing was queued meanwhile.
@@ -870,8 +880,20 @@ async fn read_loop(
         }
     }
     loop {
+        // Back-pressure, as ZooKeeper stops reading from a connection: this session's
+        // own queue, its replies the client has not read, and the requests the whole
+        // server has in flight (globalOutstandingLimit, request_throttle_max_requests).
         while c.queue.borrow().len() >= SESSION_OUTSTANDING_MAX {
             c.queue_shrunk.wait().await;
+        }
+        while c.unsent_bytes() > UNSENT_REPLY_MAX_BYTES && !c.closing.get() {
+            c.out_drained.wait().await;
+        }
+        if shard.shared.over_outstanding_limit() {
+            shard.shared.throttle_waits.fetch_add(1, Relaxed);
+            while shard.shared.over_outstanding_limit() && !c.closing.get() {
+                glommio::timer::sleep(THROTTLE_RECHECK).await;
+            }
         }
         let frame = match frames.next(rd).await? {
             Frame::Data(f) => f,
