@@ -929,6 +929,7 @@ impl Core {
             session_id,
             auth,
             extended_types: self.cfg.extended_types_enabled,
+            enforce_quota: self.cfg.enforce_quota,
         };
         let zxid = self.next_zxid();
         let time = self.now.wall_ms;

@@ -72,6 +72,9 @@ pub struct Config {
     /// (recovery.fallbackToOlderSnapshot; off: an unreadable snapshot stops start-up).
     pub fallback_to_older_snapshot: bool,
     pub extended_types_enabled: bool,
+    /// Hard quotas fail writes with QUOTAEXCEEDED (zookeeper.enforceQuota; ZooKeeper's
+    /// default, off, only logs).
+    pub enforce_quota: bool,
     pub container_check_interval_ms: u64,
     pub container_max_per_minute: u32,
     /// How long a new connection may take to send its handshake or a four-letter
@@ -172,6 +175,7 @@ impl Default for Config {
             autopurge_purge_interval_hours: 0,
             fallback_to_older_snapshot: false,
             extended_types_enabled: false,
+            enforce_quota: false,
             container_check_interval_ms: 60_000,
             sessionless_conn_timeout_ms: 10_000,
             container_max_per_minute: 10_000,
@@ -360,6 +364,7 @@ impl Config {
             "autopurge.purgeInterval" => {
                 self.autopurge_purge_interval_hours = parse_num(value).map_err(bad)?
             }
+            "enforceQuota" => self.enforce_quota = parse_bool(value).map_err(bad)?,
             "extendedTypesEnabled" => {
                 self.extended_types_enabled = parse_bool(value).map_err(bad)?
             }

@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod base;
 pub mod path;
+pub mod quota;
 pub mod snapshot;
 pub mod txn;
 
@@ -308,6 +309,8 @@ pub struct Requester<'a> {
     pub auth: &'a [Id],
     /// Whether TTL nodes are enabled (extendedTypesEnabled).
     pub extended_types: bool,
+    /// Whether hard quotas fail writes (zookeeper.enforceQuota).
+    pub enforce_quota: bool,
 }
 
 /// The kind of a node by its ephemeralOwner (EphemeralType).
@@ -643,6 +646,11 @@ impl DataTree {
                 Self::check(&node, perms::WRITE, who)?;
                 let current = node.stored_stat().version;
                 Self::check_version(current, *version)?;
+                if who.enforce_quota {
+                    let grows =
+                        data.as_ref().map_or(0, |d| d.len()) as i64 - node.data_len() as i64;
+                    self.check_quota(path, 0, grows)?;
+                }
                 Ok(Txn::SetData {
                     path: path.clone(),
                     data: data.clone(),
@@ -738,6 +746,9 @@ impl DataTree {
         }
         if node_kind(parent_stat.ephemeral_owner) == NodeKind::Ephemeral {
             return Err(ErrorCode::NoChildrenForEphemerals);
+        }
+        if who.enforce_quota {
+            self.check_quota(&path, 1, c.data.as_ref().map_or(0, |d| d.len()) as i64)?;
         }
         let ephemeral_owner = if mode.container {
             CONTAINER_EPHEMERAL_OWNER
@@ -869,6 +880,15 @@ impl DataTree {
                 self.data_size += (path.len() + data.as_ref().map_or(0, |d| d.len())) as u64;
                 self.nodes
                     .insert(Name::from(key.clone()), Some(Arc::new(node)));
+                match quota::stats_node_of(path) {
+                    Some(real) => {
+                        let (count, bytes) = self.subtree_usage(real);
+                        self.set_quota_usage(path, count, bytes);
+                    }
+                    None => {
+                        self.note_quota_change(path, 1, data.as_ref().map_or(0, |d| d.len()) as i64)
+                    }
+                }
                 triggers.push(Trigger {
                     path: key,
                     event: EventType::NodeCreated,
@@ -907,7 +927,10 @@ impl DataTree {
                     EventType::NodeDataChanged,
                     n.acl.clone(),
                 ));
-                Applied::Stat(n.stat())
+                let out = n.stat();
+                let new_len = data.as_ref().map_or(0, |d| d.len());
+                self.note_quota_change(path, 0, new_len as i64 - old_len as i64);
+                Applied::Stat(out)
             }
             Txn::SetAcl {
                 path,
@@ -960,6 +983,99 @@ impl DataTree {
         }
     }
 
+    /// The quota nearest `path` (on it or an ancestor) and its limits.
+    fn quota_of<'p>(&self, path: &'p str) -> Option<(&'p str, quota::StatsTrack)> {
+        if !quota::counted(path) || !self.node(QUOTA_PATH)?.has_children() {
+            return None;
+        }
+        quota::candidates(path).find_map(|p| {
+            let limits = format!("{}/{}", quota::quota_dir(p), quota::LIMITS_NODE);
+            let n = self.node(&limits)?;
+            Some((
+                p,
+                quota::StatsTrack::parse(n.data_slice().unwrap_or_default()),
+            ))
+        })
+    }
+
+    /// A quota's usage as its stats node holds it: (nodes, data bytes).
+    fn quota_usage(&self, root: &str) -> Option<(i64, i64)> {
+        let stats = format!("{}/{}", quota::quota_dir(root), quota::STATS_NODE);
+        let t = quota::StatsTrack::parse(self.node(&stats)?.data_slice().unwrap_or_default());
+        Some((t.count.max(0), t.bytes.max(0)))
+    }
+
+    /// QUOTAEXCEEDED if adding `count` nodes and `bytes` bytes under `path` would pass
+    /// a hard limit of its quota (ZooKeeper's PrepRequestProcessor.checkQuota).
+    fn check_quota(&self, path: &str, count: i64, bytes: i64) -> Result<(), ErrorCode> {
+        let Some((root, limits)) = self.quota_of(path) else {
+            return Ok(());
+        };
+        let (used_count, used_bytes) = self.quota_usage(root).unwrap_or((0, 0));
+        let over = |limit: i64, used: i64, more: i64| limit > -1 && more > 0 && used + more > limit;
+        if over(limits.count_hard_limit, used_count, count)
+            || over(limits.byte_hard_limit, used_bytes, bytes)
+        {
+            tracing::debug!("quota of {root} exceeded by a write to {path}");
+            return Err(ErrorCode::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    /// Counts a change under `path` in its quota's usage, warning past a soft limit
+    /// as ZooKeeper does. The stats node's data changes without a new version, as
+    /// ZooKeeper's DataTree writes it.
+    fn note_quota_change(&mut self, path: &str, count: i64, bytes: i64) {
+        let Some((root, limits)) = self.quota_of(path) else {
+            return;
+        };
+        let root = root.to_string();
+        let Some((c, b)) = self.quota_usage(&root) else {
+            return;
+        };
+        let (c, b) = (c + count, b + bytes);
+        if limits.count > -1 && c > limits.count && count > 0 {
+            tracing::warn!("Quota exceeded: {root} count={c} limit={}", limits.count);
+        }
+        if limits.bytes > -1 && b > limits.bytes && bytes > 0 {
+            tracing::warn!("Quota exceeded: {root} bytes={b} limit={}", limits.bytes);
+        }
+        let stats = format!("{}/{}", quota::quota_dir(&root), quota::STATS_NODE);
+        self.set_quota_usage(&stats, c, b);
+    }
+
+    fn set_quota_usage(&mut self, stats_path: &str, count: i64, bytes: i64) {
+        let text = quota::StatsTrack::usage_text(count, bytes);
+        if let Some(n) = node_mut(&mut self.nodes, self.base.as_deref(), stats_path) {
+            let old = n.data.as_ref().map_or(0, |d| d.len());
+            n.data = Some(Bytes::from(text.into_bytes()));
+            let new = n.data.as_ref().map_or(0, |d| d.len());
+            self.data_size = self.data_size + new as u64 - old as u64;
+        }
+    }
+
+    /// The nodes in `root`'s subtree, itself included, and their data bytes.
+    fn subtree_usage(&self, root: &str) -> (i64, i64) {
+        let mut count = 0;
+        let mut bytes = 0;
+        let mut stack = vec![root.to_string()];
+        while let Some(p) = stack.pop() {
+            let Some(n) = self.node(&p) else {
+                continue;
+            };
+            count += 1;
+            bytes += n.data_len() as i64;
+            for c in n.children() {
+                stack.push(if p == "/" {
+                    format!("/{c}")
+                } else {
+                    format!("{p}/{c}")
+                });
+            }
+        }
+        (count, bytes)
+    }
+
     fn delete_node(&mut self, path: &str, zxid: i64, triggers: &mut Vec<Trigger>) {
         let (owner, acl, data_len) = {
             let node = self
@@ -984,6 +1100,7 @@ impl DataTree {
         }
         self.node_count -= 1;
         self.data_size -= (path.len() + data_len) as u64;
+        self.note_quota_change(path, -1, -(data_len as i64));
         match node_kind(owner) {
             NodeKind::Ephemeral => {
                 let now_empty = match self.ephemerals.get_mut(&owner) {

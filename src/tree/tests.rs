@@ -8,6 +8,7 @@ fn who(auth: &[Id]) -> Requester<'_> {
         session_id: 0x42,
         auth,
         extended_types: true,
+        enforce_quota: true,
     }
 }
 
@@ -246,6 +247,7 @@ fn ttl_nodes_expire_after_ttl_without_children() {
         session_id: 1,
         auth: &[],
         extended_types: false,
+        enforce_quota: false,
     };
     assert_eq!(t.prepare(&c, &no_ext), Err(ErrorCode::Unimplemented));
 }
@@ -464,4 +466,153 @@ fn base_nodes_deleted_and_recreated() {
     );
     assert_eq!(t.node("/a").unwrap().child_count(), 0);
     walk(&t);
+}
+
+fn create_with(path: &str, data: &[u8]) -> WriteOp {
+    WriteOp::Create(CreateRequest {
+        kind: CreateKind::Create2,
+        path: path.into(),
+        data: Some(Bytes::copy_from_slice(data)),
+        acl: acl::open_acl_unsafe(),
+        flags: 0,
+        ttl_ms: -1,
+    })
+}
+
+fn data_of(t: &DataTree, path: &str) -> String {
+    String::from_utf8(t.node(path).unwrap().data().unwrap_or_default().to_vec()).unwrap()
+}
+
+/// What zkCli's setquota does: the quota node, the stats node, the limits node.
+fn set_quota(t: &mut DataTree, path: &str, limits: &str) {
+    run(t, &create_with(&format!("/zookeeper/quota{path}"), b"")).unwrap();
+    run(
+        t,
+        &create_with(
+            &format!("/zookeeper/quota{path}/zookeeper_stats"),
+            b"count=0,bytes=0",
+        ),
+    )
+    .unwrap();
+    run(
+        t,
+        &create_with(
+            &format!("/zookeeper/quota{path}/zookeeper_limits"),
+            limits.as_bytes(),
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn quota_usage_is_counted_from_the_subtree_and_kept_up_to_date() {
+    let mut t = DataTree::new();
+    run(&mut t, &create_with("/app", b"abcd")).unwrap();
+    run(&mut t, &create_with("/app/a", b"12")).unwrap();
+    run(&mut t, &create_with("/other", b"zzzzzz")).unwrap();
+    set_quota(&mut t, "/app", "count=10,bytes=100");
+    let stats = "/zookeeper/quota/app/zookeeper_stats";
+    // The server writes the usage into the stats node, whatever the client sent.
+    assert_eq!(data_of(&t, stats), "count=2,bytes=6");
+    let version = t.node(stats).unwrap().stat().version;
+    run(&mut t, &create_with("/app/a/b", b"xyz")).unwrap();
+    assert_eq!(data_of(&t, stats), "count=3,bytes=9");
+    run(
+        &mut t,
+        &WriteOp::SetData {
+            path: "/app/a".into(),
+            data: Some(Bytes::from_static(b"1")),
+            version: -1,
+        },
+    )
+    .unwrap();
+    assert_eq!(data_of(&t, stats), "count=3,bytes=8");
+    run(
+        &mut t,
+        &WriteOp::Delete {
+            path: "/app/a/b".into(),
+            version: -1,
+        },
+    )
+    .unwrap();
+    assert_eq!(data_of(&t, stats), "count=2,bytes=5");
+    // Outside the subtree: nothing counted. The stats node keeps its version.
+    run(&mut t, &create_with("/other/x", b"q")).unwrap();
+    assert_eq!(data_of(&t, stats), "count=2,bytes=5");
+    assert_eq!(t.node(stats).unwrap().stat().version, version);
+}
+
+#[test]
+fn hard_quotas_fail_writes_with_quota_exceeded() {
+    let mut t = DataTree::new();
+    run(&mut t, &create_with("/app", b"")).unwrap();
+    set_quota(
+        &mut t,
+        "/app",
+        "count=-1,bytes=-1,countHardLimit=3,byteHardLimit=10",
+    );
+    run(&mut t, &create_with("/app/a", b"12345")).unwrap();
+    run(&mut t, &create_with("/app/b", b"")).unwrap();
+    // A fourth node, deeper down too.
+    assert_eq!(
+        run(&mut t, &create_with("/app/c", b"")),
+        Err(ErrorCode::QuotaExceeded)
+    );
+    assert_eq!(
+        run(&mut t, &create_with("/app/a/d", b"")),
+        Err(ErrorCode::QuotaExceeded)
+    );
+    // Bytes: 5 used, 6 more is 11.
+    let grow = |d: &'static [u8]| WriteOp::SetData {
+        path: "/app/b".into(),
+        data: Some(Bytes::from_static(d)),
+        version: -1,
+    };
+    assert_eq!(run(&mut t, &grow(b"123456")), Err(ErrorCode::QuotaExceeded));
+    run(&mut t, &grow(b"12345")).unwrap();
+    // Shrinking is always allowed; a delete makes room.
+    run(&mut t, &grow(b"")).unwrap();
+    run(
+        &mut t,
+        &WriteOp::Delete {
+            path: "/app/a".into(),
+            version: -1,
+        },
+    )
+    .unwrap();
+    run(&mut t, &create_with("/app/c", b"")).unwrap();
+    // A multi that would pass the limit fails whole.
+    let mut triggers = Vec::new();
+    let multi = t.prepare_apply_multi(
+        &[
+            WriteOp::Delete {
+                path: "/app/c".into(),
+                version: -1,
+            },
+            create_with("/app/e", b""),
+            create_with("/app/f", b""),
+        ],
+        &who(&[]),
+        t.last_zxid() + 1,
+        1000,
+        &mut triggers,
+    );
+    assert_eq!(
+        multi.err(),
+        Some(vec![0, 0, ErrorCode::QuotaExceeded.code()])
+    );
+    assert!(t.node("/app/e").is_none() && t.node("/app/c").is_some());
+    // Without enforceQuota, only the soft limits' warnings: the write goes through.
+    let lenient = Requester {
+        session_id: 1,
+        auth: &[],
+        extended_types: false,
+        enforce_quota: false,
+    };
+    let txn = t.prepare(&create_with("/app/g", b""), &lenient).unwrap();
+    t.apply(&txn, t.last_zxid() + 1, 1000, &mut Vec::new());
+    assert_eq!(
+        data_of(&t, "/zookeeper/quota/app/zookeeper_stats"),
+        "count=4,bytes=0"
+    );
 }

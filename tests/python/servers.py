@@ -222,7 +222,7 @@ def start_zookeeper(extra=None, heap="512m", wait=True):
     cfg_path.write_text("".join(f"{k}={v}\n" for k, v in cfg.items()))
     log_path = Path(tmp.name) / "zookeeper.log"
     (conf_dir / "log4j.properties").write_text(LOG4J_INFO.format(log=log_path))
-    props = [f"-Dzookeeper.{k}={v}" for k, v in (extra or {}).items() if k in ("extendedTypesEnabled",)]
+    props = [f"-Dzookeeper.{k}={v}" for k, v in (extra or {}).items() if k in ("extendedTypesEnabled", "enforceQuota")]
     props += [f"-D{k}={v}" for k, v in (extra or {}).items() if k.startswith("znode.")]
 
     def launch(wait=True):
