@@ -16,6 +16,7 @@ pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod tls;
 pub mod tree;
 pub mod util;
 pub mod zab;

@@ -174,6 +174,8 @@ pub struct ServerShared {
     /// Times a connection's reading was held back because the server had its limit
     /// of requests in flight (ZooKeeper's request_throttle_wait_count).
     pub throttle_waits: AtomicU64,
+    /// TLS on secureClientPort, if configured.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
     /// Failed authentications (addauth, the AdminServer).
     pub auth_failed: AtomicU64,
     /// This member's id (`myid`); 0 standalone.
@@ -244,6 +246,7 @@ impl ServerShared {
             connections_rejected: AtomicU64::new(0),
             throttle_waits: AtomicU64::new(0),
             auth_failed: AtomicU64::new(0),
+            tls: None,
             my_id: AtomicI64::new(0),
             started_wall: SystemTime::now(),
             admin_last_limited: Mutex::new(None),
@@ -429,6 +432,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Listen(#[from] listen::ListenError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}, set by {keys}: {source}")]
     OperatorPort {
         addr: SocketAddr,
@@ -636,14 +641,29 @@ pub fn run_as(
     let (listeners, bound) = listen::bind_shard_listeners(addr, cfg.shards)?;
     let mut listeners = listeners.into_iter();
     let mut endpoints = bind_operator_ports(&cfg)?;
+    // TLS: the key and trust stores are read now, so that a bad one stops start-up.
+    let (tls, mut secure_listeners) = match cfg.secure_client_port {
+        Some(port) => {
+            let config = crate::tls::server_config(&cfg.ssl).map_err(StartError::Tls)?;
+            let ip = cfg
+                .secure_client_port_address
+                .unwrap_or(cfg.client_port_address);
+            let (ls, bound) = listen::bind_shard_listeners(SocketAddr::new(ip, port), cfg.shards)?;
+            tracing::info!("TLS clients on {bound} (secureClientPort)");
+            (
+                Some(futures_rustls::TlsAcceptor::from(config)),
+                ls.into_iter(),
+            )
+        }
+        None => (None, Vec::new().into_iter()),
+    };
     let recovered = crate::recovery::recover(&cfg)?;
     if cfg.autopurge_purge_interval_hours > 0 {
         broadcast::purge(&cfg);
     }
-    let shared = Arc::new(ServerShared::new(
-        cfg.clone(),
-        Arc::new(recovered.tree.clone()),
-    ));
+    let mut shared = ServerShared::new(cfg.clone(), Arc::new(recovered.tree.clone()));
+    shared.tls = tls;
+    let shared = Arc::new(shared);
     if let Some((path, zxid)) = &recovered.snapshot {
         shared.snapshot_stats.started_from(path, *zxid);
     }
@@ -695,10 +715,13 @@ pub fn run_as(
         let ready_tx = ready_tx.clone();
         let name = "rk-shard-0".to_string();
         let listener = listeners.next().expect("one listener per shard");
-        let eps = if last_shard == 0 {
-            std::mem::take(&mut endpoints)
-        } else {
-            Vec::new()
+        let eps = shard::ExtraListeners {
+            secure: secure_listeners.next(),
+            endpoints: if last_shard == 0 {
+                std::mem::take(&mut endpoints)
+            } else {
+                Vec::new()
+            },
         };
         let h = LocalExecutorBuilder::new(placement(0))
             .name(&name)
@@ -747,10 +770,13 @@ pub fn run_as(
         let ready_tx = ready_tx.clone();
         let name = format!("rk-shard-{i}");
         let listener = listeners.next().expect("one listener per shard");
-        let eps = if i == last_shard {
-            std::mem::take(&mut endpoints)
-        } else {
-            Vec::new()
+        let eps = shard::ExtraListeners {
+            secure: secure_listeners.next(),
+            endpoints: if i == last_shard {
+                std::mem::take(&mut endpoints)
+            } else {
+                Vec::new()
+            },
         };
         let h = LocalExecutorBuilder::new(placement(i % cores))
             .name(&name)

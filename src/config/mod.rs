@@ -45,6 +45,11 @@ pub struct Config {
     pub data_log_dir: Option<PathBuf>,
     pub client_port: u16,
     pub client_port_address: IpAddr,
+    /// `secureClientPort`: TLS clients (see [`crate::tls`]), on
+    /// `secureClientPortAddress` (default: clientPortAddress).
+    pub secure_client_port: Option<u16>,
+    pub secure_client_port_address: Option<IpAddr>,
+    pub ssl: crate::tls::SslSettings,
     /// Connections one client IP may hold; 0 = unlimited.
     pub max_client_cnxns: u32,
     min_session_timeout_ms: Option<u32>,
@@ -159,6 +164,9 @@ impl Default for Config {
             data_log_dir: None,
             client_port: 2181,
             client_port_address: IpAddr::from([127, 0, 0, 1]),
+            secure_client_port: None,
+            secure_client_port_address: None,
+            ssl: crate::tls::SslSettings::default(),
             max_client_cnxns: 60,
             min_session_timeout_ms: None,
             max_session_timeout_ms: None,
@@ -326,6 +334,42 @@ impl Config {
                     value.parse().map_err(|_| bad("not an IP address".into()))?
             }
             "maxClientCnxns" => self.max_client_cnxns = parse_num(value).map_err(bad)?,
+            "secureClientPort" => self.secure_client_port = Some(parse_num(value).map_err(bad)?),
+            "secureClientPortAddress" => {
+                self.secure_client_port_address =
+                    Some(value.parse().map_err(|_| bad("not an IP address".into()))?)
+            }
+            "ssl.keyStore.location" => self.ssl.key_store = Some(PathBuf::from(value)),
+            "ssl.keyStore.password" => self.ssl.key_store_password = Some(value.to_string()),
+            "ssl.trustStore.location" => self.ssl.trust_store = Some(PathBuf::from(value)),
+            "ssl.keyStore.type" | "ssl.trustStore.type" => {
+                crate::tls::check_store_type(value).map_err(bad)?
+            }
+            "ssl.clientAuth" => {
+                self.ssl.client_auth = crate::tls::parse_client_auth(value).map_err(bad)?
+            }
+            "ssl.protocol" => {
+                if self.ssl.protocols.is_empty() {
+                    self.ssl.protocols = vec![value.to_string()];
+                }
+            }
+            "ssl.enabledProtocols" => {
+                self.ssl.protocols = value
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            }
+            "ssl.ciphersuites" => {
+                self.ssl.cipher_suites = value
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            }
+            "X509AuthenticationProvider.superUser" => {
+                self.ssl.x509_super_user = Some(value.to_string())
+            }
             "minSessionTimeout" => {
                 let v: i64 = parse_num(value).map_err(bad)?;
                 self.min_session_timeout_ms = u32::try_from(v).ok();
@@ -479,6 +523,14 @@ impl Config {
                 }
                 self.shards = n;
             }
+            "sslQuorum" | "portUnification" | "client.portUnification" => {
+                if parse_bool(value).map_err(bad)? {
+                    return Err(bad(
+                        "TLS between members and port unification are not implemented; TLS for clients is secureClientPort".into(),
+                    ));
+                }
+            }
+            _ if k.starts_with("ssl.quorum.") => {}
             _ if k.starts_with("server.") => {
                 let id: ServerId = k["server.".len()..]
                     .parse()
@@ -504,8 +556,16 @@ impl Config {
             "readonlymode.enabled" | "zookeeper.readonlymode.enabled" => {
                 self.read_only_mode_enabled = parse_bool(value).map_err(bad)?
             }
-            // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper.
-            "admin.idleTimeout"
+            // Keys ZooKeeper accepts that have no effect on a standalone ringkeeper
+            // (TLS needs Netty in ZooKeeper; here every port can do it; trust store
+            // passwords protect JKS files, which are not read).
+            "serverCnxnFactory"
+            | "ssl.trustStore.password"
+            | "ssl.hostnameVerification"
+            | "ssl.authProvider"
+            | "authProvider.x509"
+            | "ssl.handshakeDetectionTimeoutMillis"
+            | "admin.idleTimeout"
             | "reconfigEnabled"
             | "dynamicConfigFile"
             | "electionAlg"

@@ -98,7 +98,7 @@ pub async fn run(
     shared: Arc<ServerShared>,
     to_core: SharedSender<ToCore>,
     from_core: SharedReceiver<Arc<Batch>>,
-    endpoints: Vec<admin::Endpoint>,
+    extra: ExtraListeners,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     // SAFETY: the descriptor is a bound, listening TCP socket that this call takes
@@ -160,14 +160,36 @@ pub async fn run(
         })
         .detach();
     }
-    admin::spawn(&shard, endpoints);
+    admin::spawn(&shard, extra.endpoints);
+    if let Some(secure) = extra.secure {
+        // SAFETY: as for the client listener above.
+        let secure = unsafe { TcpListener::from_raw_fd(secure.into_raw_fd()) };
+        glommio::spawn_local(accept_loop(shard.clone(), secure, true)).detach();
+    }
     let _ = ready.send(());
+    accept_loop(shard, listener, false).await;
+}
+
+/// A shard's listeners besides its share of the client port.
+pub struct ExtraListeners {
+    /// Its share of secureClientPort.
+    pub secure: Option<std::net::TcpListener>,
+    /// The operator endpoints it serves.
+    pub endpoints: Vec<admin::Endpoint>,
+}
+
+/// Accepts connections until the process ends; `secure`: TLS first.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, secure: bool) {
     let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let shard = shard.clone();
-                glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+                if secure {
+                    glommio::spawn_local(async move { serve_tls(shard, stream).await }).detach();
+                } else {
+                    glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+                }
             }
             Err(e) => {
                 // Out of descriptors (EMFILE) repeats until a connection closes: say
@@ -625,12 +647,74 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Err(_) => return,
     };
     let _ = stream.set_nodelay(true);
+    serve_conn(shard, stream, peer, Vec::new()).await
+}
+
+/// A connection on secureClientPort: the TLS handshake (within
+/// nio.sessionlessCnxnTimeout), then the client's certificate as its x509 id.
+async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = match stream.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = shard.shared.tls.clone() else {
+        return;
+    };
+    let timeout = Duration::from_millis(shard.shared.cfg.sessionless_conn_timeout_ms);
+    let handshake = async { Some(acceptor.accept(stream).await) };
+    let overdue = async {
+        glommio::timer::sleep(timeout).await;
+        None
+    };
+    let tls = match futures_lite::future::or(handshake, overdue).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            tracing::warn!("TLS handshake with {peer} failed: {e}");
+            return;
+        }
+        None => {
+            tracing::warn!(
+                "TLS handshake with {peer} not done within {} ms",
+                timeout.as_millis()
+            );
+            return;
+        }
+    };
+    let mut ids = Vec::new();
+    let dn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|c| crate::tls::subject_dn(c));
+    if let Some(dn) = dn {
+        if shard.shared.cfg.ssl.x509_super_user.as_deref() == Some(dn.as_str()) {
+            ids.push(crate::proto::Id::new("super", ""));
+        }
+        tracing::debug!("TLS client {peer} authenticated as x509:{dn}");
+        ids.push(crate::proto::Id::new("x509", &dn));
+    }
+    serve_conn(shard, tls, peer, ids).await
+}
+
+/// Serves one client connection until it closes; `ids`: identities it holds beside
+/// its IP (its certificate's).
+async fn serve_conn<S>(shard: Rc<Shard>, stream: S, peer: SocketAddr, ids: Vec<crate::proto::Id>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let id = ((shard.index as u64) << 48) | shard.next_conn.replace(shard.next_conn.get() + 1);
     let info = Arc::new(ConnInfo::new(id, peer));
     if !shard.shared.admit(info.clone()) {
         return;
     }
     let c = Rc::new(Conn::new(id, info.clone()));
+    if !ids.is_empty() {
+        let mut auth = c.auth.borrow().as_ref().clone();
+        auth.extend(ids);
+        *c.auth.borrow_mut() = Arc::new(auth);
+    }
     shard.conns.borrow_mut().insert(id, c.clone());
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let reader = {

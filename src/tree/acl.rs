@@ -99,6 +99,8 @@ fn id_is_valid(id: &Id) -> bool {
             parts.len() == 2 && !parts[0].is_empty() && !parts[1].is_empty()
         }
         "ip" => ip_expr(&id.id).is_some(),
+        // A certificate subject (X509AuthenticationProvider.isValid takes any).
+        "x509" => !id.id.is_empty(),
         _ => false,
     }
 }
@@ -122,7 +124,12 @@ pub fn fixup(acl: &[Acl], auth: &[Id]) -> Result<Vec<Acl>, ErrorCode> {
             out.push(a.clone());
         } else if a.id.scheme == "auth" {
             let mut any = false;
-            for id in auth.iter().filter(|id| id.scheme == "digest") {
+            // The identities whose providers authenticate (ZooKeeper's
+            // isAuthenticated): digest logins and TLS certificates, not IPs.
+            for id in auth
+                .iter()
+                .filter(|id| id.scheme == "digest" || id.scheme == "x509")
+            {
                 any = true;
                 out.push(Acl {
                     perms: a.perms,
