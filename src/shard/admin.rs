@@ -125,7 +125,9 @@ async fn serve(shard: Rc<Shard>, service: Service, mut stream: glommio::net::Tcp
     let _ = stream.close().await;
 }
 
-async fn report(shard: &Shard) -> Report {
+/// One scrape's figures, with this shard's latest latency published first (`mntr`,
+/// `monitor`, `/metrics`).
+pub(super) async fn report(shard: &Shard) -> Report {
     shard.publish_latency();
     let global_sessions = sessions(shard).await.len();
     let tree = shard.tree();

@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use super::Shard;
 use crate::broadcast::messages::{SessionSummary, ToCore};
 use crate::config::dir_size;
-use crate::metrics::figures::{java_double, Inputs, Report};
+use crate::metrics::figures::java_double;
 use crate::server::ServerMode;
 use crate::session::watches::WatchSide;
 
@@ -382,18 +382,7 @@ pub async fn answer(shard: &Shard, word: &str) -> String {
             "Server stats reset.\n".into()
         }
         "envi" => envi(cfg.shards),
-        "mntr" => {
-            // The latest this shard recorded, not a second old.
-            shard.publish_latency();
-            let global_sessions = sessions(shard).await.len();
-            let tree = shard.tree();
-            Report::gather(Inputs {
-                shared: &shard.shared,
-                tree: &tree,
-                global_sessions,
-            })
-            .mntr()
-        }
+        "mntr" => super::admin::report(shard).await.mntr(),
         // The watch words show ZooKeeper's data watch manager, as ZooKeeper's do:
         // getData/exists watches and persistent ones, not getChildren watches.
         "wchs" => {
