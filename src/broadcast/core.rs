@@ -268,9 +268,14 @@ impl Core {
         };
     }
 
-    /// Stops ordering txns (the log failed).
-    pub fn set_read_only(&mut self) {
+    /// Stops ordering txns (the log failed) and goes back to `durable`, the tree of
+    /// the last txn on disk: from now on every reply (a refusal, a sync, a session
+    /// expired) carries a zxid that survives a restart, so a client that saw it is
+    /// not refused by the restarted server as being ahead of it.
+    pub fn set_read_only(&mut self, durable: &DataTree) {
         self.read_only = true;
+        self.tree = durable.clone();
+        self.cut_for_queued = None;
     }
 
     /// A member enters (or leaves) ZooKeeper's read-only mode: while in it, new
@@ -1202,12 +1207,35 @@ fn multi_result(applied: Applied, op: &crate::proto::WriteOp) -> MultiResult {
 /// are closed (the client sees a connection loss: outcome unknown, as after a crash),
 /// no watch fires, and the tree stays the last durable version.
 pub fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
+    let durable_zxid = durable.last_zxid();
     entries
         .into_iter()
         .filter_map(|e| {
             if !e.logged {
+                // A reply without a txn of its own (a sync, a refusal) carries the
+                // core's zxid, which may be one of the failed txns': the client must
+                // see only zxids that are on disk.
+                let effect = match e.effect {
+                    Effect::Reply {
+                        session_id,
+                        conn_id,
+                        xid,
+                        zxid,
+                        err,
+                        body,
+                    } => Effect::Reply {
+                        session_id,
+                        conn_id,
+                        xid,
+                        zxid: zxid.min(durable_zxid),
+                        err,
+                        body,
+                    },
+                    other => other,
+                };
                 return Some(Entry {
                     tree: Some(durable.clone()),
+                    effect,
                     ..e
                 });
             }
@@ -1597,7 +1625,7 @@ mod tests {
             undone[0].effect
         );
         // Once the log has failed: refused at once, and no session is made.
-        core.set_read_only();
+        core.set_read_only(&durable);
         let before = core.session_count();
         let out = ask(&mut core);
         assert!(!out[0].logged);
@@ -1625,10 +1653,20 @@ mod tests {
         let trees: Vec<&Arc<DataTree>> = out.iter().map(|e| e.tree.as_ref().unwrap()).collect();
         assert!(trees.iter().all(|t| t.node("/lost").is_none()));
         assert!(trees.iter().all(|t| t.last_zxid() == durable.last_zxid()));
-        // The sync (no txn) is still answered.
-        assert!(matches!(out[1].effect, Effect::Reply { err: 0, .. }));
-        // From then on, writes are refused without a txn.
-        core.set_read_only();
+        // The sync (no txn) is still answered, with a zxid that is on disk (the
+        // core's had counted the lost create).
+        assert!(
+            matches!(out[1].effect, Effect::Reply { err: 0, zxid, .. } if zxid == durable.last_zxid())
+        );
+        assert!(core.tree().last_zxid() > durable.last_zxid());
+        // From then on, writes are refused without a txn, and every reply carries the
+        // durable zxid: the core went back to the durable tree.
+        core.set_read_only(&durable);
+        assert!(core.tree().node("/lost").is_none());
+        let synced = request(&mut core, s, 4, CoreOp::Sync { path: "/".into() });
+        assert!(
+            matches!(synced[0].effect, Effect::Reply { err: 0, zxid, .. } if zxid == durable.last_zxid())
+        );
         let refused = request(
             &mut core,
             s,
@@ -1640,7 +1678,11 @@ mod tests {
         );
         assert!(!refused[0].logged);
         assert!(
-            matches!(refused[0].effect, Effect::Reply { err, .. } if err == ErrorCode::NotReadOnly.code())
+            matches!(refused[0].effect, Effect::Reply { err, zxid, .. } if err == ErrorCode::NotReadOnly.code() && zxid == durable.last_zxid())
+        );
+        let gone = request(&mut core, 0x77, 5, CoreOp::Sync { path: "/".into() });
+        assert!(
+            matches!(gone[0].effect, Effect::Reply { err, zxid, .. } if err == ErrorCode::SessionExpired.code() && zxid == durable.last_zxid())
         );
         assert_eq!(
             core.take_framed().count,

@@ -156,6 +156,7 @@ pub async fn run(
     {
         let shared = shared.clone();
         let stopped = stopped.clone();
+        let durable_tree = durable_tree.clone();
         let release = move |entries: Vec<Entry>, err: Option<Rc<LogError>>| {
             let senders = senders.clone();
             let shared = shared.clone();
@@ -201,6 +202,9 @@ pub async fn run(
     );
     let mut since_snapshot: u64 = recovered.log_end.replayed;
     let mut last_tick = Instant::now();
+    // Set by the space probe once a disk that was full has room for a segment again.
+    let disk_has_room = Rc::new(std::cell::Cell::new(false));
+    let mut probing = false;
     loop {
         notify.wait().await;
         if stopped.get() {
@@ -209,7 +213,50 @@ pub async fn run(
         if !core.borrow().read_only {
             if let Some(e) = group.failed() {
                 tracing::debug!("core read-only after: {e}");
-                core.borrow_mut().set_read_only();
+                core.borrow_mut()
+                    .set_read_only(&durable_tree.borrow().clone());
+                if e.resumable_with_space() && !probing {
+                    probing = true;
+                    disk_has_room.set(false);
+                    let opts_bytes = cfg.pre_alloc_size_kb.max(4) * 1024;
+                    glommio::spawn_local(probe_until_room(
+                        cfg.log_dir(),
+                        opts_bytes,
+                        disk_has_room.clone(),
+                        notify.clone(),
+                    ))
+                    .detach();
+                }
+            }
+        }
+        if disk_has_room.get() && group.idle() {
+            disk_has_room.set(false);
+            probing = false;
+            match resume_after_full_disk(&cfg, &group, &snapshotter).await {
+                Ok(r) => {
+                    let mut c = core.borrow_mut();
+                    *c = Core::new(
+                        cfg.clone(),
+                        r.tree,
+                        &r.sessions,
+                        clock.now(),
+                        rand::random(),
+                    );
+                    drop(c);
+                    since_snapshot = r.log_end.replayed;
+                    group.resume();
+                    tracing::warn!(
+                        "the txn log has room again: taking writes from zxid {:#x} on",
+                        group
+                            .durable_zxid()
+                            .load(std::sync::atomic::Ordering::Acquire)
+                            + 1
+                    );
+                }
+                Err(e) => tracing::error!(
+                    "the disk has room again, but the server cannot take writes: {e}; \
+                     restart it (reads continue)"
+                ),
             }
         }
         while group.queued_bytes() > QUEUED_LOG_BYTES_MAX && group.failed().is_none() {
@@ -273,4 +320,54 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Every second, checks whether the log directory has room for a segment again; once
+/// it has, says so through `room` and returns.
+async fn probe_until_room(
+    dir: std::path::PathBuf,
+    bytes: u64,
+    room: Rc<std::cell::Cell<bool>>,
+    notify: Rc<Notify>,
+) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        match ringkeeper_storage::log::probe_space(&dir, bytes).await {
+            Ok(()) => {
+                room.set(true);
+                notify.notify();
+                return;
+            }
+            Err(e) => tracing::debug!("the txn log's disk still has no room: {e}"),
+        }
+    }
+}
+
+/// Brings back the state a restart would: what the disk holds. The txns ordered after
+/// the last durable one were never written (the roll that found the disk full came
+/// before their write), so the log is as it was; recovery reads it back, sessions and
+/// all (expiries and closes in the failed batches never happened), and checks it ends
+/// at the durable zxid. Any snapshot being written is abandoned first: it may hold
+/// those txns, whose zxids the next ones will take.
+async fn resume_after_full_disk(
+    cfg: &Arc<Config>,
+    group: &Rc<GroupCommit<Entry>>,
+    snapshotter: &Snapshotter,
+) -> Result<Recovered, String> {
+    snapshotter.abandon().await;
+    let c = cfg.clone();
+    let r = glommio::executor()
+        .spawn_blocking(move || crate::recovery::read_only(&c))
+        .await
+        .map_err(|e| format!("reading the data back failed: {e}"))?;
+    let durable = group
+        .durable_zxid()
+        .load(std::sync::atomic::Ordering::Acquire);
+    if r.tree.last_zxid() != durable {
+        return Err(format!(
+            "the data on disk ends at zxid {:#x}, not at the last durable zxid {durable:#x}",
+            r.tree.last_zxid()
+        ));
+    }
+    Ok(r)
 }

@@ -10,7 +10,10 @@
 //!
 //! After a failed write (or sync) the log is never written again (a retried fsync
 //! can report success for pages the kernel already dropped): every later batch is
-//! released with the error, and the owner stops accepting writes.
+//! released with the error, and the owner stops accepting writes. The one exception
+//! is a segment roll that found the disk full: nothing was written, so once the owner
+//! has made its state the durable one again and the disk has room, it may
+//! [`GroupCommit::resume`].
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -77,6 +80,8 @@ pub struct GroupCommit<T> {
     durable_zxid: Arc<AtomicI64>,
     failed_flag: Arc<AtomicBool>,
     in_flight: Cell<bool>,
+    /// A taken batch is being released (its items are with the owner's callback).
+    releasing: Cell<bool>,
     closing: Cell<bool>,
     stats: Arc<LogStats>,
 }
@@ -96,6 +101,7 @@ impl<T> GroupCommit<T> {
             durable_zxid: Arc::new(AtomicI64::new(durable_zxid)),
             failed_flag: Arc::default(),
             in_flight: Cell::new(false),
+            releasing: Cell::new(false),
             closing: Cell::new(false),
             stats,
         })
@@ -153,6 +159,23 @@ impl<T> GroupCommit<T> {
     /// The error that stopped the log, if any.
     pub fn failed(&self) -> Option<Rc<LogError>> {
         self.failed.borrow().clone()
+    }
+
+    /// Nothing queued, written or being released.
+    pub fn idle(&self) -> bool {
+        self.pending.borrow().items.is_empty() && !self.in_flight.get() && !self.releasing.get()
+    }
+
+    /// Takes writes again after a failure that [`LogError::resumable_with_space`]
+    /// allows (the writer is as it was before the failed batch). The owner must have
+    /// gone back to the durable state first: the next records queued continue from
+    /// the durable zxid, and every batch queued before is released already (`idle`).
+    pub fn resume(&self) {
+        debug_assert!(self.idle());
+        debug_assert!(self.failed().is_some_and(|e| e.resumable_with_space()));
+        *self.failed.borrow_mut() = None;
+        self.failed_flag.store(false, Ordering::Release);
+        self.notify.notify();
     }
 
     /// Set once the log has failed, readable from any thread.
@@ -237,6 +260,14 @@ impl<T> GroupCommit<T> {
                         let last = first + batch.count as i64 - 1;
                         self.durable_zxid.store(last, Ordering::Release);
                     }
+                    Err(e) if e.resumable_with_space() => {
+                        tracing::error!(
+                            "txn log failed: {e}; refusing writes until the disk has room \
+                             again (reads continue; no write was acknowledged that is not on disk)."
+                        );
+                        *self.failed.borrow_mut() = Some(Rc::new(e));
+                        self.failed_flag.store(true, Ordering::Release);
+                    }
                     Err(e) => {
                         tracing::error!(
                             "txn log failed: {e}; refusing writes from now on (reads continue). \
@@ -247,7 +278,10 @@ impl<T> GroupCommit<T> {
                     }
                 }
             }
-            if !release(batch.items, self.failed()).await {
+            self.releasing.set(true);
+            let go_on = release(batch.items, self.failed()).await;
+            self.releasing.set(false);
+            if !go_on {
                 return log.counters();
             }
         }

@@ -58,6 +58,39 @@ impl LogError {
             LogError::Roll { source, .. } | LogError::Write { source, .. } => source,
         }
     }
+
+    /// Whether the log may take writes again once the disk has room: the next segment
+    /// could not be made for want of space (ENOSPC, EDQUOT), so nothing of the batch
+    /// was written and the current segment is as it was. Any other failure (a write
+    /// or a sync that failed, an I/O error) leaves the file's state unknown: never
+    /// retried.
+    pub fn resumable_with_space(&self) -> bool {
+        matches!(self, LogError::Roll { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// Whether `dir` has room for a segment of `bytes` again: makes a temp file of that
+/// size (preallocated and synced, as a segment is), then removes it. Runs on the
+/// executor's blocking pool.
+pub async fn probe_space(dir: &Path, bytes: u64) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || {
+            let tmp = dir.join(format!("log.space-probe{}", crate::segment::TMP_SUFFIX));
+            let r = (|| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)?;
+                crate::fsutil::preallocate(&f, bytes)?;
+                f.sync_all()
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            r
+        })
+        .await
 }
 
 enum SegmentFile {
@@ -129,9 +162,14 @@ async fn open_segment(path: &Path, dsync: bool) -> io::Result<SegmentFile> {
 }
 
 impl LogWriter {
-    /// Starts a new segment in `dir` for records from `first_zxid` on.
+    /// Starts a new segment in `dir` for records from `first_zxid` on. The file is
+    /// made (fallocate, fsync, rename, fsync of the directory) on the executor's
+    /// blocking pool: the executor may serve clients.
     pub async fn create(dir: &Path, first_zxid: i64, opts: LogOptions) -> io::Result<LogWriter> {
-        let path = create_segment(dir, first_zxid, opts.prealloc_bytes)?;
+        let (d, bytes) = (dir.to_path_buf(), opts.prealloc_bytes);
+        let path = glommio::executor()
+            .spawn_blocking(move || create_segment(&d, first_zxid, bytes))
+            .await?;
         Self::resume(dir, &path, crate::record::SEGMENT_HEADER_BYTES as u64, opts).await
     }
 
@@ -143,13 +181,17 @@ impl LogWriter {
         end: u64,
         opts: LogOptions,
     ) -> io::Result<LogWriter> {
-        let capacity = std::fs::metadata(path)?.len();
-        let block_start = end - end % BLOCK;
-        let mut tail = vec![0u8; (end - block_start) as usize];
-        {
-            use std::os::unix::fs::FileExt;
-            std::fs::File::open(path)?.read_exact_at(&mut tail, block_start)?;
-        }
+        let p = path.to_path_buf();
+        let (capacity, tail) = glommio::executor()
+            .spawn_blocking(move || -> io::Result<(u64, Vec<u8>)> {
+                use std::os::unix::fs::FileExt;
+                let capacity = std::fs::metadata(&p)?.len();
+                let block_start = end - end % BLOCK;
+                let mut tail = vec![0u8; (end - block_start) as usize];
+                std::fs::File::open(&p)?.read_exact_at(&mut tail, block_start)?;
+                Ok((capacity, tail))
+            })
+            .await?;
         let file = open_segment(path, opts.force_sync).await?;
         Ok(LogWriter {
             dir: dir.to_path_buf(),

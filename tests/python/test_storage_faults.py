@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from rawzk import RawClient
+import struct
+
+from rawzk import OPEN_ACL, RawClient, s_buf, s_str
 import servers
 from servers import start_ringkeeper, wait_for
 
 NOT_READ_ONLY = -119
+NO_NODE = -101
 
 
 def segments(srv):
@@ -177,16 +180,57 @@ def test_half_made_files_of_a_crash_are_removed_and_never_read():
         srv.stop()
 
 
-@pytest.fixture
-def small_tmpfs():
+def mount_small_tmpfs(size_mib):
     d = tempfile.mkdtemp(prefix="rk-full-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", d], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", d], capture_output=True, text=True)
     assert r.returncode == 0, f"cannot mount a small tmpfs (the test needs root): {r.stderr}"
-    try:
-        yield Path(d)
-    finally:
+
+    def unmount():
         subprocess.run(["umount", "-l", d], check=True)
         os.rmdir(d)
+    return Path(d), unmount
+
+
+def mount_small_ext4(size_mib):
+    """ext4 on a loop device: the txn log takes its O_DIRECT path there (tmpfs has
+    none), and the file system fills up for real (no reserved blocks: the server runs
+    as root, which could use them)."""
+    root = Path(tempfile.mkdtemp(prefix="rk-ext4-"))
+    image, mnt = root / "image", root / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size_mib << 20)
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount ext4 on a loop device (the test needs root): {r.stderr}"
+    shutil.rmtree(mnt / "lost+found", ignore_errors=True)
+
+    def unmount():
+        subprocess.run(["umount", str(mnt)], check=True)
+        shutil.rmtree(root)
+    return mnt, unmount
+
+
+@pytest.fixture
+def small_tmpfs():
+    d, unmount = mount_small_tmpfs(3)
+    try:
+        yield d
+    finally:
+        unmount()
+
+
+@pytest.fixture(params=["tmpfs", "ext4-loop"])
+def small_fs(request):
+    """A small file system that fills up: a tmpfs (buffered log writes) or ext4 on a
+    loop device (direct I/O)."""
+    d, unmount = mount_small_tmpfs(3) if request.param == "tmpfs" else mount_small_ext4(8)
+    try:
+        yield d
+    finally:
+        unmount()
 
 
 def write_until_the_log_fails(port, value, c=None):
@@ -222,26 +266,118 @@ def assert_refuses_writes_serves_reads(port, c, acked, value):
         RawClient(port, socket_timeout_s=5)
 
 
-def assert_survived(srv, acked, value):
+def assert_survived(srv, acked, value, unknown=None):
     c = RawClient(srv.port)
     for p in acked:
         assert c.get_data(p) == (0, value), p
     assert c.exists("/after")[0] != 0, "a refused write appeared"
+    if unknown is not None:
+        # Its outcome was unknown to the client, but it is all or nothing.
+        err, data = c.get_data(unknown)
+        assert (err, data) in ((0, value), (NO_NODE, None)), (unknown, err, len(data or b""))
     c.close()
 
 
-def test_full_disk_refuses_writes_keeps_reads_and_loses_nothing(small_tmpfs):
-    srv = start_ringkeeper({"dataDir": str(small_tmpfs), "preAllocSize": "512", "snapCount": "1000000"})
+def fill(d, leave_bytes=0):
+    """Fills the file system at `d` with a file, leaving `leave_bytes` free; returns it."""
+    filler = d / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    os.truncate(filler, max(0, os.path.getsize(filler) - leave_bytes))
+    return filler
+
+
+def test_full_disk_refuses_writes_keeps_reads_and_loses_nothing(small_fs):
+    srv = start_ringkeeper({"dataDir": str(small_fs), "preAllocSize": "512", "snapCount": "1000000"})
     try:
         value = os.urandom(20000)
-        acked, _unknown, c = write_until_the_log_fails(srv.port, value)
+        acked, unknown, c = write_until_the_log_fails(srv.port, value)
         assert len(acked) > 10
         assert "No space left on device" in srv.log_text
         assert "refusing writes" in srv.log_text
         assert_refuses_writes_serves_reads(srv.port, c, acked, value)
         c.close()
         srv.restart()
-        assert_survived(srv, acked, value)
+        assert_survived(srv, acked, value, unknown)
+    finally:
+        srv.stop()
+
+
+def test_replies_while_the_disk_is_full_carry_only_zxids_on_disk(small_tmpfs):
+    """A refusal and a sync answered while the log cannot take writes carry the zxid
+    of the last txn on disk, not that of a txn that failed: after a restart the client
+    reconnects with the last zxid it saw (a server refuses a client that has seen more
+    than it holds)."""
+    srv = start_ringkeeper({"dataDir": str(small_tmpfs), "preAllocSize": "512", "snapCount": "1000000"})
+    try:
+        value = os.urandom(20000)
+        _acked, _unknown, c = write_until_the_log_fails(srv.port, value)
+        seen = []
+        err, zxid, _ = c.call(15, s_str("/refused") + s_buf(b"") + OPEN_ACL + struct.pack(">i", 0))
+        assert err == NOT_READ_ONLY
+        seen.append(zxid)
+        err, zxid, _ = c.call(9, s_str("/"))
+        assert err == 0
+        seen.append(zxid)
+        sid, pw = c.session_id, c.passwd
+        c.close()
+        srv.restart()
+        on_disk = int(srv.four("srvr").split("Zxid: ")[1].split()[0], 16)
+        assert max(seen) <= on_disk, (hex(on_disk), [hex(z) for z in seen])
+        # The session lives on across the restart, and the client is not refused.
+        again = RawClient(srv.port, session_id=sid, passwd=pw, last_zxid=max(seen))
+        assert again.session_id == sid
+        assert again.exists("/")[0] == 0
+        again.close()
+    finally:
+        srv.stop()
+
+
+def test_a_full_disk_with_room_again_takes_writes_and_expires_sessions(small_fs):
+    """Once space is freed the log takes writes again (a segment roll that found the
+    disk full wrote nothing, so nothing is in doubt), from the state on disk: a
+    session whose client left while the disk was full expires then, its ephemeral
+    goes, and the container that held it is cleaned up. Every acknowledged write
+    survives a restart after that."""
+    d = small_fs
+    filler = d / "room"
+    filler.write_bytes(b"\0" * (1 << 20))
+    srv = start_ringkeeper({"dataDir": str(d / "data"), "preAllocSize": "256", "snapCount": "1000000",
+                            "znode.container.checkIntervalMs": "300"})
+    try:
+        leaver = RawClient(srv.port, timeout_ms=4000)
+        assert leaver.create("/box", b"", flags=4)[0] == 0
+        assert leaver.create("/box/e", b"", flags=1)[0] == 0
+        value = os.urandom(20000)
+        acked, unknown, c = write_until_the_log_fails(srv.port, value)
+        assert "refusing writes until the disk has room" in srv.log_text
+        assert_refuses_writes_serves_reads(srv.port, c, acked, value)
+        # The client goes without closing its session, while no expiry can be logged.
+        leaver.close()
+        assert c.get_data("/box/e")[0] == 0
+        filler.unlink()
+        assert wait_for(lambda: c.create("/after-room", b"")[0] == 0, 20), srv.log_text[-2000:]
+        assert "the txn log has room again" in srv.log_text
+        # The leaver's session expires now, and the emptied container goes.
+        assert wait_for(lambda: c.exists("/box/e")[0] == NO_NODE, 15), srv.log_text[-2000:]
+        assert wait_for(lambda: c.exists("/box")[0] == NO_NODE, 15), srv.log_text[-2000:]
+        # New sessions are granted again.
+        fresh = RawClient(srv.port)
+        assert fresh.create("/fresh", b"f")[0] == 0
+        fresh.close()
+        c.close()
+        srv.restart()
+        assert_survived(srv, acked, value, unknown)
+        c = RawClient(srv.port)
+        assert c.get_data("/after-room") == (0, b"")
+        assert c.get_data("/fresh") == (0, b"f")
+        assert c.exists("/box")[0] == NO_NODE
+        c.close()
     finally:
         srv.stop()
 
@@ -333,15 +469,8 @@ def test_a_txn_log_that_cannot_be_made_stops_start_up_before_any_client_is_serve
     log's preallocated 1 MiB segment does not fit. Start-up must end there with the reason, before
     the server says it serves clients, and never accept a session."""
     log_dir = small_tmpfs / "log"
-    filler = small_tmpfs / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
     # Room for the lock file (the server writes its pid in it), not for a segment.
-    os.truncate(filler, os.path.getsize(filler) - 65536)
+    fill(small_tmpfs, leave_bytes=65536)
     port = servers.free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "zoo.cfg"
