@@ -290,3 +290,76 @@ fn recover_as(cfg: &Config, repair: bool) -> Result<Recovered, RecoveryError> {
         recent: RecentTxns::from_kept(kept_floor, kept),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::STORAGE_SUBDIR;
+    use ringkeeper_storage::record::{reseal_records, SegmentHeader};
+
+    /// Recovers a data directory whose only log segment holds `input` as the
+    /// `recover_log` fuzz target builds it (first byte odd: checksums resealed).
+    fn recover_fuzz_input(input: &[u8]) -> Result<Recovered, RecoveryError> {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "rk-recover-regression-{}-{run}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(STORAGE_SUBDIR)).unwrap();
+        let mut body = input.to_vec();
+        if body.first().is_some_and(|b| b & 1 == 1) {
+            body.remove(0);
+            reseal_records(&mut body);
+        }
+        let mut seg = SegmentHeader { base_zxid: 1 }.encode().to_vec();
+        seg.extend_from_slice(&body);
+        std::fs::write(dir.join(STORAGE_SUBDIR).join("log.0000000000000001"), seg).unwrap();
+        let mut cfg = Config::default();
+        cfg.data_dir = dir.clone();
+        let r = recover(&cfg);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    thread_local! {
+        static PANICKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Every input that once crashed the `recover_log` fuzz target: recovery ends with
+    /// an error naming what does not fit (before: a panic inside the tree's apply,
+    /// caught by an unwind guard, and an abort where panics abort).
+    #[test]
+    fn fuzz_found_logs_are_refused_without_a_panic() {
+        // A panic on this thread, even one caught on the way, is a failure: where
+        // panics abort (the fuzzer's build, panic = "abort") it ends the server.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.with(|p| p.set(true));
+            previous(info);
+        }));
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/regressions/recover_log");
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let r = recover_fuzz_input(&std::fs::read(&f).unwrap());
+            assert!(
+                !PANICKED.with(|p| p.get()),
+                "{}: recovery panicked",
+                f.display()
+            );
+            let e = r
+                .err()
+                .unwrap_or_else(|| panic!("{} recovered", f.display()));
+            assert!(
+                e.to_string().contains("does not fit"),
+                "{}: {e}",
+                f.display()
+            );
+            n += 1;
+        }
+        assert!(n > 0, "no regression inputs in {}", dir.display());
+    }
+}

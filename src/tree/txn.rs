@@ -124,8 +124,10 @@ pub struct Logged {
 impl super::DataTree {
     /// Applies a txn as the log holds it (see `Txn::encode_logged`), replayed after a
     /// snapshot: at recovery, and when the core's tree is rebuilt on a new snapshot.
-    /// `apply` asserts the txn's preconditions; a txn that does not fit the tree means
-    /// the log and the snapshot disagree, which is an error here, not a panic.
+    /// A txn that does not fit the tree (its node missing, its parent missing, a node
+    /// with children deleted: the log and the snapshot disagree, or the log is not
+    /// ours) is an error here, found before the txn changes anything. Within a multi,
+    /// the ops before the one that does not fit are applied: the caller drops the tree.
     pub fn apply_logged(
         &mut self,
         zxid: i64,
@@ -133,18 +135,87 @@ impl super::DataTree {
         triggers: &mut Vec<Trigger>,
     ) -> Result<Logged, String> {
         let logged = Txn::decode_logged(payload).map_err(|e| format!("undecodable txn: {e}"))?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.apply(&logged.txn, zxid, logged.time_ms, triggers);
-        }))
-        .map_err(|p| {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            format!("does not fit the recovered tree ({what})")
-        })?;
+        if zxid < self.last_zxid {
+            return Err(format!(
+                "zxid {zxid:#x} comes after {:#x}: zxids go backwards",
+                self.last_zxid
+            ));
+        }
+        self.apply_fitting(&logged.txn, zxid, logged.time_ms, triggers)
+            .map_err(|what| format!("does not fit the recovered tree ({what})"))?;
         Ok(logged)
+    }
+
+    fn apply_fitting(
+        &mut self,
+        txn: &Txn,
+        zxid: i64,
+        time_ms: i64,
+        triggers: &mut Vec<Trigger>,
+    ) -> Result<(), String> {
+        match txn {
+            Txn::Multi(txns) => {
+                self.last_zxid = zxid;
+                for t in txns {
+                    self.apply_fitting(t, zxid, time_ms, triggers)?;
+                }
+            }
+            other => {
+                self.fits(other)?;
+                self.apply(other, zxid, time_ms, triggers);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `apply` can apply `txn` (not a multi) to this tree: every node it
+    /// changes is there, every node it makes is not and has a parent that takes
+    /// children, every node it deletes has none.
+    fn fits(&self, txn: &Txn) -> Result<(), String> {
+        let valid =
+            |path: &str| super::path::validate(path).map_err(|e| format!("path {path:?}: {e}"));
+        let existing = |path: &str| {
+            valid(path)?;
+            self.node(path).ok_or_else(|| format!("{path} is missing"))
+        };
+        let deletable = |path: &str| -> Result<(), String> {
+            if path == "/" {
+                return Err("the root deleted".into());
+            }
+            if existing(path)?.has_children() {
+                return Err(format!("{path} deleted with children"));
+            }
+            Ok(())
+        };
+        match txn {
+            Txn::Create { path, .. } => {
+                valid(path)?;
+                if path == "/" || self.node(path).is_some() {
+                    return Err(format!("{path} created again"));
+                }
+                let parent = existing(super::path::parent(path))?;
+                if super::node_kind(parent.stored_stat().ephemeral_owner)
+                    == super::NodeKind::Ephemeral
+                {
+                    return Err(format!("{path} created under an ephemeral node"));
+                }
+            }
+            Txn::Delete { path } => deletable(path)?,
+            Txn::SetData { path, .. } | Txn::SetAcl { path, .. } => {
+                existing(path)?;
+            }
+            Txn::CloseSession { session_id } => {
+                for p in self.ephemerals_of(*session_id) {
+                    deletable(&p)?;
+                }
+            }
+            Txn::Check { .. }
+            | Txn::CreateSession { .. }
+            | Txn::Error(_)
+            | Txn::MultiError(_)
+            | Txn::Multi(_) => {}
+        }
+        Ok(())
     }
 }
 

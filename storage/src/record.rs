@@ -112,6 +112,26 @@ pub fn encode_batch_marker(out: &mut Vec<u8>, records_len: u64, first_zxid: i64)
     encode_record(out, BATCH_MARKER_ZXID, &p);
 }
 
+/// Recomputes the checksum of every record of a segment body whose length field
+/// points inside it, from the start up to the first that does not, so that damage
+/// made on purpose reaches the txn decoding (fuzzing and tests only; a server never
+/// writes a record this way).
+#[doc(hidden)]
+pub fn reseal_records(body: &mut [u8]) {
+    let mut at = 0;
+    while at + RECORD_HEADER_BYTES <= body.len() {
+        let len = u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let start = at + RECORD_HEADER_BYTES;
+        if len == 0 || len > RECORD_PAYLOAD_BYTES_MAX || start + len > body.len() {
+            return;
+        }
+        let zxid = i64::from_be_bytes(body[at + 8..start].try_into().expect("8 bytes"));
+        let crc = record_crc(zxid, &body[start..start + len]);
+        body[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+        at = start + len;
+    }
+}
+
 /// A valid record found by [`scan`]: its zxid and where its payload lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef {

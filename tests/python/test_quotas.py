@@ -15,7 +15,11 @@ ZKCLI = "/usr/share/zookeeper/bin/zkCli.sh"
 QUOTA_EXCEEDED = -125
 
 SCRIPT = [
+    "listquota /q", "delquota /q",        # no quota yet
     "create /q", "create /q/a 12345",
+    "setquota /q",                        # no limit given
+    "setquota -n 0 /q", "setquota -b x /q", "setquota -N 2 /nothere",
+    "setquota -N 1 /zookeeper/quota/q",
     "setquota -N 4 /q", "listquota /q",
     "create /q/b x", "create /q/c y",
     "create /q/d z",                      # a fifth node: over countHardLimit=4
@@ -23,6 +27,7 @@ SCRIPT = [
     "set /q/a 1234567",                   # 7 + 2 bytes: over byteHardLimit=7
     "setquota -n 100 /q", "listquota /q",
     "setquota -n 3 /q/a",                 # refused by zkCli: /q has a quota
+    "setquota -n 1 /q",                   # below the usage: a warning
     "delquota -N /q", "listquota /q",
     "delquota /q", "listquota /q",
     "create /q/d z",                      # no quota any more
@@ -39,19 +44,43 @@ def zkcli(server, lines):
             and "WATCHER" not in l and "WatchedEvent" not in l and not l.startswith("Connecting to")]
 
 
+def rkcli(server, lines):
+    """The same commands through ringkeeper-cli, one command-mode run each (a script
+    on its stdin stops at the first failure, zkCli's goes on); its output joined as
+    zkcli joins zkCli's: everything printed on stdout, then everything on stderr."""
+    out, err = [], []
+    for line in lines:
+        if line == "quit":
+            continue
+        p = subprocess.run([str(servers.RINGKEEPER_BIN.parent / "ringkeeper-cli"), "--server", server.hosts,
+                            "-c", line], capture_output=True, text=True, timeout=60)
+        out += [l for l in p.stdout.splitlines() if l.strip()]
+        err += [l for l in p.stderr.splitlines() if l.strip()]
+    return out + err
+
+
 def test_zkcli_quota_commands_give_zookeepers_answers():
     zk = servers.start_zookeeper({"enforceQuota": "true"})
     rk = servers.start_ringkeeper({"enforceQuota": "true"})
     try:
         want, got = zkcli(zk, SCRIPT), zkcli(rk, SCRIPT)
+        # ringkeeper-cli's setquota, listquota and delquota, against ringkeeper: the
+        # same lines as zkCli's against ZooKeeper, in the same order.
+        rkcli(rk, ["deleteall /q", "deleteall /zookeeper/quota/q"])
+        ours = rkcli(rk, SCRIPT)
     finally:
         zk.stop()
         rk.stop()
     assert got == want
+    banners = ("Welcome to ZooKeeper!", "JLine support is disabled")
+    theirs = [l for l in want if l not in banners]
+    assert ours == theirs, "\n".join(f"{a!r:80} {b!r}" for a, b in zip(ours, theirs))
     # What the script went through, so that an empty run cannot pass.
     assert "Quota has exceeded : /q/d" in want and "Quota has exceeded : /q/a" in want
     assert "Output stat for /q count=4,bytes=7" in want
     assert "/q/a has a parent /q which has a quota" in want
+    assert "[Warning]: the count quota you create is less than the existing count:4" in want
+    assert "Quota does not exist for /q" in want and "quota for /q does not exist." in want
     assert want[-1] == "Created /q/d"
 
 

@@ -43,11 +43,13 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("create", "[-s] [-e] [-c] [-t ttl] path [data] [acl]"),
     ("delete", "[-v version] path"),
     ("deleteall", "path [-b batch size]"),
+    ("delquota", "[-n|-b|-N|-B] path"),
     ("get", "[-s] [-w] path"),
     ("getAcl", "[-s] path"),
     ("getAllChildrenNumber", "path"),
     ("getEphemerals", "path"),
     ("history", ""),
+    ("listquota", "path"),
     ("ls", "[-s] [-w] [-R] path"),
     ("printwatches", "on|off"),
     ("quit", ""),
@@ -55,6 +57,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("removewatches", "path [-c|-d|-a] [-l]"),
     ("set", "[-s] [-v version] path data"),
     ("setAcl", "[-s] [-v version] [-R] path acl"),
+    ("setquota", "-n|-b|-N|-B val path"),
     ("stat", "[-w] path"),
     ("sync", "path"),
     ("version", ""),
@@ -149,6 +152,67 @@ impl Parsed {
             .iter()
             .find(|(c, _)| *c == f)
             .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// Where ZooKeeper keeps quotas, and the two nodes of one.
+const QUOTA_ROOT: &str = "/zookeeper/quota";
+const LIMITS: &str = "zookeeper_limits";
+const STATS: &str = "zookeeper_stats";
+
+/// ZooKeeper's StatsTrack as zkCli handles it: the keys the text holds, each a number
+/// (an empty value is -1), written back `count=..,bytes=..` first and then, after an
+/// extra `=` that old parsers skip, the other keys in name order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct StatsTrack {
+    keys: std::collections::BTreeMap<String, i64>,
+}
+
+impl StatsTrack {
+    fn parse(data: &[u8]) -> StatsTrack {
+        let mut t = StatsTrack::default();
+        for pair in String::from_utf8_lossy(data).split([',', ';']) {
+            let mut kv = pair.split('=').filter(|s| !s.is_empty());
+            let (Some(k), v) = (kv.next(), kv.next()) else {
+                continue;
+            };
+            t.keys
+                .insert(k.to_string(), v.and_then(|v| v.parse().ok()).unwrap_or(-1));
+        }
+        t
+    }
+
+    /// What setquota starts from: every limit there, none set.
+    fn with_all_limits() -> StatsTrack {
+        let mut t = StatsTrack::default();
+        for k in ["count", "bytes", "countHardLimit", "byteHardLimit"] {
+            t.set(k, -1);
+        }
+        t
+    }
+
+    fn get(&self, key: &str) -> i64 {
+        self.keys.get(key).copied().unwrap_or(-1)
+    }
+
+    fn set(&mut self, key: &str, v: i64) {
+        self.keys.insert(key.to_string(), v);
+    }
+
+    fn text(&self) -> String {
+        let mut s = format!("count={},bytes={}", self.get("count"), self.get("bytes"));
+        let rest: Vec<_> = self
+            .keys
+            .iter()
+            .filter(|(k, _)| *k != "count" && *k != "bytes")
+            .collect();
+        if !rest.is_empty() {
+            s.push('=');
+            for (k, v) in rest {
+                let _ = write!(s, ";{k}={v}");
+            }
+        }
+        s
     }
 }
 
@@ -672,8 +736,16 @@ impl Shell {
             .iter()
             .find(|(c, _)| *c == cmd)
             .map_or("", |(_, u)| u);
-        let p = Parsed::parse(words, "vtbm").map_err(Failure::Message)?;
+        let with_value = match cmd {
+            "setquota" => "nbNB",
+            "delquota" => "",
+            _ => "vtbm",
+        };
+        let p = Parsed::parse(words, with_value).map_err(Failure::Message)?;
         match cmd {
+            "setquota" => self.set_quota(&p, usage, err),
+            "listquota" => self.list_quota(&p, usage, err),
+            "delquota" => self.del_quota(&p, usage, err),
             "ls" => {
                 let path = Self::path_arg(&p, usage)?;
                 let watch = p.has('w');
@@ -1061,6 +1133,304 @@ impl Shell {
             "quit" => Ok((String::new(), Value::Null)),
             _ => Err(Failure::Message(format!("Command not found {cmd}"))),
         }
+    }
+
+    fn exists(&self, path: &str) -> Result<Option<Stat>, Failure> {
+        let req = Request::Exists {
+            path: path.to_string(),
+            watch: false,
+        };
+        match self.call(OpCode::Exists, req, path) {
+            Ok(Response::Stat(s)) => Ok(Some(s)),
+            Err(Failure::Code(c, _)) if c == ErrorCode::NoNode.code() => Ok(None),
+            Err(e) => Err(e),
+            Ok(_) => Err(Failure::Message("unexpected reply".into())),
+        }
+    }
+
+    fn children_of(&self, path: &str) -> Result<Vec<String>, Failure> {
+        let req = Request::GetChildren {
+            path: path.to_string(),
+            watch: false,
+        };
+        match self.call(OpCode::GetChildren, req, path)? {
+            Response::Children(c) => Ok(c),
+            _ => Err(Failure::Message("unexpected reply".into())),
+        }
+    }
+
+    /// A plain create with the open ACL; NODEEXISTS is an answer, not a failure.
+    fn create_plain(&self, path: &str, data: Option<Bytes>) -> Result<bool, Failure> {
+        let req = Request::Create(CreateRequest {
+            kind: CreateKind::Create,
+            path: path.to_string(),
+            data,
+            acl: ringkeeper::tree::acl::open_acl_unsafe(),
+            flags: 0,
+            ttl_ms: -1,
+        });
+        match self.call(OpCode::Create, req, path) {
+            Ok(_) => Ok(true),
+            Err(Failure::Code(c, _)) if c == ErrorCode::NodeExists.code() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_plain(&self, path: &str, data: String) -> Result<(), Failure> {
+        let req = Request::SetData {
+            path: path.to_string(),
+            data: Some(Bytes::from(data.into_bytes())),
+            version: -1,
+        };
+        self.call(OpCode::SetData, req, path).map(|_| ())
+    }
+
+    fn delete_plain(&self, path: &str) -> Result<(), Failure> {
+        let req = Request::Delete {
+            path: path.to_string(),
+            version: -1,
+        };
+        self.call(OpCode::Delete, req, path).map(|_| ())
+    }
+
+    fn stats_track(&self, path: &str) -> Result<StatsTrack, Failure> {
+        let (data, _) = self.get_data(path, false)?;
+        Ok(StatsTrack::parse(data.as_deref().unwrap_or_default()))
+    }
+
+    /// zkCli's setquota: the quota's nodes made (or its limits changed) by plain
+    /// creates and setData, after zkCli's checks: the path exists, and no parent or
+    /// child of it has a quota.
+    fn set_quota(&self, p: &Parsed, usage: &str, err: &mut String) -> Done {
+        if p.args.len() < 2 {
+            return Err(Failure::Message(format!("setquota {usage}")));
+        }
+        let given: Vec<(char, &str)> = "nbNB"
+            .chars()
+            .filter_map(|f| p.value(f).map(|v| (f, v)))
+            .collect();
+        if given.is_empty() {
+            return Err(Failure::Message(
+                "org.apache.commons.cli.MissingOptionException: Missing required option: [-n num soft quota, -b bytes soft quota, -N num hard quota, -B bytes hard quota]".into(),
+            ));
+        }
+        if given.len() > 1 {
+            return Err(Failure::Message(format!(
+                "The option '{}' was specified but an option from this group has already been selected: '{}'",
+                given[1].0, given[0].0
+            )));
+        }
+        let path = p.args[1].clone();
+        if path.starts_with(QUOTA_ROOT) {
+            let _ = writeln!(err, "cannot set a quota under the path: {QUOTA_ROOT}");
+            return Ok((String::new(), json!({"path": path, "set": false})));
+        }
+        let mut quota = StatsTrack::with_all_limits();
+        let (flag, value) = given[0];
+        let Ok(v) = value.parse::<i64>() else {
+            let _ = writeln!(
+                err,
+                "NumberFormatException happens when parsing the option value"
+            );
+            return Ok((String::new(), json!({"path": path, "set": false})));
+        };
+        let (key, ok, complaint) = match flag {
+            'n' => ("count", v > 0, "the num quota must be greater than zero"),
+            'b' => (
+                "bytes",
+                v >= 0,
+                "the bytes quota must be greater than or equal to zero",
+            ),
+            'N' => (
+                "countHardLimit",
+                v > 0,
+                "the num quota must be greater than zero",
+            ),
+            _ => (
+                "byteHardLimit",
+                v >= 0,
+                "the bytes quota must be greater than or equal to zero",
+            ),
+        };
+        if !ok || (matches!(flag, 'n' | 'N') && i32::try_from(v).is_err()) {
+            let _ = writeln!(err, "{complaint}");
+            return Ok((String::new(), json!({"path": path, "set": false})));
+        }
+        quota.set(key, v);
+        validate_path(&path).map_err(Failure::Message)?;
+        if self.exists(&path)?.is_none() {
+            return Err(Failure::Message(format!("{path} does not exist.")));
+        }
+        // No quota below it...
+        let mut stack = vec![format!("{QUOTA_ROOT}{path}")];
+        let own = stack[0].clone();
+        while let Some(q) = stack.pop() {
+            let kids = match self.children_of(&q) {
+                Ok(k) => k,
+                Err(Failure::Code(c, _)) if c == ErrorCode::NoNode.code() => continue,
+                Err(e) => return Err(e),
+            };
+            if q != own && kids.iter().any(|k| k == LIMITS) {
+                return Err(Failure::Message(format!(
+                    "{path} has a child {} which has a quota",
+                    &q[QUOTA_ROOT.len()..]
+                )));
+            }
+            stack.extend(kids.iter().map(|k| format!("{q}/{k}")));
+        }
+        // ...nor above it.
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut q = QUOTA_ROOT.to_string();
+        for part in parts.iter().skip(1).take(parts.len().saturating_sub(2)) {
+            q = format!("{q}/{part}");
+            let kids = match self.children_of(&q) {
+                Ok(k) => k,
+                Err(Failure::Code(c, _)) if c == ErrorCode::NoNode.code() => break,
+                Err(e) => return Err(e),
+            };
+            if kids.is_empty() {
+                break;
+            }
+            if kids.iter().any(|k| k == LIMITS) {
+                return Err(Failure::Message(format!(
+                    "{path} has a parent {} which has a quota",
+                    &q[QUOTA_ROOT.len()..]
+                )));
+            }
+        }
+        if self.exists(QUOTA_ROOT)?.is_none() {
+            self.create_plain("/zookeeper", None)?;
+            self.create_plain(QUOTA_ROOT, None)?;
+        }
+        let mut dir = QUOTA_ROOT.to_string();
+        for part in parts.iter().skip(1) {
+            dir = format!("{dir}/{part}");
+            if self.exists(&dir)?.is_none() {
+                self.create_plain(&dir, None)?;
+            }
+        }
+        let (limits_path, stats_path) = (format!("{dir}/{LIMITS}"), format!("{dir}/{STATS}"));
+        let limits = if self.exists(&limits_path)?.is_none() {
+            self.create_plain(&limits_path, Some(Bytes::from(quota.text().into_bytes())))?;
+            self.create_plain(&stats_path, Some(Bytes::from_static(b"count=0,bytes=0")))?;
+            self.stats_track(&limits_path)?
+        } else {
+            let mut limits = self.stats_track(&limits_path)?;
+            limits.set(key, v);
+            limits
+        };
+        let usage_now = self.stats_track(&stats_path)?;
+        let mut out = String::new();
+        let over = |limit: i64, used: i64| limit > -1 && limit < used;
+        if over(limits.get("count"), usage_now.get("count"))
+            || over(limits.get("countHardLimit"), usage_now.get("count"))
+        {
+            let _ = writeln!(
+                out,
+                "[Warning]: the count quota you create is less than the existing count:{}",
+                usage_now.get("count")
+            );
+        }
+        if over(limits.get("bytes"), usage_now.get("bytes"))
+            || over(limits.get("byteHardLimit"), usage_now.get("bytes"))
+        {
+            let _ = writeln!(
+                out,
+                "[Warning]: the bytes quota you create is less than the existing bytes:{}",
+                usage_now.get("bytes")
+            );
+        }
+        self.set_plain(&limits_path, limits.text())?;
+        Ok((
+            out,
+            json!({"path": path, "set": true, "limits": limits.text()}),
+        ))
+    }
+
+    /// zkCli's listquota: the limits and the usage the server keeps.
+    fn list_quota(&self, p: &Parsed, usage: &str, err: &mut String) -> Done {
+        let path = p
+            .args
+            .get(1)
+            .ok_or_else(|| Failure::Message(format!("listquota {usage}")))?
+            .clone();
+        let limits_path = format!("{QUOTA_ROOT}{path}/{LIMITS}");
+        let _ = writeln!(err, "absolute path is {limits_path}");
+        let found = self
+            .stats_track(&limits_path)
+            .and_then(|l| Ok((l, self.stats_track(&format!("{QUOTA_ROOT}{path}/{STATS}"))?)));
+        match found {
+            Ok((limits, used)) => Ok((
+                format!(
+                    "Output quota for {path} {}\nOutput stat for {path} {}\n",
+                    limits.text(),
+                    used.text()
+                ),
+                json!({"path": path, "quota": limits.text(), "stat": used.text()}),
+            )),
+            Err(Failure::Code(c, _)) if c == ErrorCode::NoNode.code() => {
+                let _ = writeln!(err, "quota for {path} does not exist.");
+                Ok((String::new(), json!({"path": path, "quota": null})))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// zkCli's delquota: without a flag the quota's nodes go (and the empty quota
+    /// directories above them); with one, that limit is set back to -1.
+    fn del_quota(&self, p: &Parsed, usage: &str, err: &mut String) -> Done {
+        let path = p
+            .args
+            .get(1)
+            .ok_or_else(|| Failure::Message(format!("delquota {usage}")))?
+            .clone();
+        let flags: Vec<char> = "nbNB".chars().filter(|f| p.has(*f)).collect();
+        if flags.len() > 1 {
+            return Err(Failure::Message(format!(
+                "The option '{}' was specified but an option from this group has already been selected: '{}'",
+                flags[1], flags[0]
+            )));
+        }
+        let dir = format!("{QUOTA_ROOT}{path}");
+        let limits_path = format!("{dir}/{LIMITS}");
+        if self.exists(&limits_path)?.is_none() {
+            return Ok((
+                format!("Quota does not exist for {path}\n"),
+                json!({"path": path, "deleted": false}),
+            ));
+        }
+        let mut limits = match self.stats_track(&limits_path) {
+            Ok(l) => l,
+            Err(Failure::Code(c, _)) if c == ErrorCode::NoNode.code() => {
+                let _ = writeln!(err, "quota for {path} does not exist.");
+                return Ok((String::new(), json!({"path": path, "deleted": false})));
+            }
+            Err(e) => return Err(e),
+        };
+        match flags.first() {
+            None => {
+                for child in self.children_of(&dir)? {
+                    self.delete_plain(&format!("{dir}/{child}"))?;
+                }
+                // The quota directories left empty, up to /zookeeper/quota.
+                let mut d = dir;
+                while d != QUOTA_ROOT && self.children_of(&d)?.is_empty() {
+                    self.delete_plain(&d)?;
+                    d = d[..d.rfind('/').unwrap_or(0)].to_string();
+                }
+            }
+            Some(f) => {
+                let key = match f {
+                    'n' => "count",
+                    'b' => "bytes",
+                    'N' => "countHardLimit",
+                    _ => "byteHardLimit",
+                };
+                limits.set(key, -1);
+                self.set_plain(&limits_path, limits.text())?;
+            }
+        }
+        Ok((String::new(), json!({"path": path, "deleted": true})))
     }
 
     fn get_data(&self, path: &str, watch: bool) -> Result<(Option<Bytes>, Stat), Failure> {
