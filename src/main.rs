@@ -86,8 +86,20 @@ fn install_snapshot_signal() {
 
 /// Logs to stderr at the configured levels (RUST_LOG wins), as text or JSON lines.
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let from_env =
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| match ringkeeper::config::log_filter(&v) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("ringkeeper: RUST_LOG ignored: {e}");
+                    None
+                }
+            });
+    let filter = from_env.unwrap_or_else(|| {
+        ringkeeper::config::log_filter(&cfg.log_level)
+            .expect("logLevel was checked when it was read")
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
