@@ -479,6 +479,20 @@ pub enum StartError {
     Recovery(#[from] crate::recovery::RecoveryError),
 }
 
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a zeroed local cpu_set_t for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
 /// Raises RLIMIT_MEMLOCK as far as allowed; io_uring rings and registered buffers
 /// count against it. Returns the limit in force afterwards, in bytes.
 pub fn raise_memlock_limit() -> u64 {
@@ -675,11 +689,16 @@ pub fn run_as(
     // The operator endpoints run on the last shard's executor (with the core on
     // shard 0's on small machines, the other one).
     let last_shard = cfg.shards - 1;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = cfg.shards < cores;
-    let placement = |cpu: usize| {
+    // Each executor on a CPU of its own when there are enough (the CPUs this process
+    // may run on: under taskset they need not start at 0), so that no two executors
+    // share a core's caches or wait for each other's time slice.
+    let cpus = allowed_cpus();
+    let cores = cpus.len().max(1);
+    let executors = cfg.shards + usize::from(!cfg.core_on_shard);
+    let pin = executors <= cores && !cpus.is_empty();
+    let placement = |i: usize| {
         if pin {
-            Placement::Fixed(cpu)
+            Placement::Fixed(cpus[i % cpus.len()])
         } else {
             Placement::Unbound
         }

@@ -85,7 +85,7 @@ fn srvr(shard: &Shard, with_clients: bool) -> String {
         t.sent,
         shard.shared.connection_count(),
         t.outstanding,
-        shard.tree().last_zxid(),
+        shard.tree_zxid(),
         shard.shared.mode().name(),
         shard.tree().reported_node_count()
     );

@@ -82,6 +82,11 @@ impl Shard {
         self.tree.borrow().clone()
     }
 
+    /// The zxid of the tree version this shard serves.
+    fn tree_zxid(&self) -> i64 {
+        self.tree.borrow().last_zxid()
+    }
+
     /// Moves the latency this shard recorded into its published slot.
     fn publish_latency(&self) {
         let mut slot = self.shared.latencies[self.index]
@@ -503,7 +508,7 @@ fn drain_ready(shard: &Shard, c: &Conn) {
             let mut q = c.queue.borrow_mut();
             match q.front() {
                 Some(Pending::Write { .. }) | None => None,
-                Some(Pending::CatchUp { zxid }) if shard.tree().last_zxid() < *zxid => None,
+                Some(Pending::CatchUp { zxid }) if shard.tree_zxid() < *zxid => None,
                 Some(_) => q.pop_front(),
             }
         };
@@ -534,14 +539,16 @@ fn drain_ready(shard: &Shard, c: &Conn) {
 }
 
 fn answer_read(shard: &Shard, c: &Conn, req_xid: i32, req: &Request) {
-    let tree = shard.tree();
-    let auth = c.auth.borrow().clone();
-    let mut watches = shard.watches.lock().expect("watch table poisoned");
+    // Borrowed, not cloned: a read touches no count shared with the other shards (the
+    // tree version is one Arc for all of them). Nothing here awaits, so the batch
+    // task cannot be replacing it meanwhile.
+    let tree = shard.tree.borrow();
+    let auth = c.auth.borrow();
     let mut ctx = reads::ReadContext {
         tree: &tree,
         session_id: c.session_id.get(),
         auth: &auth,
-        watches: &mut watches,
+        watches: reads::LazyWatches::new(&shard.watches),
     };
     let frames = reads::execute(&mut ctx, req_xid, req, &mut c.out.borrow_mut());
     c.info.last_zxid.store(tree.last_zxid(), Relaxed);
@@ -880,7 +887,7 @@ async fn read_loop(
     })?;
     // What this server has made durable, which may be ahead of this shard's tree
     // version for a moment (its reads then wait for the shard to catch up).
-    let last_zxid = shard.tree().last_zxid().max(shard.shared.last_zxid());
+    let last_zxid = shard.tree_zxid().max(shard.shared.last_zxid());
     if req.last_zxid_seen > last_zxid {
         let msg = format!(
             "Refusing session request for client {peer} as it has seen zxid 0x{:x} our last zxid is 0x{last_zxid:x} client must try another server",
@@ -1010,7 +1017,7 @@ async fn read_loop(
                     &mut f,
                     ReplyHeader {
                         xid: x,
-                        zxid: shard.tree().last_zxid(),
+                        zxid: shard.tree_zxid(),
                         err: ErrorCode::Unimplemented.code(),
                     },
                     &Response::Empty,
@@ -1127,7 +1134,7 @@ async fn dispatch(
         | Request::CloseSession => CoreOp::from_request(req).expect("an ordered op"),
         read => {
             let published = shard.shared.last_zxid();
-            let behind = shard.tree().last_zxid() < published;
+            let behind = shard.tree_zxid() < published;
             if c.queue.borrow().is_empty() && !behind {
                 answer_read(shard, c, req_xid, &read);
                 record_latency(shard, c, op, received);

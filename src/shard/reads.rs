@@ -17,7 +17,26 @@ pub struct ReadContext<'a> {
     pub tree: &'a DataTree,
     pub session_id: i64,
     pub auth: &'a [Id],
-    pub watches: &'a mut WatchTable,
+    pub watches: LazyWatches<'a>,
+}
+
+/// The shard's watch table, locked only once a read sets, checks or removes a watch:
+/// a plain read takes no lock.
+pub struct LazyWatches<'a> {
+    table: &'a std::sync::Mutex<WatchTable>,
+    guard: Option<std::sync::MutexGuard<'a, WatchTable>>,
+}
+
+impl<'a> LazyWatches<'a> {
+    pub fn new(table: &'a std::sync::Mutex<WatchTable>) -> LazyWatches<'a> {
+        LazyWatches { table, guard: None }
+    }
+
+    pub fn get(&mut self) -> &mut WatchTable {
+        let table = self.table;
+        self.guard
+            .get_or_insert_with(|| table.lock().expect("watch table poisoned"))
+    }
 }
 
 fn fail(code: ErrorCode) -> (i32, Response) {
@@ -50,7 +69,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
                 fail(ErrorCode::BadArguments)
             } else {
                 if *watch {
-                    ctx.watches.add(ctx.session_id, path, WatchKind::Data);
+                    ctx.watches.get().add(ctx.session_id, path, WatchKind::Data);
                 }
                 match ctx.tree.node(path) {
                     Some(n) => (0, Response::Stat(n.stat())),
@@ -62,7 +81,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
             match read_node(ctx.tree, path, perms::READ, ctx.auth) {
                 Ok(n) => {
                     if *watch {
-                        ctx.watches.add(ctx.session_id, path, WatchKind::Data);
+                        ctx.watches.get().add(ctx.session_id, path, WatchKind::Data);
                     }
                     (
                         0,
@@ -79,7 +98,9 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
             match read_node(ctx.tree, path, perms::READ, ctx.auth) {
                 Ok(n) => {
                     if *watch {
-                        ctx.watches.add(ctx.session_id, path, WatchKind::Child);
+                        ctx.watches
+                            .get()
+                            .add(ctx.session_id, path, WatchKind::Child);
                     }
                     let children: Vec<String> = n.children().map(|c| c.to_string()).collect();
                     if matches!(req, Request::GetChildren { .. }) {
@@ -181,7 +202,7 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
             };
             match kind {
                 Some(k) => {
-                    ctx.watches.add(ctx.session_id, path, k);
+                    ctx.watches.get().add(ctx.session_id, path, k);
                     // ZooKeeper answers addWatch with an ErrorResponse(0) body.
                     (0, Response::Number(0))
                 }
@@ -190,14 +211,18 @@ pub fn execute(ctx: &mut ReadContext, req_xid: i32, req: &Request, out: &mut Vec
         }
         Request::RemoveWatches { path, watcher_type } => {
             match WatcherType::from_i32(*watcher_type) {
-                Some(t) if ctx.watches.remove_type(ctx.session_id, path, t) => (0, Response::Empty),
+                Some(t) if ctx.watches.get().remove_type(ctx.session_id, path, t) => {
+                    (0, Response::Empty)
+                }
                 Some(_) => fail(ErrorCode::NoWatcher),
                 None => fail(ErrorCode::BadArguments),
             }
         }
         Request::CheckWatches { path, watcher_type } => {
             match WatcherType::from_i32(*watcher_type) {
-                Some(t) if ctx.watches.has_type(ctx.session_id, path, t) => (0, Response::Empty),
+                Some(t) if ctx.watches.get().has_type(ctx.session_id, path, t) => {
+                    (0, Response::Empty)
+                }
                 Some(_) => fail(ErrorCode::NoWatcher),
                 None => fail(ErrorCode::BadArguments),
             }
@@ -271,27 +296,30 @@ fn set_watches(ctx: &mut ReadContext, w: &SetWatches, out: &mut Vec<u8>) -> u64 
         match ctx.tree.node(p) {
             None => fire(p, EventType::NodeDeleted, out),
             Some(n) if n.stored_stat().mzxid > rel => fire(p, EventType::NodeDataChanged, out),
-            Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Data),
+            Some(_) => ctx.watches.get().add(ctx.session_id, p, WatchKind::Data),
         }
     }
     for p in &w.exist {
         match ctx.tree.node(p) {
             Some(_) => fire(p, EventType::NodeCreated, out),
-            None => ctx.watches.add(ctx.session_id, p, WatchKind::Data),
+            None => ctx.watches.get().add(ctx.session_id, p, WatchKind::Data),
         }
     }
     for p in &w.child {
         match ctx.tree.node(p) {
             None => fire(p, EventType::NodeDeleted, out),
             Some(n) if n.stored_stat().pzxid > rel => fire(p, EventType::NodeChildrenChanged, out),
-            Some(_) => ctx.watches.add(ctx.session_id, p, WatchKind::Child),
+            Some(_) => ctx.watches.get().add(ctx.session_id, p, WatchKind::Child),
         }
     }
     for p in &w.persistent {
-        ctx.watches.add(ctx.session_id, p, WatchKind::Persistent);
+        ctx.watches
+            .get()
+            .add(ctx.session_id, p, WatchKind::Persistent);
     }
     for p in &w.persistent_recursive {
         ctx.watches
+            .get()
             .add(ctx.session_id, p, WatchKind::PersistentRecursive);
     }
     fired.get()

@@ -19,7 +19,7 @@ use ringkeeper::broadcast::{Core, Now};
 use ringkeeper::config::Config;
 use ringkeeper::proto::{Id, Request};
 use ringkeeper::session::watches::WatchTable;
-use ringkeeper::shard::reads::{execute, ReadContext};
+use ringkeeper::shard::reads::{execute, LazyWatches, ReadContext};
 use ringkeeper::tree::DataTree;
 
 fn connect(core: &mut Core, conn_id: u64) -> i64 {
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
             id: "alice:VrYvv0a5Tx5X5i4iBHXqT0Cd5L8=".into(),
         }]),
     ];
-    let mut watches = WatchTable::default();
+    let watches = std::sync::Mutex::new(WatchTable::default());
     let mut out = Vec::new();
     let mut fired = Vec::new();
     let mut replies = Vec::new();
@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
                         tree: &tree,
                         session_id,
                         auth: &auths[who],
-                        watches: &mut watches,
+                        watches: LazyWatches::new(&watches),
                     };
                     replies.clear();
                     execute(&mut ctx, header.xid, &req, &mut replies);
@@ -126,11 +126,12 @@ fuzz_target!(|data: &[u8]| {
             core.tick(&mut out);
         }
         for e in out.drain(..) {
+            let mut table = watches.lock().unwrap();
             for t in &e.triggers {
-                watches.fire(&t.path, t.event, &mut fired);
+                table.fire(&t.path, t.event, &mut fired);
             }
             if let Effect::SessionClosed { session_id } = e.effect {
-                watches.remove_session(session_id);
+                table.remove_session(session_id);
             }
         }
     }
