@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import REPO, bench, machine, populate, raise_nofile, restart_seconds, rss, start
+from harness import REPO, bench, cpu_seconds, machine, populate, raise_nofile, restart_seconds, rss, start
 
 KEYS = 10_000
 LARGE_VALUE = 1_000_000  # under ZooKeeper's default jute.maxbuffer (1 MiB - 1) with headers
@@ -66,13 +66,19 @@ def scenarios(quick):
 # name -> (label, how to read the value from a result, higher_is_better, goal ratio)
 METRICS = {
     "read": [("reads/s", lambda r: r["ops_per_s"], True, 5.0),
-             ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
+             ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
+             ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
     "write": [("writes/s", lambda r: r["ops_per_s"], True, 3.0),
-              ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
+              ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
+              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
     "mixed": [("ops/s", lambda r: r["ops_per_s"], True, None),
-              ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
+              ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
+              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
     "latency": [("p50 us", lambda r: r["latency_us"]["p50"], False, None),
-                ("p99 us", lambda r: r["latency_us"]["p99"], False, 0.2)],
+                ("p99 us", lambda r: r["latency_us"]["p99"], False, 0.2),
+                ("p99.9 us", lambda r: r["latency_us"]["p999"], False, None),
+                ("max us", lambda r: r["latency_us"]["max"], False, None),
+                ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
     "zipf-write": [("ops/s", lambda r: r["ops_per_s"], True, None),
                    ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
     "discovery": [("reads/s", lambda r: r["by_op"]["children"]["ops_per_s"] + r["by_op"]["get"]["ops_per_s"], True, None),
@@ -125,7 +131,9 @@ def run_server(kind, names, table, repeats, quick):
                 cmd, args, _ = table[name]
                 out[name] = []
                 for i in range(repeats):
+                    before = cpu_seconds(s.proc.pid)
                     r = bench(cmd, s, args)
+                    add_server_cpu(r, cpu_seconds(s.proc.pid) - before, args)
                     out[name].append(r)
                     print(f"  {kind:10} {name:10} #{i + 1}: {summary_line(name, r)}", flush=True)
         finally:
@@ -138,6 +146,18 @@ def run_server(kind, names, table, repeats, quick):
               f"({mem['znodes']} znodes, RSS {mem['rss_before'] / 2**20:.0f} -> {mem['rss_after'] / 2**20:.0f} MiB)")
         print(f"  {kind:10} restart   : {[r['restart_s'] for r in restarts]} s", flush=True)
     return out
+
+
+def add_server_cpu(r, cpu_s, args):
+    """The server's CPU time (user + system, from /proc, all its threads) per request
+    over a run: the run's ops plus those of its warm-up, which the CPU time also
+    covers (at the same load), so ops/s x (window + warm-up)."""
+    if "ops_per_s" not in r or "--warmup" not in args:
+        return
+    warmup = float(args[args.index("--warmup") + 1])
+    ops = r["ops_per_s"] * (r.get("window_s", 0) + warmup)
+    if ops > 0:
+        r["server_cpu_us_per_op"] = round(cpu_s * 1e6 / ops, 2)
 
 
 def summary_line(name, r):

@@ -609,7 +609,7 @@ fn install_files(cfg: &Config, zxid: Zxid, files: &SnapFiles) -> std::io::Result
         staged.commit()?;
     }
     if let Some(span) = span {
-        let prealloc = cfg.pre_alloc_size_kb.max(4) * 1024;
+        let prealloc = super::segment_bytes(cfg);
         transfer::write_log(&cfg.log_dir(), &files.log, span.first, prealloc)?;
     }
     tracing::info!(

@@ -71,9 +71,14 @@ pub fn wall_ms() -> i64 {
 /// requests (back-pressure when the disk is slower than the clients).
 pub(crate) const QUEUED_LOG_BYTES_MAX: usize = 64 << 20;
 
+/// Bytes preallocated for each log segment (preAllocSize, in KiB, at least 4).
+pub(crate) fn segment_bytes(cfg: &Config) -> u64 {
+    cfg.pre_alloc_size_kb.max(4) * 1024
+}
+
 pub(crate) async fn open_log(cfg: &Config, recovered: &Recovered) -> std::io::Result<LogWriter> {
     let opts = LogOptions {
-        prealloc_bytes: cfg.pre_alloc_size_kb.max(4) * 1024,
+        prealloc_bytes: segment_bytes(cfg),
         force_sync: cfg.force_sync,
     };
     if !cfg.force_sync {
@@ -218,10 +223,9 @@ pub async fn run(
                 if e.resumable_with_space() && !probing {
                     probing = true;
                     disk_has_room.set(false);
-                    let opts_bytes = cfg.pre_alloc_size_kb.max(4) * 1024;
                     glommio::spawn_local(probe_until_room(
                         cfg.log_dir(),
-                        opts_bytes,
+                        segment_bytes(&cfg),
                         disk_has_room.clone(),
                         notify.clone(),
                     ))
