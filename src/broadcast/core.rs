@@ -1215,24 +1215,10 @@ pub fn undo_failed(entries: Vec<Entry>, durable: &Arc<DataTree>) -> Vec<Entry> {
                 // A reply without a txn of its own (a sync, a refusal) carries the
                 // core's zxid, which may be one of the failed txns': the client must
                 // see only zxids that are on disk.
-                let effect = match e.effect {
-                    Effect::Reply {
-                        session_id,
-                        conn_id,
-                        xid,
-                        zxid,
-                        err,
-                        body,
-                    } => Effect::Reply {
-                        session_id,
-                        conn_id,
-                        xid,
-                        zxid: zxid.min(durable_zxid),
-                        err,
-                        body,
-                    },
-                    other => other,
-                };
+                let mut effect = e.effect;
+                if let Effect::Reply { zxid, .. } = &mut effect {
+                    *zxid = (*zxid).min(durable_zxid);
+                }
                 return Some(Entry {
                     tree: Some(durable.clone()),
                     effect,

@@ -1321,24 +1321,18 @@ impl Shell {
         };
         let usage_now = self.stats_track(&stats_path)?;
         let mut out = String::new();
-        let over = |limit: i64, used: i64| limit > -1 && limit < used;
-        if over(limits.get("count"), usage_now.get("count"))
-            || over(limits.get("countHardLimit"), usage_now.get("count"))
-        {
-            let _ = writeln!(
-                out,
-                "[Warning]: the count quota you create is less than the existing count:{}",
-                usage_now.get("count")
-            );
-        }
-        if over(limits.get("bytes"), usage_now.get("bytes"))
-            || over(limits.get("byteHardLimit"), usage_now.get("bytes"))
-        {
-            let _ = writeln!(
-                out,
-                "[Warning]: the bytes quota you create is less than the existing bytes:{}",
-                usage_now.get("bytes")
-            );
+        for (what, soft, hard) in [
+            ("count", "count", "countHardLimit"),
+            ("bytes", "bytes", "byteHardLimit"),
+        ] {
+            let used = usage_now.get(what);
+            let over = |limit: i64| limit > -1 && limit < used;
+            if over(limits.get(soft)) || over(limits.get(hard)) {
+                let _ = writeln!(
+                    out,
+                    "[Warning]: the {what} quota you create is less than the existing {what}:{used}"
+                );
+            }
         }
         self.set_plain(&limits_path, limits.text())?;
         Ok((
