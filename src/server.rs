@@ -689,13 +689,17 @@ pub fn run_as(
     // The operator endpoints run on the last shard's executor (with the core on
     // shard 0's on small machines, the other one).
     let last_shard = cfg.shards - 1;
-    // Each executor on a CPU of its own when there are enough (the CPUs this process
-    // may run on: under taskset they need not start at 0), so that no two executors
-    // share a core's caches or wait for each other's time slice.
+    // Each executor on a CPU of its own (the CPUs this process may run on: under
+    // taskset they need not start at 0) when at least one CPU is left over. The
+    // helper threads (io_uring's workers, which run the O_DSYNC log writes, and the
+    // blocking pool) inherit an executor's CPU: with every CPU pinned they compete
+    // with a spinning executor, and writes slow down (seen on 2 cores: the discovery
+    // bench test's registrars fell to a quarter of their rate). Pinning those helpers
+    // elsewhere is still to do.
     let cpus = allowed_cpus();
     let cores = cpus.len().max(1);
     let executors = cfg.shards + usize::from(!cfg.core_on_shard);
-    let pin = executors <= cores && !cpus.is_empty();
+    let pin = executors < cores && !cpus.is_empty();
     let placement = |i: usize| {
         if pin {
             Placement::Fixed(cpus[i % cpus.len()])

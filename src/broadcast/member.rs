@@ -221,7 +221,7 @@ impl State {
     async fn reload(
         self: &Rc<Self>,
         what: &str,
-        change: impl FnOnce(&Config) -> std::io::Result<()>,
+        change: impl FnOnce(&Config) -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<()> {
         let _one = self
             .reloading
@@ -234,11 +234,13 @@ impl State {
         r
     }
 
-    /// `reload`'s work, once it is the only one under way.
+    /// `reload`'s work, once it is the only one under way. The file work (truncating,
+    /// installing, reading the tree back) runs on the executor's blocking pool: on a
+    /// small machine this executor also serves shard 0's clients.
     async fn reload_files(
         self: &Rc<Self>,
         what: &str,
-        change: impl FnOnce(&Config) -> std::io::Result<()>,
+        change: impl FnOnce(&Config) -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<()> {
         let abandoned = self.snapshotter.borrow().abandon();
         abandoned.await;
@@ -253,19 +255,27 @@ impl State {
             undo_failed(held, &self.published.borrow())
         };
         self.send_to_shards(undone);
-        if self.left_leading.replace(false) {
-            // What our core framed past Zab's history was never proposed: no member
-            // has it, and it must not stay in our log.
-            let upto = self.accepted_upto.get();
-            let n = ringkeeper_storage::recover::truncate_log_after(&self.cfg.log_dir(), upto)
-                .map_err(std::io::Error::other)?;
-            if n > 0 {
-                tracing::info!("{n} txn(s) framed after {upto:#x} were never proposed: removed");
-            }
-            remove_snapshots_after(&self.cfg, upto)?;
-        }
-        change(&self.cfg)?;
-        let recovered = crate::recovery::recover(&self.cfg).map_err(std::io::Error::other)?;
+        let left_leading = self.left_leading.replace(false);
+        let upto = self.accepted_upto.get();
+        let cfg = self.cfg.clone();
+        let recovered = glommio::executor()
+            .spawn_blocking(move || {
+                if left_leading {
+                    // What our core framed past Zab's history was never proposed: no
+                    // member has it, and it must not stay in our log.
+                    let n = ringkeeper_storage::recover::truncate_log_after(&cfg.log_dir(), upto)
+                        .map_err(std::io::Error::other)?;
+                    if n > 0 {
+                        tracing::info!(
+                            "{n} txn(s) framed after {upto:#x} were never proposed: removed"
+                        );
+                    }
+                    remove_snapshots_after(&cfg, upto)?;
+                }
+                change(&cfg)?;
+                crate::recovery::recover(&cfg).map_err(std::io::Error::other)
+            })
+            .await?;
         tracing::info!(
             "{what}: the tree is reloaded from disk at zxid {:#x}",
             recovered.tree.last_zxid()
@@ -364,7 +374,7 @@ impl Replica for StorageReplica {
 
     async fn truncate(&mut self, to: Zxid) -> std::io::Result<()> {
         let s = self.0.clone();
-        s.reload(&format!("TRUNC to {to:#x}"), |cfg| {
+        s.reload(&format!("TRUNC to {to:#x}"), move |cfg| {
             let dropped = ringkeeper_storage::recover::truncate_log_after(&cfg.log_dir(), to)
                 .map_err(std::io::Error::other)?;
             remove_snapshots_after(cfg, to)?;
@@ -384,17 +394,20 @@ impl Replica for StorageReplica {
         let s = self.0.clone();
         match image {
             SnapImage::Tree(tree) => {
-                s.reload(&format!("SNAP (tree) from {leader} at {zxid:#x}"), |cfg| {
-                    ringkeeper_storage::recover::remove_log(&cfg.log_dir())
-                        .map_err(std::io::Error::other)?;
-                    remove_snapshots_after(cfg, -1)?;
-                    crate::zkformat::convert::snapshot_from_zookeeper_tree(
-                        &tree,
-                        zxid,
-                        &cfg.snapshot_dir(),
-                    )?;
-                    Ok(())
-                })
+                s.reload(
+                    &format!("SNAP (tree) from {leader} at {zxid:#x}"),
+                    move |cfg| {
+                        ringkeeper_storage::recover::remove_log(&cfg.log_dir())
+                            .map_err(std::io::Error::other)?;
+                        remove_snapshots_after(cfg, -1)?;
+                        crate::zkformat::convert::snapshot_from_zookeeper_tree(
+                            &tree,
+                            zxid,
+                            &cfg.snapshot_dir(),
+                        )?;
+                        Ok(())
+                    },
+                )
                 .await?
             }
             SnapImage::Files(files) => {
@@ -404,7 +417,7 @@ impl Replica for StorageReplica {
                     files.snapshot.len(),
                     files.log.len()
                 );
-                s.reload(&what, |cfg| install_files(cfg, zxid, &files))
+                s.reload(&what, move |cfg| install_files(cfg, zxid, &files))
                     .await?;
                 let at = s.core.borrow().tree().last_zxid();
                 if at != zxid {
