@@ -3,8 +3,8 @@
     python3 bench/scaling.py [--max-shards N] [--client-cpus K] [--seconds 5] [--rounds 3]
                              [--allow-shared-cores]
 
-For each shard count S the server runs on the first S CPUs this process may use (it
-pins one executor per CPU of its affinity mask, the broadcast core on shard 0's when
+For each shard count S the server runs confined (its affinity mask) to the first
+CPUs this process may use, one per executor (the broadcast core on shard 0's when
 S <= 2, else on a CPU of its own: S + 1 CPUs), and the load generator on the next K
 CPUs (`taskset`), its threads as many as its CPUs. A point where the two would share a
 CPU is refused (not measured, reported as refused) unless --allow-shared-cores, and
@@ -41,7 +41,7 @@ def server_cpus_needed(shards):
 
 def run_point(shards, cpus, client_cpus, load, seconds):
     server_cpus = cpus[:server_cpus_needed(shards)]
-    # The server inherits this process's affinity at start; its executors pin to it.
+    # The server inherits this process's affinity at start: its threads stay there.
     all_cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, server_cpus)
     try:
