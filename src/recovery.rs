@@ -295,7 +295,7 @@ fn recover_as(cfg: &Config, repair: bool) -> Result<Recovered, RecoveryError> {
 mod tests {
     use super::*;
     use crate::config::STORAGE_SUBDIR;
-    use ringkeeper_storage::record::{reseal_records, SegmentHeader};
+    use ringkeeper_storage::record::segment_from_fuzz_input;
 
     /// Recovers a data directory whose only log segment holds `input` as the
     /// `recover_log` fuzz target builds it (first byte odd: checksums resealed).
@@ -308,13 +308,7 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join(STORAGE_SUBDIR)).unwrap();
-        let mut body = input.to_vec();
-        if body.first().is_some_and(|b| b & 1 == 1) {
-            body.remove(0);
-            reseal_records(&mut body);
-        }
-        let mut seg = SegmentHeader { base_zxid: 1 }.encode().to_vec();
-        seg.extend_from_slice(&body);
+        let seg = segment_from_fuzz_input(input);
         std::fs::write(dir.join(STORAGE_SUBDIR).join("log.0000000000000001"), seg).unwrap();
         let mut cfg = Config::default();
         cfg.data_dir = dir.clone();

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringkeeper::config::Config;
-use ringkeeper_storage::record::{reseal_records, SegmentHeader};
+use ringkeeper_storage::record::segment_from_fuzz_input;
 
 fn summary(cfg: &Config) -> Result<(i64, Vec<(String, String)>, usize), String> {
     let r = ringkeeper::recovery::recover(cfg).map_err(|e| e.to_string())?;
@@ -29,13 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_dir_all(&dir);
     let log_dir = dir.join("ringkeeper");
     std::fs::create_dir_all(&log_dir).unwrap();
-    let mut body = data.to_vec();
-    if body.first().is_some_and(|b| b & 1 == 1) {
-        body.remove(0);
-        reseal_records(&mut body);
-    }
-    let mut seg = SegmentHeader { base_zxid: 1 }.encode().to_vec();
-    seg.extend_from_slice(&body);
+    let seg = segment_from_fuzz_input(data);
     std::fs::write(log_dir.join("log.0000000000000001"), &seg).unwrap();
     // (tests/fuzz/regressions/recover_log holds the inputs that once crashed this;
     // `recovery::tests` replays them.)
