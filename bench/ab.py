@@ -1,13 +1,15 @@
 """A/B of two ringkeeper builds: the same scenario against each, alternated, so that a
 change is reported with the spread of both and not against a number from another day.
 
-    python3 bench/ab.py OLD_BINARY NEW_BINARY [--scenario read|write|mixed] [--rounds 5]
+    python3 bench/ab.py OLD_BINARY NEW_BINARY [--scenario read|write|mixed|fanout] [--rounds 5]
 
 For each round, each binary in turn (the order flips every round) gets a fresh server
 (data in a temp dir, the same settings), 10,000 keys of 100 bytes, a discarded
 warm-up run, then the measured run. Reported per binary: ops/s and the server's CPU
 per operation (user + system time from /proc over the measured run, divided by its
-ops), min / median / max over the rounds, and new/old ratios of the medians.
+ops), min / median / max over the rounds, and new/old ratios of the medians. For
+fanout (999 watchers, one setData): the last notification's p50, the median
+notification's and the writer's own setData p50.
 """
 
 import argparse
@@ -24,6 +26,7 @@ SCENARIOS = {
     "read": ["--sessions", "32", "--depth", "16", "--mix", "get=100"],
     "write": ["--sessions", "32", "--depth", "16", "--mix", "set=100"],
     "mixed": ["--sessions", "32", "--depth", "16", "--mix", "get=90,set=10"],
+    "fanout": ["--sessions", "1000"],
 }
 
 
@@ -31,13 +34,22 @@ def one_run(binary, scenario, seconds):
     servers.RINGKEEPER_BIN = Path(binary)
     server = harness.start("ringkeeper")
     try:
-        populate(server, 10_000)
-        args = SCENARIOS[scenario] + ["--keys", "10000", "--value-size", "100", "--threads", "1",
-                                      "--warmup", "1"]
-        bench("run", server, args + ["--duration", "2"])
+        if scenario == "fanout":
+            cmd, args = "fanout", SCENARIOS[scenario] + ["--warmup", "1"]
+        else:
+            populate(server, 10_000)
+            cmd, args = "run", SCENARIOS[scenario] + ["--keys", "10000", "--value-size", "100",
+                                                     "--threads", "1", "--warmup", "1"]
+        bench(cmd, server, args + ["--duration", "2"])
         before = cpu_seconds(server.proc.pid)
-        r = bench("run", server, args + ["--duration", str(seconds)])
+        r = bench(cmd, server, args + ["--duration", str(seconds)])
         cpu = cpu_seconds(server.proc.pid) - before
+        if scenario == "fanout":
+            by = r["by_op"]
+            return {"last_notify_p50_us": by["last_notify"]["latency_us"]["p50"],
+                    "notify_p50_us": by["notify"]["latency_us"]["p50"],
+                    "set_p50_us": by["set"]["latency_us"]["p50"],
+                    "rounds_per_s": by["last_notify"]["ops_per_s"]}
         # The measured window plus the warm-up second the CPU time also covers.
         ops = r["ops"] * (r["window_s"] + 1) / r["window_s"]
         return {"ops_per_s": r["ops_per_s"], "cpu_us_per_op": cpu * 1e6 / ops,

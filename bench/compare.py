@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import REPO, bench, cpu_seconds, machine, populate, raise_nofile, restart_seconds, rss, start
+from harness import REPO, bench, cpu_seconds, fanout_floor, machine, populate, raise_nofile, restart_seconds, rss, start
 
 KEYS = 10_000
 LARGE_VALUE = 1_000_000  # under ZooKeeper's default jute.maxbuffer (1 MiB - 1) with headers
@@ -85,7 +85,10 @@ METRICS = {
                   ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
     "locks": [("acquires/s", lambda r: r["by_op"]["acquire"]["ops_per_s"], True, None),
               ("acquire p99 us", lambda r: r["by_op"]["acquire"]["latency_us"]["p99"], False, None)],
-    "fanout": [("last notify p50 us", lambda r: r["by_op"]["last_notify"]["latency_us"]["p50"], False, None)],
+    "fanout": [("last notify p50 us", lambda r: r["by_op"]["last_notify"]["latency_us"]["p50"], False, None),
+               ("writer's setData p50 us", lambda r: r["by_op"]["set"]["latency_us"]["p50"], False, None),
+               ("machine floor, no server, p50 us", lambda r: r["floor"]["by_op"]["last_notify"]["latency_us"]["p50"],
+                False, None)],
     "storm": [("sessions/s", lambda r: r["sessions_per_s"], True, None),
               ("connect p99 us", lambda r: r["by_op"]["connect"]["latency_us"]["p99"], False, None)],
     "large": [("ops/s", lambda r: r["ops_per_s"], True, None),
@@ -134,6 +137,10 @@ def run_server(kind, names, table, repeats, quick):
                     before = cpu_seconds(s.proc.pid)
                     r = bench(cmd, s, args)
                     add_server_cpu(r, cpu_seconds(s.proc.pid) - before, args)
+                    if name == "fanout":
+                        # The same fan-out with no server, right after: what this
+                        # machine's loopback and client cost at this moment.
+                        r["floor"] = fanout_floor(args[args.index("--sessions") + 1])
                     out[name].append(r)
                     print(f"  {kind:10} {name:10} #{i + 1}: {summary_line(name, r)}", flush=True)
         finally:

@@ -47,6 +47,16 @@ def bench(command, server, args, timeout=900):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def fanout_floor(sessions, duration="5", warmup="1"):
+    """`ringkeeper-bench fanout-floor`: the fan-out's time on this machine with no
+    server (one thread sends the event frame to sessions-1 loopback sockets)."""
+    p = subprocess.run([str(BENCH), "fanout-floor", "--sessions", str(sessions), "--duration", duration,
+                        "--warmup", warmup, "--json"], capture_output=True, text=True, timeout=300)
+    if p.returncode:
+        raise SystemExit(f"ringkeeper-bench fanout-floor failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def populate(server, keys, value_size=100, prefix="/bench"):
     t = time.time()
     bench("populate", server, ["--keys", str(keys), "--value-size", str(value_size), "--prefix", prefix],

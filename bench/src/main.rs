@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod conn;
 mod engine;
+mod floor;
 mod keys;
 mod stats;
 mod workload;
@@ -36,6 +37,9 @@ usage:
                        --registrars 4 --churn 50] --duration S --warmup S [--json]
   ringkeeper-bench locks --addr H:P --sessions N [--locks 10 --hold-ms 0] --duration S [--json]
   ringkeeper-bench fanout --addr H:P --sessions N --duration S [--json]
+  ringkeeper-bench fanout-floor --sessions N --duration S [--json]
+                       (fanout's floor on this machine: no server, one thread sends
+                       the event frame to N-1 loopback sockets)
   ringkeeper-bench storm --addr H:P --sessions N [--connect-concurrency 256] [--json]
 ops in --mix: get, exists, children, set, create, ephemeral, sequential, delete, multi
 every command also takes --threads T, --timeout MS (session timeout), --seed N, --quiet";
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         "discovery" => cmd_discovery(&f),
         "locks" => cmd_locks(&f),
         "fanout" => cmd_fanout(&f),
+        "fanout-floor" => cmd_fanout_floor(&f),
         "storm" => cmd_storm(&f),
         _ => Err(format!("unknown command {cmd:?}")),
     });
@@ -326,6 +331,35 @@ fn cmd_fanout(f: &Flags) -> Result<(), String> {
     let sessions = cfg.sessions;
     let out = engine::run(&cfg, |_, _| fanout::FanOut::new(sessions, value_size))?;
     report(json, "fanout", &cfg, out, Map::new())
+}
+
+fn cmd_fanout_floor(f: &Flags) -> Result<(), String> {
+    let sessions: usize = f.get("--sessions", 1000)?;
+    let warmup = secs(f, "--warmup", 2.0)?;
+    let duration = secs(f, "--duration", 10.0)?;
+    // Taken as every command takes it; there is no progress line to quiet.
+    let _ = f.switch("--quiet");
+    let json = flags_done(f)?;
+    if sessions < 2 {
+        return Err("fanout-floor: --sessions must be at least 2 (as fanout's)".into());
+    }
+    let out =
+        floor::run(sessions - 1, warmup, duration).map_err(|e| format!("fanout-floor: {e}"))?;
+    let window = out.window.as_secs_f64();
+    let mut extra = Map::new();
+    extra.insert("command".into(), json!("fanout-floor"));
+    extra.insert("sessions".into(), json!(sessions));
+    extra.insert("rounds".into(), json!(out.rounds));
+    println!(
+        "fanout-floor: {} loopback connections, {} rounds",
+        sessions - 1,
+        out.rounds
+    );
+    stats::print_table(&out.stats, window);
+    if json {
+        println!("{}", stats::report_json(&out.stats, window, extra));
+    }
+    Ok(())
 }
 
 fn cmd_storm(f: &Flags) -> Result<(), String> {

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,6 +52,9 @@ pub struct Conn {
     pub touched: Cell<bool>,
     /// The client sent the readOnly byte in its ConnectRequest.
     pub sent_read_only: Cell<bool>,
+    /// The plain TCP socket, while it is open, for `send_now` (None over TLS, and
+    /// from the moment the connection starts to close: the number may be reused).
+    pub socket: Cell<Option<RawFd>>,
 }
 
 impl Conn {
@@ -70,6 +74,7 @@ impl Conn {
             auth: RefCell::new(Arc::new(vec![Id::new("ip", &ip)])),
             touched: Cell::new(false),
             sent_read_only: Cell::new(false),
+            socket: Cell::new(None),
         }
     }
 
@@ -81,6 +86,53 @@ impl Conn {
 
     pub fn flush_soon(&self) {
         self.wake_writer.notify();
+    }
+
+    /// Sends what is buffered at once, without a trip through the writer task, when
+    /// the writer is idle and the socket has room; what does not fit (or any error)
+    /// is left to the writer. For bursts that touch many connections in one go (a
+    /// watch fan-out): one send per connection and no task wake-up.
+    pub fn send_now(&self) {
+        let Some(fd) = self.socket.get() else {
+            return self.flush_soon();
+        };
+        if self.writing_bytes.get() > 0 {
+            // The writer holds earlier bytes: these must follow them.
+            return self.flush_soon();
+        }
+        let mut out = self.out.borrow_mut();
+        let mut sent = 0;
+        while sent < out.len() {
+            let rest = &out[sent..];
+            // SAFETY: `fd` is this connection's open socket (cleared before it closes)
+            // and `rest` is valid for `rest.len()` bytes.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                sent += n as usize;
+            } else if n < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+                continue;
+            } else {
+                break;
+            }
+        }
+        out.drain(..sent);
+        let rest = !out.is_empty();
+        drop(out);
+        if sent > 0 {
+            self.out_drained.notify();
+        }
+        if rest {
+            self.flush_soon();
+        }
     }
 
     /// Reply bytes not yet on the socket: buffered, or being written.

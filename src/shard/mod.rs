@@ -224,7 +224,9 @@ fn answer_handshake(shard: &Shard, conn_id: u64, answer: HandshakeAnswer) {
 /// after the entry, fire its watch events, then deliver its effect.
 fn apply_batch(shard: &Shard, batch: &Batch) {
     let mut fired = Vec::new();
-    let mut touched_conns: Vec<Rc<Conn>> = Vec::new();
+    // Connections given a watch event, and those given a write's reply.
+    let mut notified: Vec<Rc<Conn>> = Vec::new();
+    let mut replied: Vec<Rc<Conn>> = Vec::new();
     // Connections whose write was answered before the shard's tree shows it: their
     // queued reads wait for the next cut.
     let mut drain_at_cut: Vec<Rc<Conn>> = Vec::new();
@@ -237,6 +239,8 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
             let sessions = shard.sessions.borrow();
             for t in &entry.triggers {
                 watches.fire(&t.path, t.event, &mut fired);
+                // One event, the same bytes for every watcher: encoded once.
+                let mut frame = Vec::new();
                 for s in &fired {
                     if let Some(c) = sessions.get(s) {
                         // The watch is used up either way; the event only goes to a
@@ -249,17 +253,20 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                             );
                             continue;
                         }
-                        put_event_frame(
-                            &mut c.out.borrow_mut(),
-                            -1,
-                            &WatcherEvent {
-                                event_type: t.event as i32,
-                                state: keeper_state::SYNC_CONNECTED,
-                                path: t.path.to_string(),
-                            },
-                        );
+                        if frame.is_empty() {
+                            put_event_frame(
+                                &mut frame,
+                                -1,
+                                &WatcherEvent {
+                                    event_type: t.event as i32,
+                                    state: keeper_state::SYNC_CONNECTED,
+                                    path: t.path.to_string(),
+                                },
+                            );
+                        }
+                        c.out.borrow_mut().extend_from_slice(&frame);
                         count_sent(shard, c, 1);
-                        touched_conns.push(c.clone());
+                        notified.push(c.clone());
                     }
                 }
             }
@@ -290,7 +297,7 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
                     } else {
                         drain_at_cut.push(c.clone());
                     }
-                    touched_conns.push(c);
+                    replied.push(c);
                 }
             }
             Effect::Connected {
@@ -379,8 +386,12 @@ fn apply_batch(shard: &Shard, batch: &Batch) {
     for c in drain_at_cut {
         drain_ready(shard, &c);
     }
-    for c in touched_conns {
-        c.flush_soon();
+    // Connections with a reply first: the writer's own latency does not wait for
+    // the watch events of everyone else (each connection's bytes stay in order).
+    for c in replied.into_iter().chain(notified) {
+        if !c.out.borrow().is_empty() {
+            c.send_now();
+        }
     }
 }
 
@@ -654,7 +665,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Err(_) => return,
     };
     let _ = stream.set_nodelay(true);
-    serve_conn(shard, stream, peer, Vec::new()).await
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    serve_conn(shard, stream, peer, Vec::new(), Some(socket)).await
 }
 
 /// A connection on secureClientPort: the TLS handshake (within
@@ -702,13 +714,19 @@ async fn serve_tls(shard: Rc<Shard>, stream: TcpStream) {
         tracing::debug!("TLS client {peer} authenticated as x509:{dn}");
         ids.push(crate::proto::Id::new("x509", &dn));
     }
-    serve_conn(shard, tls, peer, ids).await
+    serve_conn(shard, tls, peer, ids, None).await
 }
 
 /// Serves one client connection until it closes; `ids`: identities it holds beside
-/// its IP (its certificate's).
-async fn serve_conn<S>(shard: Rc<Shard>, stream: S, peer: SocketAddr, ids: Vec<crate::proto::Id>)
-where
+/// its IP (its certificate's); `socket`: the plain TCP socket under `stream`, which
+/// bursts may write to directly (`Conn::send_now`).
+async fn serve_conn<S>(
+    shard: Rc<Shard>,
+    stream: S,
+    peer: SocketAddr,
+    ids: Vec<crate::proto::Id>,
+    socket: Option<std::os::fd::RawFd>,
+) where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let id = ((shard.index as u64) << 48) | shard.next_conn.replace(shard.next_conn.get() + 1);
@@ -717,6 +735,7 @@ where
         return;
     }
     let c = Rc::new(Conn::new(id, info.clone()));
+    c.socket.set(socket);
     if !ids.is_empty() {
         let mut auth = c.auth.borrow().as_ref().clone();
         auth.extend(ids);
@@ -767,6 +786,9 @@ where
         }
     };
     let mut wr = futures_lite::future::or(reader, writer).await;
+    // No direct send from here on: the socket closes below and its number may be
+    // given to another connection while this one is still referenced.
+    c.socket.set(None);
     // The connection is gone; its session lives on until it expires or the client
     // reconnects, but its watches go with the connection, as in ZooKeeper. It leaves
     // the registry before its socket closes: a client that saw the close and then asks

@@ -244,6 +244,18 @@ def test_fanout_every_watcher_is_notified_each_round(big):
     assert r["by_op"]["last_notify"]["latency_us"]["p50"] >= r["by_op"]["notify"]["latency_us"]["p50"]
 
 
+def test_fanout_floor_delivers_every_frame_each_round():
+    """The machine's floor for the fan-out: every connection gets its one frame each
+    measured round, and the last arrival is the round's slowest."""
+    r = bench_json("fanout-floor", "--sessions", "101", "--duration", "1", "--warmup", "0.2")
+    rounds = r["rounds"]
+    assert rounds >= 10
+    assert r["by_op"]["last_notify"]["ops"] == rounds
+    assert r["by_op"]["notify"]["ops"] == 100 * rounds
+    last, each = r["by_op"]["last_notify"]["latency_us"], r["by_op"]["notify"]["latency_us"]
+    assert last["p50"] >= each["p50"] and last["max"] == each["max"]
+
+
 def test_discovery_readers_see_churn(big):
     r = bench_json("discovery", "--addr", big.hosts, "--sessions", "24", "--services", "5", "--instances", "4",
                    "--registrars", "2", "--churn", "40", "--duration", "2", "--warmup", "0.5")
