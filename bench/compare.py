@@ -18,6 +18,7 @@ bench/results/compare-<time>/.
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -67,13 +68,18 @@ def scenarios(quick):
 METRICS = {
     "read": [("reads/s", lambda r: r["ops_per_s"], True, 5.0),
              ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
-             ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
+             ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None),
+             ("client CPU us/op", lambda r: r["client_cpu_us_per_op"], False, None)],
     "write": [("writes/s", lambda r: r["ops_per_s"], True, 3.0),
               ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
-              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
+              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None),
+              ("client CPU us/op", lambda r: r["client_cpu_us_per_op"], False, None),
+              ("server + client CPU us/op", lambda r: r["machine_cpu_us_per_op"], False, None),
+              ("machine busy", lambda r: r["machine_busy"], False, None)],
     "mixed": [("ops/s", lambda r: r["ops_per_s"], True, None),
               ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
-              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None)],
+              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None),
+              ("client CPU us/op", lambda r: r["client_cpu_us_per_op"], False, None)],
     "latency": [("p50 us", lambda r: r["latency_us"]["p50"], False, None),
                 ("p99 us", lambda r: r["latency_us"]["p99"], False, 0.2),
                 ("p99.9 us", lambda r: r["latency_us"]["p999"], False, None),
@@ -82,9 +88,18 @@ METRICS = {
     "zipf-write": [("ops/s", lambda r: r["ops_per_s"], True, None),
                    ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
     "discovery": [("reads/s", lambda r: r["by_op"]["children"]["ops_per_s"] + r["by_op"]["get"]["ops_per_s"], True, None),
-                  ("p99 us", lambda r: r["latency_us"]["p99"], False, None)],
+                  ("p99 us", lambda r: r["latency_us"]["p99"], False, None),
+                  ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None),
+                  ("client CPU us/op", lambda r: r["client_cpu_us_per_op"], False, None),
+                  ("server + client CPU us/op", lambda r: r["machine_cpu_us_per_op"], False, None),
+                  ("machine busy", lambda r: r["machine_busy"], False, None)],
     "locks": [("acquires/s", lambda r: r["by_op"]["acquire"]["ops_per_s"], True, None),
-              ("acquire p99 us", lambda r: r["by_op"]["acquire"]["latency_us"]["p99"], False, None)],
+              ("acquire p99 us", lambda r: r["by_op"]["acquire"]["latency_us"]["p99"], False, None),
+              ("requests per acquire", lambda r: r["ops_per_s"] / r["by_op"]["acquire"]["ops_per_s"], False, None),
+              ("server CPU us/op", lambda r: r["server_cpu_us_per_op"], False, None),
+              ("client CPU us/op", lambda r: r["client_cpu_us_per_op"], False, None),
+              ("server + client CPU us/op", lambda r: r["machine_cpu_us_per_op"], False, None),
+              ("machine busy", lambda r: r["machine_busy"], False, None)],
     "fanout": [("last notify p50 us", lambda r: r["by_op"]["last_notify"]["latency_us"]["p50"], False, None),
                ("writer's setData p50 us", lambda r: r["by_op"]["set"]["latency_us"]["p50"], False, None),
                ("machine floor, no server, p50 us", lambda r: r["floor"]["by_op"]["last_notify"]["latency_us"]["p50"],
@@ -165,6 +180,15 @@ def add_server_cpu(r, cpu_s, args):
     ops = r["ops_per_s"] * (r.get("window_s", 0) + warmup)
     if ops > 0:
         r["server_cpu_us_per_op"] = round(cpu_s * 1e6 / ops, 2)
+        # The client's time also covers connecting and closing its sessions: an upper
+        # bound on its share per request.
+        if "client_cpu_s" in r:
+            r["client_cpu_us_per_op"] = round(r["client_cpu_s"] * 1e6 / ops, 2)
+            # Server and client share the machine: with its CPUs busy, ops/s cannot
+            # pass CPUs / (server + client CPU per op), whatever either does alone.
+            r["machine_cpu_us_per_op"] = round((cpu_s + r["client_cpu_s"]) * 1e6 / ops, 2)
+            if r.get("wall_s"):
+                r["machine_busy"] = round((cpu_s + r["client_cpu_s"]) / (r["wall_s"] * (os.cpu_count() or 1)), 3)
 
 
 def summary_line(name, r):

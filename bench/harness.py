@@ -40,11 +40,19 @@ def start(kind, extra=None, heap="2g"):
 
 def bench(command, server, args, timeout=900):
     """Runs `ringkeeper-bench <command> --addr <server> ... --json`; returns its JSON."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     p = subprocess.run([str(BENCH), command, "--addr", server.hosts, "--json", "--quiet"] + args,
                        capture_output=True, text=True, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"ringkeeper-bench {command} {' '.join(args)} failed:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    # The load generator's own CPU time (user + system) over the whole run: with it on
+    # the same cores as the server, it says how much of the machine the client took.
+    r["client_cpu_s"] = round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3)
+    r["wall_s"] = round(time.monotonic() - started, 3)
+    return r
 
 
 def fanout_floor(sessions, duration="5", warmup="1"):
