@@ -4,6 +4,7 @@ amount (a delaying proxy), the open loop charges a stall to the requests it dela
 and the scenarios do what they say. Also a smoke run of bench/compare.py."""
 
 import json
+import os
 import queue
 import socket
 import subprocess
@@ -289,6 +290,26 @@ def test_storage_bench_runs_end_to_end(tmp_path):
         (restart,) = res["restart"][kind]
         assert restart["znodes"] == 20000 and len(restart["restart_s"]) == 2
         assert len(restart["restart_no_log_s"]) == (2 if kind == "ringkeeper" else 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping the page cache needs root (CI runs as root)")
+def test_restart_cold_splits_a_restart_by_the_recovery_line():
+    """The cold-cache restart script, cut down: ringkeeper only, one warm and one cold
+    restart, each with its recovery line's parts."""
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, str(repo / "bench" / "restart_cold.py"), "--znodes", "20000",
+                        "--rounds", "1", "--servers", "ringkeeper"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = Path(p.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    try:
+        res = json.loads(out.read_text())
+    finally:
+        out.unlink()
+    rs = res["ringkeeper"]["restarts"]
+    assert [r["cold"] for r in rs] == [False, True]
+    for r in rs:
+        assert r["znodes"] >= 20000
+        assert 0 <= r["snapshot_load_ms"] <= r["recovery_ms"] <= r["restart_s"] * 1000
 
 
 def test_compare_runs_end_to_end(tmp_path):
