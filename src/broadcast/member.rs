@@ -104,6 +104,8 @@ struct State {
     /// A reload is under way: no snapshot may start (the tree and the log are being
     /// replaced).
     in_reload: Cell<bool>,
+    /// Signalled when a reload ends, for the driver waiting in `settle`.
+    reloaded: Notify,
     /// Snapshots of the core's tree in the background, and the rebase onto them, as
     /// standalone; fed the log records of every txn the tree takes.
     snapshotter: RefCell<Snapshotter>,
@@ -231,6 +233,7 @@ impl State {
         self.in_reload.set(true);
         let r = self.reload_files(what, change).await;
         self.in_reload.set(false);
+        self.reloaded.notify();
         r
     }
 
@@ -332,6 +335,16 @@ impl Replica for StorageReplica {
         epochs::store(&s.cfg.snapshot_dir(), s.epochs.get(), new).map_err(std::io::Error::other)?;
         s.epochs.set(new);
         Ok(())
+    }
+
+    async fn settle(&mut self) {
+        // From the moment the lead is lost (role_changed) to the end of the reload
+        // that follows: its truncation would remove, and its reset of the tree would
+        // forget, what a new leader's sync had been given meanwhile.
+        let s = self.0.clone();
+        while s.left_leading.get() || s.in_reload.get() {
+            s.reloaded.wait().await;
+        }
     }
 
     fn append(&mut self, txn: &ZabTxn) {
@@ -727,6 +740,7 @@ pub async fn run(
         left_leading: Cell::new(false),
         reloading: glommio::sync::Semaphore::new(1),
         in_reload: Cell::new(false),
+        reloaded: Notify::default(),
         snapshotter: RefCell::new(Snapshotter::new(
             cfg.clone(),
             Arc::default(),

@@ -81,6 +81,11 @@ impl Inbox {
 pub trait Replica {
     /// Durable before returning.
     fn persist_epochs(&mut self, accepted: i64, current: i64) -> std::io::Result<()>;
+    /// Returns once the replica is done with the loss of a lead (its log cut back to
+    /// what was proposed, its tree reloaded from disk): the driver waits for it before
+    /// it logs or applies anything a new leader sends, which that cleanup would
+    /// otherwise undo.
+    async fn settle(&mut self) {}
     /// Appends to the log; durable later (see `persisted`).
     fn append(&mut self, txn: &Txn);
     /// How far the log is on disk.
@@ -341,12 +346,17 @@ impl<R: Replica> Driver<R> {
                     .replica
                     .borrow_mut()
                     .persist_epochs(accepted, current)?,
-                Effect::Append(txn) => self.replica.borrow_mut().append(&txn),
+                Effect::Append(txn) => {
+                    self.replica.borrow_mut().settle().await;
+                    self.replica.borrow_mut().append(&txn)
+                }
                 Effect::Truncate { to } => {
+                    self.replica.borrow_mut().settle().await;
                     self.replica.borrow_mut().applied();
                     self.replica.borrow_mut().truncate(to).await?
                 }
                 Effect::InstallSnapshot { leader, zxid } => {
+                    self.replica.borrow_mut().settle().await;
                     self.replica.borrow_mut().applied();
                     let image = self.pending_image.take();
                     self.replica
@@ -354,7 +364,10 @@ impl<R: Replica> Driver<R> {
                         .install_snapshot(leader, zxid, image)
                         .await?
                 }
-                Effect::Apply(txn) => self.replica.borrow_mut().apply(&txn),
+                Effect::Apply(txn) => {
+                    self.replica.borrow_mut().settle().await;
+                    self.replica.borrow_mut().apply(&txn)
+                }
                 Effect::Forwarded { from, data, auth } => {
                     self.replica.borrow_mut().forwarded(from, data, auth)
                 }
