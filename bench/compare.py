@@ -188,7 +188,7 @@ def add_server_cpu(r, cpu_s, args):
             # pass CPUs / (server + client CPU per op), whatever either does alone.
             r["machine_cpu_us_per_op"] = round((cpu_s + r["client_cpu_s"]) * 1e6 / ops, 2)
             if r.get("wall_s"):
-                r["machine_busy"] = round((cpu_s + r["client_cpu_s"]) / (r["wall_s"] * (os.cpu_count() or 1)), 3)
+                r["machine_busy"] = round((cpu_s + r["client_cpu_s"]) / (r["wall_s"] * len(os.sched_getaffinity(0))), 3)
 
 
 def summary_line(name, r):

@@ -38,31 +38,33 @@ def start(kind, extra=None, heap="2g"):
     return servers.start_ringkeeper(extra)
 
 
-def bench(command, server, args, timeout=900):
-    """Runs `ringkeeper-bench <command> --addr <server> ... --json`; returns its JSON."""
+def run_bench(command, args, timeout=900):
+    """Runs `ringkeeper-bench <command> ... --json --quiet`; returns its JSON, with the
+    load generator's own CPU time (user + system) and wall time over the whole run:
+    on the same cores as the server, they say how much of the machine the client took."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    p = subprocess.run([str(BENCH), command, "--addr", server.hosts, "--json", "--quiet"] + args,
+    p = subprocess.run([str(BENCH), command, "--json", "--quiet"] + args,
                        capture_output=True, text=True, timeout=timeout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"ringkeeper-bench {command} {' '.join(args)} failed:\n{p.stderr}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    # The load generator's own CPU time (user + system) over the whole run: with it on
-    # the same cores as the server, it says how much of the machine the client took.
     r["client_cpu_s"] = round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3)
     r["wall_s"] = round(time.monotonic() - started, 3)
     return r
 
 
+def bench(command, server, args, timeout=900):
+    """`ringkeeper-bench <command> --addr <server> ...` (see run_bench)."""
+    return run_bench(command, ["--addr", server.hosts] + args, timeout)
+
+
 def fanout_floor(sessions, duration="5", warmup="1"):
     """`ringkeeper-bench fanout-floor`: the fan-out's time on this machine with no
     server (one thread sends the event frame to sessions-1 loopback sockets)."""
-    p = subprocess.run([str(BENCH), "fanout-floor", "--sessions", str(sessions), "--duration", duration,
-                        "--warmup", warmup, "--json"], capture_output=True, text=True, timeout=300)
-    if p.returncode:
-        raise SystemExit(f"ringkeeper-bench fanout-floor failed:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_bench("fanout-floor", ["--sessions", str(sessions), "--duration", duration,
+                                      "--warmup", warmup], timeout=300)
 
 
 def populate(server, keys, value_size=100, prefix="/bench"):
