@@ -2,12 +2,18 @@
 //! write per call (O_DSYNC, so the write and its sync are one request to the device),
 //! through io_uring (glommio), with O_DIRECT where the file system allows it.
 //!
-//! Group commit is the caller's loop: while one [`LogWriter::append`] is in flight the
-//! broadcast core keeps framing records into its next buffer, and the next call writes
-//! all of them at once. Direct I/O writes whole blocks: the writer keeps the bytes of
-//! the last, partly filled block in memory and rewrites that block together with the new
-//! records, padded with zeros (the preallocated space is zeros too, which is how a reader
-//! finds the end).
+//! Group commit is the caller's loop: while a write is in flight the broadcast core
+//! keeps framing records into its next buffer, and the next write takes all of them at
+//! once. Direct I/O writes whole blocks: the writer keeps the bytes of the last, partly
+//! filled block in memory and rewrites that block together with the new records, padded
+//! with zeros (the preallocated space is zeros too, which is how a reader finds the end).
+//!
+//! A second write may start while one is in flight ([`LogWriter::start_append`] with
+//! `behind` set). It must not rewrite the block the first one is still writing, so it
+//! starts at the next block boundary, after zero padding, and opens with an
+//! *overlapping* batch marker that gives the padding's length (see `record`): a reader
+//! then knows both that the gap is padding and that this write may have reached the
+//! disk before the one ahead of it.
 //!
 //! glommio probes, on the first direct-I/O file it opens on a device, whether that device
 //! supports polled I/O by reading the file's first block; for an empty or unwritten block
@@ -17,18 +23,28 @@
 //! written and synced through the page cache ([`crate::segment::create_segment`]), so the
 //! probe reads real data (tested in `tests/dma_first_open.rs`).
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 use thiserror::Error;
 
 use crate::fsutil::is_tmpfs;
-use crate::record::{encode_batch_marker, BATCH_MARKER_BYTES};
+use crate::record::{
+    encode_batch_marker, encode_overlapping_batch_marker, BATCH_MARKER_BYTES, LOG_BLOCK_BYTES,
+    OVERLAPPING_BATCH_MARKER_BYTES,
+};
 use crate::segment::create_segment;
 
 /// Block size direct writes are aligned to (a multiple of any logical block size here).
-const BLOCK: u64 = 4096;
+const BLOCK: u64 = LOG_BLOCK_BYTES as u64;
+
+/// A write started by [`LogWriter::start_append`]: resolves once it is durable (or
+/// failed). It owns what it needs, so the writer can start another meanwhile.
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<(), LogError>>>>;
 
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -93,9 +109,10 @@ pub async fn probe_space(dir: &Path, bytes: u64) -> io::Result<()> {
         .await
 }
 
+#[derive(Clone)]
 enum SegmentFile {
-    Direct(DmaFile),
-    Buffered(BufferedFile),
+    Direct(Rc<DmaFile>),
+    Buffered(Rc<BufferedFile>),
 }
 
 /// How many writes and syncs the log has done: the batching factor is records / syncs.
@@ -136,7 +153,7 @@ async fn open_segment(path: &Path, dsync: bool) -> io::Result<SegmentFile> {
             .dma_open(path)
             .await
         {
-            Ok(f) => return Ok(SegmentFile::Direct(f)),
+            Ok(f) => return Ok(SegmentFile::Direct(Rc::new(f))),
             Err(e) => {
                 let e: io::Error = e.into();
                 if e.raw_os_error() != Some(libc::EINVAL) {
@@ -158,7 +175,7 @@ async fn open_segment(path: &Path, dsync: bool) -> io::Result<SegmentFile> {
         .custom_flags(flags)
         .buffered_open(path)
         .await?;
-    Ok(SegmentFile::Buffered(f))
+    Ok(SegmentFile::Buffered(Rc::new(f)))
 }
 
 impl LogWriter {
@@ -213,77 +230,143 @@ impl LogWriter {
         &self.path
     }
 
+    /// The offset in the current segment where the next write's bytes go (before
+    /// any padding it needs).
+    pub fn position(&self) -> u64 {
+        self.end
+    }
+
     /// Writes `records` (framed with [`crate::record::encode_record`], zxids from
     /// `first_zxid` on), behind a batch marker, with one write that, under forceSync
-    /// (O_DSYNC), returns once they are durable. After an error the writer must not be
-    /// used again: the state of the file is unknown and a retried sync could report
-    /// success for pages the kernel has already dropped.
+    /// (O_DSYNC), returns once they are durable; starts the next segment first if
+    /// they do not fit. No other write may be in flight. After an error the writer
+    /// must not be used again: the state of the file is unknown and a retried sync
+    /// could report success for pages the kernel has already dropped.
     pub async fn append(&mut self, records: &[u8], first_zxid: i64) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut batch = Vec::with_capacity(BATCH_MARKER_BYTES + records.len());
-        encode_batch_marker(&mut batch, records.len() as u64, first_zxid);
-        batch.extend_from_slice(records);
-        let records = &batch[..];
-        if self.end + records.len() as u64 > self.capacity {
-            self.roll(first_zxid, records.len() as u64).await?;
+        if !self.fits(records.len(), false) {
+            self.roll(first_zxid, (BATCH_MARKER_BYTES + records.len()) as u64)
+                .await?;
         }
-        let block_start = self.end - self.tail.len() as u64;
-        let used = self.tail.len() + records.len();
-        let new_end = self.end + records.len() as u64;
-        let write_err = |source| LogError::Write {
-            path: self.path.clone(),
-            offset: block_start,
+        self.start_append(records, first_zxid, false).await
+    }
+
+    /// Whether a write of `records_len` bytes of records fits in the current segment
+    /// (`behind`: started while another write is in flight, as in `start_append`).
+    pub fn fits(&self, records_len: usize, behind: bool) -> bool {
+        let (at, marker) = if behind {
+            (
+                self.end.next_multiple_of(BLOCK),
+                OVERLAPPING_BATCH_MARKER_BYTES,
+            )
+        } else {
+            (self.end, BATCH_MARKER_BYTES)
+        };
+        at + (marker + records_len) as u64 <= self.capacity
+    }
+
+    /// Starts the write [`LogWriter::append`] does, without a segment roll: the
+    /// caller checked [`LogWriter::fits`]. With `behind`, another write (started
+    /// before, not yet complete) is in flight: this one leaves the block that write
+    /// ends in alone and starts at the next block boundary. At most one other write
+    /// may be in flight, and the caller must treat them in the order started (this
+    /// one is durable, as far as anyone may rely on, only once the other is too).
+    /// The writer's position moves on at once; after an error it must not be used
+    /// again.
+    pub fn start_append(&mut self, records: &[u8], first_zxid: i64, behind: bool) -> PendingWrite {
+        if records.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        debug_assert!(self.fits(records.len(), behind));
+        // The bytes this write puts on disk: the start of the block it begins in (the
+        // last write's tail, unless that block is the one in flight), the marker, the
+        // records.
+        let (start, gap, head) = if behind {
+            let start = self.end.next_multiple_of(BLOCK);
+            (start, start - self.end, Vec::new())
+        } else {
+            (self.end, 0, std::mem::take(&mut self.tail))
+        };
+        let mut marker = Vec::with_capacity(OVERLAPPING_BATCH_MARKER_BYTES);
+        if behind {
+            encode_overlapping_batch_marker(&mut marker, records.len() as u64, first_zxid, gap);
+        } else {
+            encode_batch_marker(&mut marker, records.len() as u64, first_zxid);
+        }
+        let block_start = start - head.len() as u64;
+        let written = marker.len() + records.len();
+        let new_end = start + written as u64;
+        let used = head.len() + written;
+        let path = self.path.clone();
+        let write_err = move |offset: u64, source| LogError::Write {
+            path: path.clone(),
+            offset,
             source,
         };
-        match &self.file {
+        let fut: PendingWrite = match self.file.clone() {
             SegmentFile::Direct(f) => {
                 let len = used.div_ceil(BLOCK as usize) * BLOCK as usize;
                 let mut buf = f.alloc_dma_buffer(len);
                 let b = buf.as_bytes_mut();
-                b[..self.tail.len()].copy_from_slice(&self.tail);
-                b[self.tail.len()..used].copy_from_slice(records);
+                b[..head.len()].copy_from_slice(&head);
+                b[head.len()..head.len() + marker.len()].copy_from_slice(&marker);
+                b[head.len() + marker.len()..used].copy_from_slice(records);
                 b[used..].fill(0);
-                let n = f
-                    .write_at(buf, block_start)
-                    .await
-                    .map_err(|e| write_err(e.into()))?;
-                if n != len {
-                    return Err(write_err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("short write: {n} of {len} bytes"),
-                    )));
-                }
+                // The new tail: the bytes of the block that now holds the end.
+                self.tail = b[(new_end - new_end % BLOCK - block_start) as usize..used].to_vec();
+                Box::pin(async move {
+                    let n = f
+                        .write_at(buf, block_start)
+                        .await
+                        .map_err(|e| write_err(block_start, e.into()))?;
+                    if n != len {
+                        return Err(write_err(
+                            block_start,
+                            io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                format!("short write: {n} of {len} bytes"),
+                            ),
+                        ));
+                    }
+                    Ok(())
+                })
             }
             SegmentFile::Buffered(f) => {
-                let n = f
-                    .write_at(records.to_vec(), self.end)
-                    .await
-                    .map_err(|e| write_err(e.into()))?;
-                if n != records.len() {
-                    return Err(write_err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("short write: {n} of {} bytes", records.len()),
-                    )));
-                }
+                let mut data = marker;
+                data.extend_from_slice(records);
+                let mut joined = head;
+                joined.extend_from_slice(&data);
+                self.tail = joined[(new_end - new_end % BLOCK - block_start) as usize..].to_vec();
+                Box::pin(async move {
+                    let want = data.len();
+                    let n = f
+                        .write_at(data, start)
+                        .await
+                        .map_err(|e| write_err(start, e.into()))?;
+                    if n != want {
+                        return Err(write_err(
+                            start,
+                            io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                format!("short write: {n} of {want} bytes"),
+                            ),
+                        ));
+                    }
+                    Ok(())
+                })
             }
-        }
+        };
         if self.opts.force_sync {
-            // The segment is open with O_DSYNC: the write above returned only once
-            // its data (and the metadata needed to read it back) was on disk.
+            // The segment is open with O_DSYNC: the write returns only once its data
+            // (and the metadata needed to read it back) is on disk.
             self.counters.syncs += 1;
         }
-        // The new tail: the bytes of the block that now holds the end.
-        let new_block_start = new_end - new_end % BLOCK;
-        let keep = (new_end - new_block_start) as usize;
-        let mut joined = std::mem::take(&mut self.tail);
-        joined.extend_from_slice(records);
-        self.tail = joined[joined.len() - keep..].to_vec();
         self.end = new_end;
         self.counters.appends += 1;
-        self.counters.bytes += records.len() as u64;
-        Ok(())
+        self.counters.bytes += written as u64;
+        fut
     }
 
     /// Counts records for the batching factor (the caller knows how many it framed).
@@ -292,8 +375,8 @@ impl LogWriter {
     }
 
     /// Closes the full segment and starts the next one at `first_zxid`, large enough
-    /// for `need` bytes.
-    async fn roll(&mut self, first_zxid: i64, need: u64) -> Result<(), LogError> {
+    /// for `need` bytes. No write may be in flight.
+    pub async fn roll(&mut self, first_zxid: i64, need: u64) -> Result<(), LogError> {
         let opts = LogOptions {
             prealloc_bytes: self
                 .opts
@@ -311,12 +394,17 @@ impl LogWriter {
         let old = std::mem::replace(self, next);
         self.opts = old.opts.clone();
         self.counters = counters;
+        // The writes in flight hold the file too; with none, this is the last owner.
         match old.file {
             SegmentFile::Direct(f) => {
-                let _ = f.close().await;
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    let _ = f.close().await;
+                }
             }
             SegmentFile::Buffered(f) => {
-                let _ = f.close().await;
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    let _ = f.close().await;
+                }
             }
         }
         tracing::info!("txn log rolled over to {}", self.path.display());

@@ -12,11 +12,20 @@
 //!
 //! Each write of the log (one group commit) starts with a *batch marker*: a record with
 //! zxid [`BATCH_MARKER_ZXID`] whose payload is the byte length of the records that follow
-//! and the first zxid among them. A write only starts once the previous one has
-//! returned durable, so a damaged record followed by a valid marker is damage to a
-//! completed, acknowledged write (corruption: stop), while damage with no marker after
-//! it lies in the last write, which may have been torn by a crash (its blocks can reach
-//! the disk in any order) and was never acknowledged (truncate).
+//! and the first zxid among them. There are two kinds:
+//!
+//! - a plain marker ([`BATCH_MARKER_BYTES`]) opens a write started once every earlier
+//!   write had returned durable;
+//! - an *overlapping* marker ([`OVERLAPPING_BATCH_MARKER_BYTES`]) opens a write started
+//!   while the one before it was still in flight. It starts at the next
+//!   [`LOG_BLOCK_BYTES`] boundary of the file (so the two never write the same block),
+//!   after zero padding whose length it carries. At most two writes are in flight.
+//!
+//! So a crash can tear the last write, or the last two when the last one overlaps (either
+//! may reach the disk without the other, its blocks in any order); neither was
+//! acknowledged. Damage followed by a plain marker, or by two markers, lies in a write
+//! that had completed before a later one started, and was acknowledged: corruption,
+//! stop. Any other damage is a torn tail: truncate.
 
 use std::ops::Range;
 
@@ -33,6 +42,13 @@ pub const BATCH_MARKER_ZXID: i64 = -1;
 const BATCH_MARKER_PAYLOAD_BYTES: usize = 16;
 /// Bytes a batch marker adds to a write.
 pub const BATCH_MARKER_BYTES: usize = RECORD_HEADER_BYTES + BATCH_MARKER_PAYLOAD_BYTES;
+const OVERLAPPING_BATCH_MARKER_PAYLOAD_BYTES: usize = 24;
+/// Bytes an overlapping batch marker adds to a write.
+pub const OVERLAPPING_BATCH_MARKER_BYTES: usize =
+    RECORD_HEADER_BYTES + OVERLAPPING_BATCH_MARKER_PAYLOAD_BYTES;
+/// The block size a write that overlaps the one before it is aligned to, in file
+/// offsets (the segment header included).
+pub const LOG_BLOCK_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -109,6 +125,21 @@ pub fn encode_batch_marker(out: &mut Vec<u8>, records_len: u64, first_zxid: i64)
     let mut p = [0u8; BATCH_MARKER_PAYLOAD_BYTES];
     p[..8].copy_from_slice(&records_len.to_be_bytes());
     p[8..].copy_from_slice(&first_zxid.to_be_bytes());
+    encode_record(out, BATCH_MARKER_ZXID, &p);
+}
+
+/// Appends the marker that opens a write started while the one before it was still in
+/// flight: `padding` zero bytes lie between the end of that write and this marker.
+pub fn encode_overlapping_batch_marker(
+    out: &mut Vec<u8>,
+    records_len: u64,
+    first_zxid: i64,
+    padding: u64,
+) {
+    let mut p = [0u8; OVERLAPPING_BATCH_MARKER_PAYLOAD_BYTES];
+    p[..8].copy_from_slice(&records_len.to_be_bytes());
+    p[8..16].copy_from_slice(&first_zxid.to_be_bytes());
+    p[16..].copy_from_slice(&padding.to_be_bytes());
     encode_record(out, BATCH_MARKER_ZXID, &p);
 }
 
@@ -191,22 +222,71 @@ fn record_at(data: &[u8], at: usize) -> Option<(i64, Range<usize>, usize)> {
     (record_crc(zxid, payload) == crc).then_some((zxid, start..start + len, start + len))
 }
 
-/// Whether a valid batch marker starts at `at` (its fixed header fields are checked
-/// before the checksum, so scanning garbage for markers stays linear).
-fn is_batch_marker(data: &[u8], at: usize) -> bool {
-    let Some(h) = data.get(at..at + RECORD_HEADER_BYTES) else {
-        return false;
-    };
-    h[..4] == (BATCH_MARKER_PAYLOAD_BYTES as u32).to_be_bytes()
-        && h[8..16] == BATCH_MARKER_ZXID.to_be_bytes()
-        && record_at(data, at).is_some()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Plain,
+    /// Opens a write started while the one before was in flight, after `padding`
+    /// zero bytes.
+    Overlapping {
+        padding: u64,
+    },
+}
+
+/// The valid batch marker that starts at `at`, if any (its fixed header fields are
+/// checked before the checksum, so scanning garbage for markers stays linear).
+fn batch_marker_at(data: &[u8], at: usize) -> Option<Marker> {
+    let h = data.get(at..at + RECORD_HEADER_BYTES)?;
+    if h[8..16] != BATCH_MARKER_ZXID.to_be_bytes() {
+        return None;
+    }
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if len != BATCH_MARKER_PAYLOAD_BYTES && len != OVERLAPPING_BATCH_MARKER_PAYLOAD_BYTES {
+        return None;
+    }
+    let (_, payload, _) = record_at(data, at)?;
+    Some(if len == BATCH_MARKER_PAYLOAD_BYTES {
+        Marker::Plain
+    } else {
+        let p = &data[payload];
+        Marker::Overlapping {
+            padding: u64::from_be_bytes(p[16..24].try_into().expect("8 bytes")),
+        }
+    })
+}
+
+/// Where the padding that starts at `at` (an offset in the segment's body, the bytes
+/// after its header) ends: the next block boundary of
+/// the file, if an overlapping marker starts there that says its padding begins exactly
+/// at `at` and all of it is zeros.
+pub fn padding_end(data: &[u8], at: usize) -> Option<usize> {
+    let file_at = at + SEGMENT_HEADER_BYTES;
+    let next = file_at.next_multiple_of(LOG_BLOCK_BYTES) - SEGMENT_HEADER_BYTES;
+    if next == at || !data.get(at..next)?.iter().all(|b| *b == 0) {
+        return None;
+    }
+    match batch_marker_at(data, next)? {
+        Marker::Overlapping { padding } if padding == (next - at) as u64 => Some(next),
+        _ => None,
+    }
+}
+
+/// Whether damage at `at` can be a torn tail: no write started after the damaged one
+/// had completed. No valid marker after it; or one, overlapping (its write was started
+/// while the damaged one was in flight, and no later write started at all).
+fn torn_tail_at(data: &[u8], at: usize) -> bool {
+    let mut later = (at + 1..data.len()).filter_map(|o| batch_marker_at(data, o).map(|m| (o, m)));
+    match later.next() {
+        None => true,
+        Some((_, Marker::Plain)) => false,
+        Some((_, Marker::Overlapping { .. })) => later.next().is_none(),
+    }
 }
 
 /// Reads the records of a segment body (the bytes after its header).
 ///
 /// Stops at the first record that does not check out and decides whether it is a torn
-/// tail (no later write follows it: safe to truncate) or corruption (a valid batch
-/// marker follows: refuse). Batch markers are not returned.
+/// tail (safe to truncate) or corruption (refuse): see the module's account. Batch
+/// markers and the padding before overlapping ones are not returned.
 pub fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut at = 0;
@@ -249,16 +329,17 @@ pub fn scan(data: &[u8]) -> Scan {
                 at = next;
             }
             None => {
-                // A valid batch marker further on means a later write started, so this
-                // write had completed and been synced: the damage is corruption.
-                let later = (at + 1..data.len()).any(|o| is_batch_marker(data, o));
-                let end = if later {
+                if let Some(next) = padding_end(data, at) {
+                    at = next;
+                    continue;
+                }
+                let end = if torn_tail_at(data, at) {
+                    End::Torn { offset: at }
+                } else {
                     End::Corrupt {
                         offset: at,
                         reason: "damaged record followed by later writes",
                     }
-                } else {
-                    End::Torn { offset: at }
                 };
                 return Scan {
                     records,
@@ -346,6 +427,174 @@ mod tests {
             (s.records.len(), s.valid_len, s.end),
             (2, valid, End::Clean)
         );
+    }
+
+    /// A log as the writer lays it out when some writes start while the one before
+    /// is in flight: `payloads` in batches of `per` (zxids from 100), batch `i`
+    /// overlapping the one before when `overlap(i)` (for i > 0). Returns the body, each
+    /// record's end, each batch's first record index and where its marker starts. The
+    /// padding before an overlapping marker is the rest of the last block of the batch
+    /// before it, written (as zeros) by that batch's write.
+    struct Laid {
+        data: Vec<u8>,
+        ends: Vec<usize>,
+        batch_first: Vec<usize>,
+        batch_start: Vec<usize>,
+        overlapping: Vec<bool>,
+    }
+
+    fn lay_out(payloads: &[Vec<u8>], per: usize, overlap: &[bool]) -> Laid {
+        let mut l = Laid {
+            data: Vec::new(),
+            ends: Vec::new(),
+            batch_first: Vec::new(),
+            batch_start: Vec::new(),
+            overlapping: Vec::new(),
+        };
+        for (b, chunk) in payloads.chunks(per).enumerate() {
+            let first = b * per;
+            let behind = b > 0 && overlap[b % overlap.len()];
+            l.batch_first.push(first);
+            l.overlapping.push(behind);
+            let mut recs = Vec::new();
+            let mut rel_ends = Vec::new();
+            for (i, p) in chunk.iter().enumerate() {
+                encode_record(&mut recs, 100 + (first + i) as i64, p);
+                rel_ends.push(recs.len());
+            }
+            if behind {
+                let file_at = l.data.len() + SEGMENT_HEADER_BYTES;
+                let pad = file_at.next_multiple_of(LOG_BLOCK_BYTES) - file_at;
+                l.data.resize(l.data.len() + pad, 0);
+                l.batch_start.push(l.data.len());
+                encode_overlapping_batch_marker(
+                    &mut l.data,
+                    recs.len() as u64,
+                    100 + first as i64,
+                    pad as u64,
+                );
+            } else {
+                l.batch_start.push(l.data.len());
+                encode_batch_marker(&mut l.data, recs.len() as u64, 100 + first as i64);
+            }
+            let base = l.data.len();
+            l.data.extend_from_slice(&recs);
+            l.ends.extend(rel_ends.into_iter().map(|e| base + e));
+        }
+        l
+    }
+
+    impl Laid {
+        /// The batches a crash may have torn: the last, and the one before it too when
+        /// the last overlaps it. Every batch before them was acknowledged.
+        fn first_in_flight(&self) -> usize {
+            let n = self.batch_first.len();
+            if n >= 2 && self.overlapping[n - 1] {
+                n - 2
+            } else {
+                n - 1
+            }
+        }
+
+        fn batch_of_offset(&self, at: usize) -> usize {
+            self.batch_start
+                .iter()
+                .rposition(|s| *s <= at)
+                .expect("a batch")
+        }
+    }
+
+    fn large_payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 1..1500), 1..24)
+    }
+
+    #[test]
+    fn padding_before_an_overlapping_write_is_skipped_only_where_its_marker_says() {
+        let ps: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8 + 1; 700]).collect();
+        let l = lay_out(&ps, 2, &[true]);
+        let s = scan(&l.data);
+        assert_eq!((s.records.len(), &s.end), (6, &End::Clean));
+        // Batch 1 (records 2, 3) never reached the disk, batch 2 did: batch 2's marker
+        // names padding that starts where batch 1 ended, not where batch 0 did, so
+        // the scan stops after batch 0 and calls it torn.
+        let mut lost = l.data.clone();
+        lost[l.batch_start[1]..l.batch_start[2]].fill(0);
+        let s = scan(&lost);
+        assert_eq!(s.records.len(), 2);
+        assert_eq!(s.end, End::Torn { offset: l.ends[1] });
+    }
+
+    proptest! {
+        /// Writes that overlap the one before them read back whole, padding skipped.
+        #[test]
+        fn overlapping_writes_round_trip(ps in large_payloads(), per in 1usize..5, overlap in prop::collection::vec(any::<bool>(), 1..8)) {
+            let l = lay_out(&ps, per, &overlap);
+            let s = scan(&l.data);
+            prop_assert_eq!(&s.end, &End::Clean);
+            prop_assert_eq!(s.records.len(), ps.len());
+            for (r, p) in s.records.iter().zip(&ps) {
+                prop_assert_eq!(&l.data[r.payload.clone()], &p[..]);
+            }
+        }
+
+        /// A crash loses any blocks of the writes in flight (the last, and the one
+        /// before it when the last overlaps it), in any combination: recovery reads a
+        /// prefix of what was written, never less than what was acknowledged, and
+        /// calls the rest a torn tail.
+        #[test]
+        fn lost_blocks_of_the_writes_in_flight_are_a_torn_tail(
+            ps in large_payloads(),
+            per in 1usize..5,
+            overlap in prop::collection::vec(any::<bool>(), 1..8),
+            lost in prop::collection::vec(any::<bool>(), 1..64),
+        ) {
+            let l = lay_out(&ps, per, &overlap);
+            let from = l.batch_start[l.first_in_flight()];
+            let acked = l.batch_first[l.first_in_flight()];
+            let mut data = l.data.clone();
+            // Blocks of the file (the header is the first 32 bytes of block 0).
+            let block = |o: usize| (o + SEGMENT_HEADER_BYTES) / LOG_BLOCK_BYTES;
+            for (i, b) in data.iter_mut().enumerate().skip(from) {
+                if lost[block(i) % lost.len()] {
+                    *b = 0;
+                }
+            }
+            let s = scan(&data);
+            prop_assert!(matches!(s.end, End::Torn { .. } | End::Clean), "{:?}", s.end);
+            prop_assert!(s.records.len() >= acked, "{} < {acked}", s.records.len());
+            for (i, r) in s.records.iter().enumerate() {
+                prop_assert_eq!(r.zxid, 100 + i as i64);
+                prop_assert_eq!(&data[r.payload.clone()], &ps[i][..]);
+            }
+        }
+
+        /// A flipped bit in a write in flight is a torn tail; anywhere before, it is
+        /// corruption. Either way the scan stops at the damage.
+        #[test]
+        fn bit_flips_before_the_writes_in_flight_are_corruption(
+            ps in large_payloads(),
+            per in 1usize..5,
+            overlap in prop::collection::vec(any::<bool>(), 1..8),
+            pick in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let l = lay_out(&ps, per, &overlap);
+            let mut data = l.data.clone();
+            let at = pick.index(data.len());
+            data[at] ^= 1 << bit;
+            let s = scan(&data);
+            let batch = l.batch_of_offset(at);
+            // The record the flip landed in (a marker counts as its batch's first
+            // record, and so does the padding before it, which belongs to the batch
+            // before).
+            let damaged = l.ends.iter().position(|e| at < *e).expect("inside some record");
+            prop_assert_eq!(s.records.len(), damaged, "flip at {} in batch {}: {:?}", at, batch, s.end);
+            if batch >= l.first_in_flight() {
+                prop_assert!(matches!(s.end, End::Torn { .. }), "{:?}", s.end);
+            } else {
+                prop_assert!(matches!(s.end, End::Corrupt { .. }), "{:?}", s.end);
+            }
+        }
     }
 
     proptest! {

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::fsync_dir;
 use crate::record::{
-    encode_batch_marker, encode_record, scan, End, SegmentHeader, BATCH_MARKER_ZXID,
-    RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES,
+    encode_batch_marker, encode_record, padding_end, scan, End, SegmentHeader, BATCH_MARKER_ZXID,
+    LOG_BLOCK_BYTES, OVERLAPPING_BATCH_MARKER_BYTES, RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::recover::follows;
 use crate::segment::{create_segment, list_segments, TMP_SUFFIX};
@@ -81,7 +82,20 @@ fn read_segment(path: &Path, last: &mut i64, upto: i64, out: &mut Vec<u8>) -> io
         }
         let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
         if len == 0 {
-            return Ok(false); // the written part ends here
+            // Padding before a write that was started while the one before was in
+            // flight (see `record`), or the end of the written part.
+            let marker_end = at.next_multiple_of(LOG_BLOCK_BYTES) + OVERLAPPING_BATCH_MARKER_BYTES;
+            if !fill(&mut buf, marker_end)? {
+                return Ok(false);
+            }
+            let body = &buf[SEGMENT_HEADER_BYTES..];
+            match padding_end(body, at - SEGMENT_HEADER_BYTES) {
+                Some(next) => {
+                    at = SEGMENT_HEADER_BYTES + next;
+                    continue;
+                }
+                None => return Ok(false),
+            }
         }
         if len > RECORD_PAYLOAD_BYTES_MAX || !fill(&mut buf, at + RECORD_HEADER_BYTES + len)? {
             return Err(io::Error::other(format!("no whole record at offset {at}")));

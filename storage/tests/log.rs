@@ -66,6 +66,22 @@ fn write_batches(dir: &Path, n: i64, per: i64, prealloc: u64) -> Vec<(i64, i64)>
     })
 }
 
+/// Batch markers of `payload_len` (16: plain, 24: a write that overlapped the one
+/// before it) in a segment's bytes.
+fn count_markers(seg: &[u8], payload_len: u8) -> usize {
+    seg.windows(16)
+        .filter(|w| w[..4] == [0, 0, 0, payload_len] && w[8..16] == (-1i64).to_be_bytes())
+        .count()
+}
+
+fn framed(zxids: std::ops::RangeInclusive<i64>) -> Vec<u8> {
+    let mut b = Vec::new();
+    for x in zxids {
+        encode_record(&mut b, x, &payload(x));
+    }
+    b
+}
+
 fn recover(dir: &Path, after: i64) -> Result<(Vec<i64>, LogEnd), RecoveryError> {
     let mut seen = Vec::new();
     let end = replay_log(dir, after, |z, p| {
@@ -129,15 +145,147 @@ fn group_commit_batches_many_writers_into_few_fsyncs() {
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     // Every write opens with a batch marker: count them to get the number of fsyncs.
     let seg = std::fs::read(dir.join("log.0000000000000001")).unwrap();
-    let marker = [0u8, 0, 0, 16];
-    let writes = seg
-        .windows(16)
-        .filter(|w| w[..4] == marker && w[8..16] == (-1i64).to_be_bytes())
-        .count() as u64;
+    let writes = (count_markers(&seg, 16) + count_markers(&seg, 24)) as u64;
     assert!(
         writes * 8 <= total as u64,
         "{writes} writes for {total} records: group commit is not batching"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A batch queued while a write is in flight starts a second write at once; batches
+/// are still released in order, each after it and every one before it are durable.
+#[test]
+fn a_batch_queued_during_a_write_starts_a_second_write_released_in_order() {
+    let dir = test_dir("second-write");
+    let d = dir.clone();
+    let overlapped = on_executor(move || async move {
+        let log = LogWriter::create(&d, 1, opts(8 << 20)).await.unwrap();
+        let q = GroupCommit::<i64>::new(0);
+        let released = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let woken = Rc::new(Notify::default());
+        let durable = q.durable_zxid();
+        let (r, w) = (released.clone(), woken.clone());
+        glommio::spawn_local(q.clone().run(log, move |items, err| {
+            assert!(err.is_none());
+            for z in &items {
+                assert!(durable.load(std::sync::atomic::Ordering::Acquire) >= *z);
+            }
+            r.borrow_mut().extend(items);
+            w.notify();
+            async { true }
+        }))
+        .detach();
+        let done = |z: i64| released.borrow().last() == Some(&z);
+        let mut overlapped = 0;
+        let mut z = 1;
+        for _ in 0..50 {
+            q.push_record(z, &payload(z), z);
+            // Lets the log task take the batch and start its write.
+            futures_lite::future::yield_now().await;
+            let first_done = done(z);
+            q.push_record(z + 1, &payload(z + 1), z + 1);
+            futures_lite::future::yield_now().await;
+            // The second write starts unless the first was released already.
+            let both = q.writes_in_flight() == 2;
+            assert!(both || first_done || done(z), "round {z}");
+            overlapped += both as usize;
+            while !done(z + 1) {
+                woken.wait().await;
+            }
+            z += 2;
+        }
+        assert_eq!(*released.borrow(), (1..z).collect::<Vec<_>>());
+        overlapped
+    });
+    let (seen, _) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+    let seg = std::fs::read(dir.join("log.0000000000000001")).unwrap();
+    assert_eq!(count_markers(&seg, 24), overlapped);
+    assert!(
+        overlapped > 0,
+        "no second write ever started while one was in flight"
+    );
+    // A leader reading the log back for a learner steps over the padding too.
+    let range = ringkeeper_storage::transfer::read_log_range(&dir, 10, 100).unwrap();
+    let span = ringkeeper_storage::transfer::check_records(&range, 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!((span.first, span.last, span.count), (11, 100, 90));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two writes in flight, the second behind the first: a crash may land either without
+/// the other. Recovery keeps what the landed prefix holds, zeroes whatever lies after
+/// it, and the log continues from there.
+#[test]
+fn a_crash_between_two_writes_in_flight_keeps_the_prefix_and_zeroes_the_rest() {
+    let dir = test_dir("two-in-flight");
+    let seg = dir.join("log.0000000000000001");
+    let d = dir.clone();
+    let (before, a_start, a_end) = on_executor(move || async move {
+        let mut log = LogWriter::create(&d, 1, opts(1 << 20)).await.unwrap();
+        log.append(&framed(1..=3), 1).await.unwrap();
+        let before = std::fs::read(d.join("log.0000000000000001")).unwrap();
+        let a_start = log.position();
+        let a = log.start_append(&framed(4..=400), 4, false);
+        let a_end = log.position();
+        let b = log.start_append(&framed(401..=600), 401, true);
+        let (ra, rb) = futures_lite::future::zip(a, b).await;
+        ra.unwrap();
+        rb.unwrap();
+        (before, a_start as usize, a_end as usize)
+    });
+    let landed = std::fs::read(&seg).unwrap();
+    let block = 4096;
+    let b_start = a_end.next_multiple_of(block);
+    assert!(
+        a_end % block != 0,
+        "the test wants padding between the writes"
+    );
+    assert_eq!(count_markers(&landed[b_start..b_start + 16], 24), 1);
+    assert!(landed[a_end..b_start].iter().all(|b| *b == 0));
+    let (seen, _) = recover(&dir, 0).unwrap();
+    assert_eq!(seen, (1..=600).collect::<Vec<_>>());
+
+    let b_end = landed.iter().rposition(|b| *b != 0).unwrap() + 1;
+    let a_blocks = a_start - a_start % block..b_start;
+    // (image, zxids recovery must find)
+    let mut only_b = landed.clone();
+    only_b[a_blocks.clone()].copy_from_slice(&before[a_blocks.clone()]);
+    let mut only_a = landed.clone();
+    only_a[b_start..b_end].fill(0);
+    let mut a_torn = landed.clone();
+    a_torn[a_blocks.start + block..a_blocks.start + 2 * block].fill(0);
+    for (name, image, upto) in [("only B", only_b, 3), ("only A", only_a, 400)] {
+        std::fs::write(&seg, &image).unwrap();
+        let (seen, end) = recover(&dir, 0).unwrap();
+        assert_eq!(seen, (1..=upto).collect::<Vec<_>>(), "{name}");
+        let after = std::fs::read(&seg).unwrap();
+        let (_, off) = end.segment.clone().unwrap();
+        assert!(
+            after[off as usize..].iter().all(|b| *b == 0),
+            "{name}: not zeroed after the end"
+        );
+        // The log continues after what survived.
+        let d = dir.clone();
+        on_executor(move || async move {
+            let (path, off) = end.segment.unwrap();
+            let mut log = LogWriter::resume(&d, &path, off, opts(1 << 20))
+                .await
+                .unwrap();
+            log.append(&framed(upto + 1..=upto + 5), upto + 1)
+                .await
+                .unwrap();
+        });
+        let (again, _) = recover(&dir, 0).unwrap();
+        assert_eq!(again, (1..=upto + 5).collect::<Vec<_>>(), "{name}");
+    }
+    // The first write torn in its middle, the second landed: a prefix of the first.
+    std::fs::write(&seg, &a_torn).unwrap();
+    let (seen, _) = recover(&dir, 0).unwrap();
+    assert!(seen.len() >= 3 && seen.len() < 400, "{}", seen.len());
+    assert_eq!(seen, (1..=seen.len() as i64).collect::<Vec<_>>());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
