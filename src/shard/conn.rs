@@ -48,6 +48,9 @@ pub struct Conn {
     pub writing_bytes: Cell<usize>,
     /// Signalled after each socket write, for a reader waiting on a full `out`.
     pub out_drained: Notify,
+    /// Queued reads wait for the client to read what it was sent: the writer answers
+    /// them (`drain_ready`) once the unsent bytes are below the bound again.
+    pub reads_held: Cell<bool>,
     pub auth: RefCell<Arc<Vec<Id>>>,
     pub touched: Cell<bool>,
     /// The client sent the readOnly byte in its ConnectRequest.
@@ -71,6 +74,7 @@ impl Conn {
             queue_shrunk: Notify::default(),
             writing_bytes: Cell::new(0),
             out_drained: Notify::default(),
+            reads_held: Cell::new(false),
             auth: RefCell::new(Arc::new(vec![Id::new("ip", &ip)])),
             touched: Cell::new(false),
             sent_read_only: Cell::new(false),
@@ -130,7 +134,8 @@ impl Conn {
         if sent > 0 {
             self.out_drained.notify();
         }
-        if rest {
+        if rest || self.reads_held.get() {
+            // The writer sends the rest, and answers the reads held back meanwhile.
             self.flush_soon();
         }
     }

@@ -512,9 +512,16 @@ fn count_received(shard: &Shard, c: &Conn) {
     c.info.received.fetch_add(1, Relaxed);
 }
 
-/// Answers queued reads (and ready replies) up to the next pending write.
+/// Answers queued reads (and ready replies) up to the next pending write. A client
+/// that does not read its replies is held at the same bound here as in its read loop:
+/// past `UNSENT_REPLY_MAX_BYTES` unsent, the rest stays queued until the writer has
+/// sent enough (up to `SESSION_OUTSTANDING_MAX` large replies would pile up otherwise).
 fn drain_ready(shard: &Shard, c: &Conn) {
     loop {
+        if c.unsent_bytes() > UNSENT_REPLY_MAX_BYTES {
+            c.reads_held.set(true);
+            break;
+        }
         let next = {
             let mut q = c.queue.borrow_mut();
             match q.front() {
@@ -757,8 +764,15 @@ async fn serve_conn<S>(
     };
     let writer = {
         let c = c.clone();
+        let shard = shard.clone();
         async move {
             loop {
+                // Reads held back for a client that did not read (see `drain_ready`),
+                // once what it was sent has gone out.
+                if c.reads_held.get() && c.unsent_bytes() <= UNSENT_REPLY_MAX_BYTES {
+                    c.reads_held.set(false);
+                    drain_ready(&shard, &c);
+                }
                 let data = std::mem::take(&mut *c.out.borrow_mut());
                 if data.is_empty() {
                     if c.closing.get() {

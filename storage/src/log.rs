@@ -300,10 +300,21 @@ impl LogWriter {
         let new_end = start + written as u64;
         let used = head.len() + written;
         let path = self.path.clone();
-        let write_err = move |offset: u64, source| LogError::Write {
-            path: path.clone(),
-            offset,
-            source,
+        // A write's outcome: an I/O error, or fewer bytes than asked (a short write).
+        let check = move |offset: u64, want: usize, done: io::Result<usize>| {
+            let source = match done {
+                Ok(n) if n == want => return Ok(()),
+                Ok(n) => io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {want} bytes"),
+                ),
+                Err(e) => e,
+            };
+            Err(LogError::Write {
+                path: path.clone(),
+                offset,
+                source,
+            })
         };
         let fut: PendingWrite = match self.file.clone() {
             SegmentFile::Direct(f) => {
@@ -317,20 +328,8 @@ impl LogWriter {
                 // The new tail: the bytes of the block that now holds the end.
                 self.tail = b[(new_end - new_end % BLOCK - block_start) as usize..used].to_vec();
                 Box::pin(async move {
-                    let n = f
-                        .write_at(buf, block_start)
-                        .await
-                        .map_err(|e| write_err(block_start, e.into()))?;
-                    if n != len {
-                        return Err(write_err(
-                            block_start,
-                            io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                format!("short write: {n} of {len} bytes"),
-                            ),
-                        ));
-                    }
-                    Ok(())
+                    let done = f.write_at(buf, block_start).await.map_err(io::Error::from);
+                    check(block_start, len, done)
                 })
             }
             SegmentFile::Buffered(f) => {
@@ -341,20 +340,8 @@ impl LogWriter {
                 self.tail = joined[(new_end - new_end % BLOCK - block_start) as usize..].to_vec();
                 Box::pin(async move {
                     let want = data.len();
-                    let n = f
-                        .write_at(data, start)
-                        .await
-                        .map_err(|e| write_err(start, e.into()))?;
-                    if n != want {
-                        return Err(write_err(
-                            start,
-                            io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                format!("short write: {n} of {want} bytes"),
-                            ),
-                        ));
-                    }
-                    Ok(())
+                    let done = f.write_at(data, start).await.map_err(io::Error::from);
+                    check(start, want, done)
                 })
             }
         };

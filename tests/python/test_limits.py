@@ -65,14 +65,17 @@ class Flood(threading.Thread):
     """Pipelines `count` copies of one request on its own connection as fast as the
     server takes them, never reading a reply."""
 
-    def __init__(self, port, op, body, count):
+    def __init__(self, port, op, body, count, first=b""):
         super().__init__(daemon=True)
         self.sock = handshake(port)
         self.frame = struct.pack(">i", len(body) + 8) + struct.pack(">ii", 1, op) + body
         self.count, self.sent, self.error = count, 0, None
+        self.first = first
 
     def run(self):
         try:
+            if self.first:
+                self.sock.sendall(self.first)
             batch = self.frame * 16
             while self.sent < self.count:
                 self.sock.sendall(batch)
@@ -124,6 +127,62 @@ def test_a_client_that_does_not_read_its_replies_is_held_back_not_buffered():
         for f in floods:
             f.sock.close()
         assert c.get_data("/other")[0] == 0
+    finally:
+        srv.stop()
+
+
+def sent_frames(srv, floods):
+    """The frames the server has sent each flood connection (`cons`)."""
+    import re
+    ports = {f.sock.getsockname()[1] for f in floods}
+    return [int(m.group(2)) for m in re.finditer(r"/127\.0\.0\.1:(\d+)\[1\]\(queued=\d+,recved=\d+,sent=(\d+)",
+                                                 srv.four("cons")) if int(m.group(1)) in ports]
+
+
+def test_reads_queued_behind_a_write_are_held_back_too():
+    """Each flooder opens with a setData, so its getData requests queue behind that
+    write (up to the session's 1,000 outstanding) and are answered together when it
+    commits: that answer must stop at the same bound as the read loop (1 MiB unsent),
+    not put 1,000 replies of 512 KiB in the server's memory."""
+    srv = servers.start_ringkeeper({"jute.maxbuffer": str(1 << 21)})
+    try:
+        c = rawzk.RawClient(srv.port)
+        assert c.create("/big", b"b" * (512 << 10))[0] == 0
+        assert c.create("/w", b"")[0] == 0
+        base = rss_mb(srv.proc.pid)
+        body = rawzk.s_str("/w") + rawzk.s_buf(b"x") + struct.pack(">i", -1)
+        first = struct.pack(">i", len(body) + 8) + struct.pack(">ii", 0, 5) + body
+        floods = [Flood(srv.port, 4, rawzk.s_str("/big") + b"\0", 1_000, first) for _ in range(4)]
+        for f in floods:
+            f.start()
+        # Every flooder's write is answered (its reads behind it are then due).
+        assert servers.wait_for(lambda: len(sent_frames(srv, floods)) == 4 and min(sent_frames(srv, floods)) > 1, 10)
+        time.sleep(1)
+        peak = rss_mb(srv.proc.pid)
+        sent = sent_frames(srv, floods)
+        assert len(sent) == 4 and max(sent) < 200, sent
+        assert peak - base < 150, (base, peak)
+        # Reading resumes the held reads: one flooder reads everything it asked for.
+        f = floods[0]
+        f.sock.settimeout(20)
+        want = 1 + f.count
+        got = 0
+        buf = bytearray()
+        while got < want:
+            chunk = f.sock.recv(1 << 20)
+            assert chunk, "connection closed"
+            buf += chunk
+            at = 0
+            while len(buf) - at >= 4 and len(buf) - at >= 4 + struct.unpack_from(">i", buf, at)[0]:
+                n = struct.unpack_from(">i", buf, at)[0]
+                xid, _zxid, err = struct.unpack_from(">iqi", buf, at + 4)
+                assert err == 0 and xid == (0 if got == 0 else 1), (got, xid, err)
+                at += 4 + n
+                got += 1
+            del buf[:at]
+        for f in floods:
+            f.sock.close()
+        assert c.get_data("/big")[0] == 0
     finally:
         srv.stop()
 
