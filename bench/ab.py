@@ -1,7 +1,7 @@
 """A/B of two ringkeeper builds: the same scenario against each, alternated, so that a
 change is reported with the spread of both and not against a number from another day.
 
-    python3 bench/ab.py OLD_BINARY NEW_BINARY [--scenario read|write|mixed|fanout] [--rounds 5]
+    python3 bench/ab.py OLD_BINARY NEW_BINARY [--scenario read|write|mixed|fanout|ensemble-write] [--rounds 5]
 
 For each round, each binary in turn (the order flips every round) gets a fresh server
 (data in a temp dir, the same settings), 10,000 keys of 100 bytes, a discarded
@@ -9,7 +9,9 @@ warm-up run, then the measured run. Reported per binary: ops/s and the server's 
 per operation (user + system time from /proc over the measured run, divided by its
 ops), min / median / max over the rounds, and new/old ratios of the medians. For
 fanout (999 watchers, one setData): the last notification's p50, the median
-notification's and the writer's own setData p50.
+notification's and the writer's own setData p50. For ensemble-write (a 3-member
+ensemble of each build, 64 x 16 setData spread over the members): the members' CPU
+per operation in all, and the leader's and a follower's.
 """
 
 import argparse
@@ -27,10 +29,48 @@ SCENARIOS = {
     "write": ["--sessions", "32", "--depth", "16", "--mix", "set=100"],
     "mixed": ["--sessions", "32", "--depth", "16", "--mix", "get=90,set=10"],
     "fanout": ["--sessions", "1000"],
+    # A 3-member ensemble (forceSync on), the sessions spread over the members, as
+    # bench/ensemble.py's write scenario; CPU per op is the members' sum, with the
+    # leader's and each follower's own share.
+    "ensemble-write": ["--sessions", "64", "--depth", "16", "--mix", "set=100"],
 }
 
 
+def one_ensemble_run(binary, seconds):
+    servers.RINGKEEPER_BIN = Path(binary)
+    members = servers.start_ringkeeper_ensemble(3, extra={
+        "tickTime": "2000", "initLimit": "10", "syncLimit": "5", "maxClientCnxns": "0",
+        "forceSync": "yes"})
+    try:
+        hosts = Hosts([m.port for m in members])
+        modes = [servers.member_mode(m) for m in members]
+        populate(hosts, 10_000)
+        args = SCENARIOS["ensemble-write"] + ["--keys", "10000", "--value-size", "100",
+                                              "--threads", "1", "--warmup", "1"]
+        bench("run", hosts, args + ["--duration", "5"])
+        before = [cpu_seconds(m.proc.pid) for m in members]
+        r = bench("run", hosts, args + ["--duration", str(seconds)])
+        cpu = [cpu_seconds(m.proc.pid) - b for m, b in zip(members, before)]
+        ops = r["ops"] * (r["window_s"] + 1) / r["window_s"]
+        per = {m: [c * 1e6 / ops for c, mode in zip(cpu, modes) if mode == m] for m in set(modes)}
+        return {"ops_per_s": r["ops_per_s"], "cpu_us_per_op": sum(cpu) * 1e6 / ops,
+                "leader_cpu_us_per_op": per["leader"][0],
+                "follower_cpu_us_per_op": statistics.mean(per["follower"]),
+                "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"]}
+    finally:
+        members.stop()
+
+
+class Hosts:
+    """What harness.bench takes: a list of client ports as one --addr."""
+
+    def __init__(self, ports):
+        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 def one_run(binary, scenario, seconds):
+    if scenario == "ensemble-write":
+        return one_ensemble_run(binary, seconds)
     servers.RINGKEEPER_BIN = Path(binary)
     server = harness.start("ringkeeper")
     try:

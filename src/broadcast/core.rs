@@ -797,7 +797,41 @@ impl Core {
             .map_err(|e| format!("committed txn {zxid:#x} does not decode: {e}"))?;
         let (txn, time) = crate::zkformat::convert::from_zookeeper(&z)
             .map_err(|e| format!("committed txn {zxid:#x}: {e}"))?;
-        let (client, cxid) = (z.header.client_id, z.header.cxid);
+        let origin = crate::tree::Origin {
+            session_id: z.header.client_id,
+            cxid: z.header.cxid,
+        };
+        self.scratch.clear();
+        txn.encode_logged(time, origin, &mut self.scratch);
+        let payload = std::mem::take(&mut self.scratch);
+        self.apply_txn(zxid, &txn, time, origin, &payload, out);
+        self.scratch = payload;
+        Ok(())
+    }
+
+    /// As `apply_committed`, for a txn decoded when it was logged.
+    pub(crate) fn apply_committed_decoded(
+        &mut self,
+        d: &super::member::DecodedTxn,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), String> {
+        if d.zxid > self.tree.last_zxid() {
+            self.apply_txn(d.zxid, &d.txn, d.time_ms, d.origin, &d.payload, out);
+        }
+        Ok(())
+    }
+
+    /// Applies a committed txn whose log record payload is `payload`.
+    fn apply_txn(
+        &mut self,
+        zxid: i64,
+        txn: &Txn,
+        time: i64,
+        origin: crate::tree::Origin,
+        payload: &[u8],
+        out: &mut Vec<Entry>,
+    ) {
+        let (client, cxid) = (origin.session_id, origin.cxid);
         let ours = self.learner.replies.get(&(client, cxid));
         if ours.is_some_and(|f| f.cut_before) {
             // Reads of the session queued ahead of this request must see the tree as
@@ -810,16 +844,10 @@ impl Core {
             }
         }
         let mut triggers = Vec::new();
-        let applied = self.tree.apply(&txn, zxid, time, &mut triggers);
-        let origin = crate::tree::Origin {
-            session_id: client,
-            cxid,
-        };
-        self.scratch.clear();
-        txn.encode_logged(time, origin, &mut self.scratch);
-        encode_record(&mut self.applied_records, zxid, &self.scratch);
+        let applied = self.tree.apply(txn, zxid, time, &mut triggers);
+        encode_record(&mut self.applied_records, zxid, payload);
         let now = self.now_ms();
-        match &txn {
+        match txn {
             Txn::CreateSession {
                 session_id,
                 timeout_ms,
@@ -846,7 +874,7 @@ impl Core {
                         }),
                     };
                     out.push(self.entry(triggers, effect));
-                    return Ok(());
+                    return;
                 }
             }
             Txn::CloseSession { session_id } => {
@@ -861,19 +889,18 @@ impl Core {
                         session_id: *session_id,
                     },
                 ));
-                return Ok(());
+                return;
             }
             _ => {}
         }
         let effect = match self.learner.replies.remove(&(client, cxid)) {
             Some(f) => {
-                let (err, body) = reply_for(&txn, applied, &f.op);
+                let (err, body) = reply_for(txn, applied, &f.op);
                 self.reply((client, f.conn_id), cxid, zxid, err, body)
             }
             None => Effect::None,
         };
         out.push(self.entry(triggers, effect));
-        Ok(())
     }
 
     fn reply(

@@ -66,6 +66,18 @@ enum Work {
     Role(Role),
 }
 
+/// A proposal as this member logged it: ringkeeper's txn, its time and origin, and
+/// the payload of its log record.
+pub(crate) struct DecodedTxn {
+    pub zxid: Zxid,
+    /// The proposal's bytes, to check that a commit is of this very txn.
+    pub data: Bytes,
+    pub txn: crate::tree::Txn,
+    pub time_ms: i64,
+    pub origin: crate::tree::Origin,
+    pub payload: Vec<u8>,
+}
+
 /// Everything the core loop, the replica and the log's release share (one executor).
 struct State {
     cfg: Arc<Config>,
@@ -88,6 +100,10 @@ struct State {
     /// What the committed txns applied since the replica's last `applied` produced,
     /// for the shards.
     applying: RefCell<Vec<Entry>>,
+    /// The proposals logged as learner and not yet committed, decoded once when they
+    /// were logged, so that their commit does not decode them again (in zxid order;
+    /// bounded by the proposals in flight, emptied whenever the log is cut or replaced).
+    decoded: RefCell<VecDeque<DecodedTxn>>,
     outbox_notify: Notify,
     /// The tree version the shards were last sent.
     published: RefCell<Arc<DataTree>>,
@@ -231,6 +247,8 @@ impl State {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.in_reload.set(true);
+        // The log is cut or replaced: what was decoded for it may never commit.
+        self.decoded.borrow_mut().clear();
         let r = self.reload_files(what, change).await;
         self.in_reload.set(false);
         self.reloaded.notify();
@@ -375,6 +393,18 @@ impl Replica for StorageReplica {
         s.group
             .borrow()
             .push_record(txn.zxid, &payload, Item::Append);
+        let mut decoded = s.decoded.borrow_mut();
+        if decoded.back().is_some_and(|d| d.zxid >= txn.zxid) {
+            decoded.clear(); // not in order: something was cut meanwhile
+        }
+        decoded.push_back(DecodedTxn {
+            zxid: txn.zxid,
+            data: txn.data.clone(),
+            txn: t,
+            time_ms: time,
+            origin,
+            payload,
+        });
     }
 
     fn persisted(&self) -> Zxid {
@@ -518,7 +548,22 @@ impl Replica for StorageReplica {
         s.committed.set(txn.zxid);
         let mut core = s.core_now();
         let before = core.tree().last_zxid();
-        let r = core.apply_committed(txn.zxid, &txn.data, &mut s.applying.borrow_mut());
+        let decoded = {
+            let mut q = s.decoded.borrow_mut();
+            while q.front().is_some_and(|d| d.zxid < txn.zxid) {
+                q.pop_front();
+            }
+            q.front()
+                .is_some_and(|d| d.zxid == txn.zxid && d.data == txn.data)
+                .then(|| q.pop_front())
+                .flatten()
+        };
+        let mut applying = s.applying.borrow_mut();
+        let r = match decoded {
+            Some(d) => core.apply_committed_decoded(&d, &mut applying),
+            None => core.apply_committed(txn.zxid, &txn.data, &mut applying),
+        };
+        drop(applying);
         if let Err(e) = r {
             // A committed txn we cannot apply would leave our tree behind the
             // ensemble's: stop serving rather than answer from it.
@@ -731,6 +776,7 @@ pub async fn run(
         epochs: Cell::new(epochs),
         outbox: RefCell::default(),
         applying: RefCell::default(),
+        decoded: RefCell::default(),
         outbox_notify: Notify::default(),
         published: RefCell::new(Arc::new(recovered.tree.clone())),
         work: RefCell::default(),

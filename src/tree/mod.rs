@@ -355,20 +355,34 @@ pub struct DataTree {
     containers: OrdSet<Arc<str>>,
     ttls: OrdSet<Arc<str>>,
     last_zxid: i64,
+    /// Whether /zookeeper/quota has children (some quota is set): without one, a write
+    /// skips the quota lookups its path would otherwise cost.
+    quotas: bool,
 }
 
-/// The overlay's node at `path`, copied up from the base on first change.
+/// The overlay's node at `path`, copied up from the base on first change. One search
+/// of the overlay when it holds the node (every write's case but the first after a
+/// snapshot).
 fn node_mut<'a>(
     nodes: &'a mut Overlay,
     base: Option<&BaseTree>,
     path: &str,
 ) -> Option<&'a mut Node> {
-    if !nodes.contains_key(path) {
-        let base = base?;
-        let node = base.to_node(base.lookup(path)?);
-        nodes.insert(Name::new(path), Some(Arc::new(node)));
-    }
-    nodes.get_mut(path)?.as_mut().map(Arc::make_mut)
+    let held: Option<*mut Option<Arc<Node>>> = nodes.get_mut(path).map(|slot| slot as *mut _);
+    let slot = match held {
+        // SAFETY: the pointer is the `&'a mut` borrow of `nodes` that get_mut returned,
+        // turned into a pointer only because the borrow checker cannot give a borrow
+        // back on one branch and reuse `nodes` on the other (NLL's "problem case #3");
+        // nothing has touched `nodes` since, and the result borrows `nodes` for 'a.
+        Some(p) => unsafe { &mut *p },
+        None => {
+            let base = base?;
+            let node = base.to_node(base.lookup(path)?);
+            nodes.insert(Name::new(path), Some(Arc::new(node)));
+            nodes.get_mut(path)?
+        }
+    };
+    slot.as_mut().map(Arc::make_mut)
 }
 
 impl Default for DataTree {
@@ -393,6 +407,7 @@ impl DataTree {
             containers: OrdSet::new(),
             ttls: OrdSet::new(),
             last_zxid: 0,
+            quotas: false,
         };
         let open = Arc::new(acl::open_acl_unsafe());
         let mk = |acl: &Arc<Vec<Acl>>, children: &[&str]| {
@@ -431,11 +446,13 @@ impl DataTree {
             containers: OrdSet::new(),
             ttls: OrdSet::new(),
             base: None,
+            quotas: false,
         };
         for i in base.specials() {
             t.index_kind(&Arc::from(base.path(i)), base.stat(i).ephemeral_owner);
         }
         t.base = Some(Arc::new(base));
+        t.quotas = t.quota_dir_has_children();
         t
     }
 
@@ -880,6 +897,9 @@ impl DataTree {
                 self.data_size += (path.len() + data.as_ref().map_or(0, |d| d.len())) as u64;
                 self.nodes
                     .insert(Name::from(key.clone()), Some(Arc::new(node)));
+                if parent_path == QUOTA_PATH {
+                    self.quotas = true;
+                }
                 match quota::stats_node_of(path) {
                     Some(real) => {
                         let (count, bytes) = self.subtree_usage(real);
@@ -985,7 +1005,8 @@ impl DataTree {
 
     /// The quota nearest `path` (on it or an ancestor) and its limits.
     fn quota_of<'p>(&self, path: &'p str) -> Option<(&'p str, quota::StatsTrack)> {
-        if !quota::counted(path) || !self.node(QUOTA_PATH)?.has_children() {
+        debug_assert_eq!(self.quotas, self.quota_dir_has_children());
+        if !quota::counted(path) || !self.quotas {
             return None;
         }
         quota::candidates(path).find_map(|p| {
@@ -996,6 +1017,10 @@ impl DataTree {
                 quota::StatsTrack::parse(n.data_slice().unwrap_or_default()),
             ))
         })
+    }
+
+    fn quota_dir_has_children(&self) -> bool {
+        self.node(QUOTA_PATH).is_some_and(|n| n.has_children())
     }
 
     /// A quota's usage as its stats node holds it: (nodes, data bytes).
@@ -1100,6 +1125,9 @@ impl DataTree {
         }
         self.node_count -= 1;
         self.data_size -= (path.len() + data_len) as u64;
+        if path::parent(path) == QUOTA_PATH {
+            self.quotas = self.quota_dir_has_children();
+        }
         self.note_quota_change(path, -1, -(data_len as i64));
         match node_kind(owner) {
             NodeKind::Ephemeral => {
