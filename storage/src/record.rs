@@ -282,6 +282,14 @@ fn torn_tail_at(data: &[u8], at: usize) -> bool {
     }
 }
 
+/// Where the records of a segment body end: the length holding valid records, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Bytes of `data` holding valid records: the length to truncate a torn tail to.
+    pub valid_len: usize,
+    pub end: End,
+}
+
 /// Reads the records of a segment body (the bytes after its header).
 ///
 /// Stops at the first record that does not check out and decides whether it is a torn
@@ -289,15 +297,30 @@ fn torn_tail_at(data: &[u8], at: usize) -> bool {
 /// markers and the padding before overlapping ones are not returned.
 pub fn scan(data: &[u8]) -> Scan {
     let mut records = Vec::new();
+    let Ok(end) = scan_each(data, |r| {
+        records.push(r);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    Scan {
+        records,
+        valid_len: end.valid_len,
+        end: end.end,
+    }
+}
+
+/// As [`scan`], handing each record to `each` as it is read instead of collecting them
+/// (a recovery reads segments of hundreds of thousands of records). The first error
+/// `each` returns ends the scan and is returned.
+pub fn scan_each<E>(
+    data: &[u8],
+    mut each: impl FnMut(RecordRef) -> Result<(), E>,
+) -> Result<ScanEnd, E> {
     let mut at = 0;
     let mut last_zxid = i64::MIN;
+    let stop = |at: usize, end: End| Ok(ScanEnd { valid_len: at, end });
     loop {
         if at == data.len() {
-            return Scan {
-                records,
-                valid_len: at,
-                end: End::Clean,
-            };
+            return stop(at, End::Clean);
         }
         // Only zeros left (possibly fewer than a header's worth, when a segment was
         // filled to within a few bytes of its end): the clean end of the written part.
@@ -305,27 +328,22 @@ pub fn scan(data: &[u8]) -> Scan {
         // this check stops there for every record.
         let rest = &data[at..];
         if rest.iter().all(|b| *b == 0) {
-            return Scan {
-                records,
-                valid_len: at,
-                end: End::Clean,
-            };
+            return stop(at, End::Clean);
         }
         match record_at(data, at) {
             Some((BATCH_MARKER_ZXID, _, next)) => at = next,
             Some((zxid, payload, next)) => {
                 if zxid <= last_zxid {
-                    return Scan {
-                        records,
-                        valid_len: at,
-                        end: End::Corrupt {
+                    return stop(
+                        at,
+                        End::Corrupt {
                             offset: at,
                             reason: "zxid not above the previous record's",
                         },
-                    };
+                    );
                 }
                 last_zxid = zxid;
-                records.push(RecordRef { zxid, payload });
+                each(RecordRef { zxid, payload })?;
                 at = next;
             }
             None => {
@@ -341,11 +359,7 @@ pub fn scan(data: &[u8]) -> Scan {
                         reason: "damaged record followed by later writes",
                     }
                 };
-                return Scan {
-                    records,
-                    valid_len: at,
-                    end,
-                };
+                return stop(at, end);
             }
         }
     }

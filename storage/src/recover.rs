@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use thiserror::Error;
 
-use crate::record::{scan, End, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::record::{scan, scan_each, End, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::segment::list_segments;
 
 #[derive(Debug, Error)]
@@ -145,11 +145,11 @@ pub fn replay_log_as(
         // Everything past `written` is unwritten space: zeros, the clean end of a
         // preallocated segment.
         let body = &data[SEGMENT_HEADER_BYTES..written.max(SEGMENT_HEADER_BYTES)];
-        let s = scan(body);
         let at = |o: usize| (SEGMENT_HEADER_BYTES + o) as u64;
-        for r in &s.records {
+        // Each record is applied as it is read: no list of a whole segment's records.
+        let s = scan_each(body, |r| {
             if r.zxid <= after_zxid {
-                continue;
+                return Ok(());
             }
             if !follows(end.last_zxid, r.zxid) {
                 return Err(RecoveryError::Corrupt {
@@ -170,7 +170,8 @@ pub fn replay_log_as(
             })?;
             end.last_zxid = r.zxid;
             end.replayed += 1;
-        }
+            Ok(())
+        })?;
         match s.end {
             End::Clean => {}
             End::Torn { offset } if newest && !repair => {
