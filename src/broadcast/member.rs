@@ -388,7 +388,8 @@ impl Replica for StorageReplica {
             session_id: z.header.client_id,
             cxid: z.header.cxid,
         };
-        let mut payload = Vec::new();
+        // About the proposal's size: ZooKeeper's header and ours differ by a few bytes.
+        let mut payload = Vec::with_capacity(txn.data.len() + 32);
         t.encode_logged(time, origin, &mut payload);
         s.group
             .borrow()
