@@ -1125,9 +1125,6 @@ impl DataTree {
         }
         self.node_count -= 1;
         self.data_size -= (path.len() + data_len) as u64;
-        if path::parent(path) == QUOTA_PATH {
-            self.quotas = self.quota_dir_has_children();
-        }
         self.note_quota_change(path, -1, -(data_len as i64));
         match node_kind(owner) {
             NodeKind::Ephemeral => {
@@ -1160,6 +1157,10 @@ impl DataTree {
             if zxid > p.stat.pzxid {
                 p.stat.pzxid = zxid;
             }
+        }
+        if parent_path == QUOTA_PATH {
+            // Once the parent no longer lists it.
+            self.quotas = self.quota_dir_has_children();
         }
         triggers.push(Trigger::new(path, EventType::NodeDeleted, acl));
         triggers.push(Trigger::new(

@@ -616,3 +616,45 @@ fn hard_quotas_fail_writes_with_quota_exceeded() {
         "count=4,bytes=0"
     );
 }
+
+#[test]
+fn the_quota_flag_follows_the_quota_directory_through_creates_deletes_and_snapshots() {
+    // Release builds skip the debug assertion that checks the flag on every quota
+    // lookup: this checks it where it changes.
+    let mut t = DataTree::new();
+    assert!(!t.quotas);
+    run(&mut t, &create("/app", 0)).unwrap();
+    set_quota(&mut t, "/app", "count=10,bytes=100");
+    assert!(t.quotas);
+    let (back, _) = through_snapshot(&t, &[]);
+    assert!(
+        back.quotas,
+        "a snapshot with a quota set says so when read back"
+    );
+    for p in [
+        "/zookeeper/quota/app/zookeeper_stats",
+        "/zookeeper/quota/app/zookeeper_limits",
+    ] {
+        run(
+            &mut t,
+            &WriteOp::Delete {
+                path: p.into(),
+                version: -1,
+            },
+        )
+        .unwrap();
+        assert!(t.quotas, "{p}: the quota directory still has a child");
+    }
+    run(
+        &mut t,
+        &WriteOp::Delete {
+            path: "/zookeeper/quota/app".into(),
+            version: -1,
+        },
+    )
+    .unwrap();
+    assert!(!t.quotas);
+    assert_eq!(t.quotas, t.quota_dir_has_children());
+    let (back, _) = through_snapshot(&t, &[]);
+    assert!(!back.quotas);
+}

@@ -101,6 +101,14 @@ def answered_promptly(port, seconds, path):
     return worst, n
 
 
+def sent_frames(srv, floods):
+    """The frames the server has sent each flood connection (`cons`)."""
+    import re
+    ports = {f.sock.getsockname()[1] for f in floods}
+    return [int(m.group(2)) for m in re.finditer(r"/127\.0\.0\.1:(\d+)\[1\]\(queued=\d+,recved=\d+,sent=(\d+)",
+                                                 srv.four("cons")) if int(m.group(1)) in ports]
+
+
 def test_a_client_that_does_not_read_its_replies_is_held_back_not_buffered():
     """getData of a 512 KiB znode pipelined without reading: without a bound the
     replies would pile up in the server (10,000 x 512 KiB = 5 GiB)."""
@@ -117,10 +125,7 @@ def test_a_client_that_does_not_read_its_replies_is_held_back_not_buffered():
         peak = rss_mb(srv.proc.pid)
         # Each flooder got no more replies than its bounds allow (1 MiB unsent in the
         # server, then what the sockets' buffers hold): far from its 10,000.
-        import re
-        ports = {f.sock.getsockname()[1] for f in floods}
-        sent = [int(m.group(2)) for m in re.finditer(r"/127\.0\.0\.1:(\d+)\[1\]\(queued=\d+,recved=\d+,sent=(\d+)",
-                                                     srv.four("cons")) if int(m.group(1)) in ports]
+        sent = sent_frames(srv, floods)
         assert len(sent) == 4 and max(sent) < 200, sent
         assert peak - base < 150, (base, peak)
         assert n > 20 and worst < 2.0, (n, worst)
@@ -129,14 +134,6 @@ def test_a_client_that_does_not_read_its_replies_is_held_back_not_buffered():
         assert c.get_data("/other")[0] == 0
     finally:
         srv.stop()
-
-
-def sent_frames(srv, floods):
-    """The frames the server has sent each flood connection (`cons`)."""
-    import re
-    ports = {f.sock.getsockname()[1] for f in floods}
-    return [int(m.group(2)) for m in re.finditer(r"/127\.0\.0\.1:(\d+)\[1\]\(queued=\d+,recved=\d+,sent=(\d+)",
-                                                 srv.four("cons")) if int(m.group(1)) in ports]
 
 
 def test_reads_queued_behind_a_write_are_held_back_too():
