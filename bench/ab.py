@@ -22,7 +22,7 @@ from pathlib import Path
 
 import harness
 import servers
-from harness import REPO, bench, cpu_seconds, machine, populate
+from harness import REPO, Hosts, bench, cpu_seconds, machine, populate
 
 SCENARIOS = {
     "read": ["--sessions", "32", "--depth", "16", "--mix", "get=100"],
@@ -59,13 +59,6 @@ def one_ensemble_run(binary, seconds):
                 "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"]}
     finally:
         members.stop()
-
-
-class Hosts:
-    """What harness.bench takes: a list of client ports as one --addr."""
-
-    def __init__(self, ports):
-        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
 
 
 def one_run(binary, scenario, seconds):

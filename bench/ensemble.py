@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import REPO, bench, get_data_raw, machine, populate, raise_nofile
+from harness import REPO, Hosts, bench, get_data_raw, machine, populate, raise_nofile
 
 sys.path.insert(0, str(REPO / "tests" / "python"))
 import rawzk  # noqa: E402
@@ -106,13 +106,6 @@ class ZookeeperEnsemble:
 
     def stop(self):
         self.ens.stop()
-
-
-class Hosts:
-    """What ringkeeper-bench's --addr takes, for a list of client ports."""
-
-    def __init__(self, ports):
-        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
 
 
 def leader_index(ens, timeout=120):

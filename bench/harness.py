@@ -55,6 +55,13 @@ def run_bench(command, args, timeout=900):
     return r
 
 
+class Hosts:
+    """What ringkeeper-bench's --addr takes, for a list of client ports."""
+
+    def __init__(self, ports):
+        self.hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 def bench(command, server, args, timeout=900):
     """`ringkeeper-bench <command> --addr <server> ...` (see run_bench)."""
     return run_bench(command, ["--addr", server.hosts] + args, timeout)
