@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod base;
 pub mod path;
+pub mod pathmap;
 pub mod quota;
 pub mod snapshot;
 pub mod txn;
@@ -17,13 +18,14 @@ pub mod txn;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imbl::{HashMap, OrdMap, OrdSet};
+use imbl::{HashMap, OrdSet};
 
 use crate::proto::codes::{
     perms, CreateMode, CONTAINER_EPHEMERAL_OWNER, EXTENDED_OWNER_MASK, TTL_MAX_MS,
 };
 use crate::proto::{Acl, CreateKind, CreateRequest, ErrorCode, EventType, Id, Stat, WriteOp};
 use base::BaseTree;
+use pathmap::PathMap;
 pub use txn::{Applied, Logged, Origin, Trigger, Txn};
 
 /// A path or a child name as the overlay and the child sets hold it. Names of up to 23
@@ -339,8 +341,10 @@ pub const QUOTA_PATH: &str = "/zookeeper/quota";
 pub const CONFIG_PATH: &str = "/zookeeper/config";
 
 /// The overlay's view of the nodes it holds, by path: a node, or None for a base node
-/// deleted since (a B-tree costs far less memory per node than a HAMT's sparse chunks).
-type Overlay = OrdMap<Name, Option<Arc<Node>>>;
+/// deleted since. A B+tree of small pages (see `pathmap`): it costs far less memory per
+/// node than a HAMT's sparse chunks, and a write after a version cut copies a page of
+/// at most 16 entries.
+type Overlay = PathMap<Option<Arc<Node>>>;
 
 /// A tree version: the base snapshot it was recovered from, if any, read in place,
 /// under an overlay of every node created or changed since. A path the overlay does
@@ -397,7 +401,7 @@ impl DataTree {
     pub fn new() -> DataTree {
         let mut t = DataTree {
             base: None,
-            nodes: OrdMap::new(),
+            nodes: PathMap::new(),
             node_count: 4,
             data_size: ["/", ZOOKEEPER_PATH, QUOTA_PATH, CONFIG_PATH]
                 .iter()
@@ -441,7 +445,7 @@ impl DataTree {
             node_count: base.node_count(),
             data_size: base.data_size(),
             last_zxid: base.zxid(),
-            nodes: OrdMap::new(),
+            nodes: PathMap::new(),
             ephemerals: HashMap::new(),
             containers: OrdSet::new(),
             ttls: OrdSet::new(),
