@@ -26,14 +26,21 @@ const WRITE_BATCH_BYTES: usize = 256 << 10;
 pub struct Link {
     pub id: u64,
     pub peer: Cell<ServerId>,
-    /// Byte strings to write, each with whether it is a bulk item.
-    out: RefCell<VecDeque<(Bytes, bool)>>,
+    /// What is to be written, in order.
+    out: RefCell<VecDeque<Queued>>,
     out_bytes: Cell<usize>,
     /// Of `out_bytes`, those of bulk items.
     bulk_bytes: Cell<usize>,
     wake: Notify,
     closed: Cell<bool>,
     closed_wake: Notify,
+}
+
+/// A piece of the outgoing queue: packets encoded one after another into one buffer
+/// (up to `WRITE_BATCH_BYTES`, one write), or a bulk item as it was handed over.
+enum Queued {
+    Packets(Vec<u8>),
+    Bulk(Bytes),
 }
 
 impl Link {
@@ -56,24 +63,45 @@ impl Link {
 
     /// Queues `bytes`; a peer that lets too much pile up is dropped.
     pub fn send(&self, bytes: Vec<u8>) {
-        self.queue(Bytes::from(bytes), false);
+        self.send_encoded(|b| b.extend_from_slice(&bytes));
+    }
+
+    /// Queues what `encode` appends, written straight into the queue's last buffer
+    /// (a leader under load sends a PROPOSAL and a COMMIT per txn to each follower:
+    /// no allocation or copy of its own for each).
+    pub fn send_encoded(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.closed.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        let open = matches!(out.back(), Some(Queued::Packets(b)) if b.len() < WRITE_BATCH_BYTES);
+        if !open {
+            out.push_back(Queued::Packets(Vec::with_capacity(4096)));
+        }
+        let Some(Queued::Packets(buf)) = out.back_mut() else {
+            unreachable!("a packet buffer was just made the last item")
+        };
+        let before = buf.len();
+        encode(buf);
+        let added = buf.len() - before;
+        drop(out);
+        self.queued(added);
     }
 
     /// Queues a bulk item (a SNAP and the tree or files after it): however large, it
     /// does not count against the queue's bound; what is queued with it still does.
     pub fn send_bulk(&self, bytes: Bytes) {
-        self.queue(bytes, true);
-    }
-
-    fn queue(&self, bytes: Bytes, bulk: bool) {
         if self.closed.get() {
             return;
         }
-        if bulk {
-            self.bulk_bytes.set(self.bulk_bytes.get() + bytes.len());
-        }
-        self.out_bytes.set(self.out_bytes.get() + bytes.len());
-        self.out.borrow_mut().push_back((bytes, bulk));
+        self.bulk_bytes.set(self.bulk_bytes.get() + bytes.len());
+        let len = bytes.len();
+        self.out.borrow_mut().push_back(Queued::Bulk(bytes));
+        self.queued(len);
+    }
+
+    fn queued(&self, len: usize) {
+        self.out_bytes.set(self.out_bytes.get() + len);
         if self.out_bytes.get() - self.bulk_bytes.get() > LINK_QUEUE_BYTES_MAX {
             tracing::warn!(
                 "member {}: more than {LINK_QUEUE_BYTES_MAX} bytes queued, dropping its connection",
@@ -91,7 +119,7 @@ impl Link {
         out.clear();
         self.out_bytes.set(bytes.len());
         self.bulk_bytes.set(0);
-        out.push_back((Bytes::from(bytes), false));
+        out.push_back(Queued::Packets(bytes));
         drop(out);
         self.wake.notify();
     }
@@ -103,38 +131,24 @@ impl Link {
     }
 
     async fn write_loop(&self, wr: &mut (impl AsyncWriteExt + Unpin)) {
-        let mut batch: Vec<u8> = Vec::new();
         loop {
-            // Everything queued goes out in one write (up to WRITE_BATCH_BYTES): a
-            // leader under load queues a PROPOSAL and a COMMIT per txn, and one
-            // system call per packet would cost more than the packets.
-            batch.clear();
-            let mut taken = None;
-            {
-                let mut out = self.out.borrow_mut();
-                while let Some((bytes, bulk)) = out.pop_front() {
-                    if !batch.is_empty() && bytes.len() >= WRITE_BATCH_BYTES {
-                        out.push_front((bytes, bulk)); // next time, on its own
-                        break;
-                    }
-                    self.out_bytes
-                        .set(self.out_bytes.get().saturating_sub(bytes.len()));
-                    if bulk {
+            // Packets queued meanwhile were encoded into one buffer: one write for all
+            // of them (a system call per packet would cost more than the packets).
+            let next = self.out.borrow_mut().pop_front();
+            if let Some(item) = next {
+                let bytes: &[u8] = match &item {
+                    Queued::Packets(b) => b,
+                    Queued::Bulk(b) => {
                         self.bulk_bytes
-                            .set(self.bulk_bytes.get().saturating_sub(bytes.len()));
+                            .set(self.bulk_bytes.get().saturating_sub(b.len()));
+                        b
                     }
-                    if batch.is_empty() && bytes.len() >= WRITE_BATCH_BYTES {
-                        taken = Some(bytes);
-                        break;
-                    }
-                    batch.extend_from_slice(&bytes);
-                    if batch.len() >= WRITE_BATCH_BYTES {
-                        break;
-                    }
+                };
+                self.out_bytes
+                    .set(self.out_bytes.get().saturating_sub(bytes.len()));
+                if bytes.is_empty() {
+                    continue;
                 }
-            }
-            let bytes: &[u8] = taken.as_deref().unwrap_or(&batch);
-            if !bytes.is_empty() {
                 if wr.write_all(bytes).await.is_err() {
                     return;
                 }

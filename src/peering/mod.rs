@@ -407,24 +407,23 @@ impl<R: Replica> Driver<R> {
         };
         let out = Outgoing {
             my_id: self.me,
-            config: Some(self.config_text.clone()),
+            config: Some(&self.config_text),
             last_proposed: self.last_proposed,
             to_leader,
             protocol_version,
         };
         tracing::trace!("member {}: to {to}: {msg:?}", self.me);
         let packet = to_packet(msg, &out);
-        // Room for the header fields and the data: no regrowth while encoding.
-        let data = packet.data.as_ref().map_or(0, |d| d.len());
-        let mut bytes = Vec::with_capacity(data + 64);
-        packet.encode(&mut bytes);
         let Msg::Snap { zxid } = msg else {
             if let Some(how) = sync_kind(msg) {
                 tracing::info!("member {}: syncing learner {to} by {how}", self.me);
             }
-            self.quorum.send(to, bytes);
+            // Encoded straight into the link's queue.
+            self.quorum.send_packet(to, &packet);
             return;
         };
+        let mut bytes = Vec::new();
+        packet.encode(&mut bytes);
         let files = ringkeeper_learner
             .then(|| self.replica.borrow().snapshot_files(*zxid))
             .flatten();

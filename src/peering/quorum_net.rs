@@ -223,9 +223,9 @@ impl QuorumNet {
         self.leader.borrow().as_ref().map_or(0, |l| l.id)
     }
 
-    /// Queues `bytes` for `to`: our leader, or a learner of ours.
-    pub fn send(&self, to: ServerId, bytes: Vec<u8>) {
-        self.with_link(to, |l| l.send(bytes));
+    /// Queues `packet` for `to`: our leader, or a learner of ours.
+    pub fn send_packet(&self, to: ServerId, packet: &QuorumPacket) {
+        self.with_link(to, |l| l.send_encoded(|b| packet.encode(b)));
     }
 
     /// Whether learner `id`'s LearnerInfo said it is a ringkeeper member.

@@ -15,11 +15,11 @@ use crate::config::ServerId;
 
 /// What the sending member adds to its packets.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct Outgoing<'a> {
     pub my_id: ServerId,
     /// The ensemble's configuration as NEWLEADER carries it (ZooKeeper's
     /// QuorumVerifier text); None sends null, which ZooKeeper learners accept.
-    pub config: Option<Vec<u8>>,
+    pub config: Option<&'a [u8]>,
     /// The zxid a PING carries: a leader's last proposed, a learner's last logged.
     pub last_proposed: i64,
     /// Whether the packet goes to our leader (a learner's PING carries its sessions'
@@ -42,8 +42,8 @@ pub enum PacketError {
     Missing { packet: &'static str },
 }
 
-pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
-    let p = QuorumPacket::new;
+pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
+    let p = |ty, zxid, data: Option<Vec<u8>>| QuorumPacket::new(ty, zxid, data.map(Bytes::from));
     match msg {
         Msg::LearnerInfo {
             accepted_epoch,
@@ -103,10 +103,10 @@ pub fn to_packet(msg: &Msg, out: &Outgoing) -> QuorumPacket {
         Msg::Diff { zxid } => p(t::DIFF, *zxid, None),
         Msg::Trunc { zxid } => p(t::TRUNC, *zxid, None),
         Msg::Snap { zxid } => p(t::SNAP, *zxid, None),
-        Msg::Proposal(txn) => p(t::PROPOSAL, txn.zxid, Some(txn.data.to_vec())),
+        Msg::Proposal(txn) => QuorumPacket::new(t::PROPOSAL, txn.zxid, Some(txn.data.clone())),
         Msg::Commit { zxid } => p(t::COMMIT, *zxid, None),
-        Msg::Inform(txn) => p(t::INFORM, txn.zxid, Some(txn.data.to_vec())),
-        Msg::NewLeader { zxid } => p(t::NEWLEADER, *zxid, out.config.clone()),
+        Msg::Inform(txn) => QuorumPacket::new(t::INFORM, txn.zxid, Some(txn.data.clone())),
+        Msg::NewLeader { zxid } => p(t::NEWLEADER, *zxid, out.config.map(<[u8]>::to_vec)),
         Msg::UpToDate => p(t::UPTODATE, -1, None),
         Msg::Sync => p(t::SYNC, 0, None),
         Msg::Ping { touches } => {
@@ -139,7 +139,7 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
     let txn = |p: &QuorumPacket| match &p.data {
         Some(d) => Ok(Txn {
             zxid: p.zxid,
-            data: Bytes::copy_from_slice(d),
+            data: d.clone(),
         }),
         None => Err(PacketError::Missing { packet: name }),
     };
@@ -161,7 +161,7 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
         },
         (t::ACK, Direction::ToLeader) => Msg::Ack { zxid: p.zxid },
         (t::REQUEST, Direction::ToLeader) => Msg::Request {
-            data: Bytes::copy_from_slice(p.data.as_deref().unwrap_or_default()),
+            data: p.data.clone().unwrap_or_default(),
             auth: p.authinfo.clone().unwrap_or_default(),
         },
         (t::REVALIDATE, _) => match p.payload(direction)? {
@@ -237,7 +237,7 @@ mod tests {
         let z = make_zxid(3, 9);
         let out = Outgoing {
             my_id: 2,
-            config: Some(b"server.1=127.0.0.1:2888:3888:participant\nversion=0".to_vec()),
+            config: Some(b"server.1=127.0.0.1:2888:3888:participant\nversion=0"),
             last_proposed: z,
             to_leader: false,
             protocol_version: LEADER_PROTOCOL_VERSION,
@@ -347,7 +347,7 @@ mod tests {
             from_packet(&bare, Direction::FromLeader),
             Err(PacketError::Missing { .. })
         ));
-        let garbage = QuorumPacket::new(t::PROPOSAL, 1, Some(vec![1, 2, 3]));
+        let garbage = QuorumPacket::new(t::PROPOSAL, 1, Some(vec![1, 2, 3].into()));
         assert!(matches!(
             from_packet(&garbage, Direction::FromLeader),
             Err(PacketError::Wire(_))

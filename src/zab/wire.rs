@@ -14,7 +14,7 @@
 //! [`split_quorum_stream`] cut one direction of a recorded connection into what was
 //! sent, which is how the tests check these codecs against real ZooKeeper traffic.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use thiserror::Error;
 
 use crate::proto::jute::{DecodeError, JuteWrite, Reader};
@@ -302,13 +302,14 @@ pub struct QuorumPacket {
     pub packet_type: i32,
     pub zxid: i64,
     /// What the data means depends on the type (and direction): see [`Payload`].
-    pub data: Option<Vec<u8>>,
+    /// Shared, so that a proposal's txn goes into each follower's packet uncopied.
+    pub data: Option<Bytes>,
     /// The requester's identities, on REQUEST; null otherwise.
     pub authinfo: Option<Vec<Id>>,
 }
 
 impl QuorumPacket {
-    pub fn new(packet_type: i32, zxid: i64, data: Option<Vec<u8>>) -> QuorumPacket {
+    pub fn new(packet_type: i32, zxid: i64, data: Option<Bytes>) -> QuorumPacket {
         QuorumPacket {
             packet_type,
             zxid,
@@ -320,7 +321,7 @@ impl QuorumPacket {
     pub fn decode(r: &mut Reader) -> Result<QuorumPacket, WireError> {
         let packet_type = r.i32()?;
         let zxid = r.i64()?;
-        let data = r.buffer_opt()?.map(<[u8]>::to_vec);
+        let data = r.buffer_opt()?.map(Bytes::copy_from_slice);
         let authinfo = match r.vec_len_opt(8)? {
             None => None,
             Some(n) => {
@@ -717,7 +718,7 @@ mod tests {
         let p = QuorumPacket::new(
             packet_type::PROPOSAL,
             0x1_0000_0001,
-            Payload::Txn(txn.clone()).encode(),
+            Payload::Txn(txn.clone()).encode().map(Bytes::from),
         );
         let back = round_trip_packet(&p);
         assert_eq!(back, p);

@@ -104,7 +104,7 @@ fn read(kind: &Kind, bytes: &[u8]) -> Result<Checked, String> {
                 QuorumItem::Packet(p) => {
                     // The payload must decode too, and encode to the packet's data.
                     let payload = p.payload(*direction).map_err(|e| e.to_string())?;
-                    if payload.encode() != p.data {
+                    if payload.encode().as_deref() != p.data.as_deref() {
                         return Err(format!("{} payload re-encodes differently", p.type_name()));
                     }
                     Ok(format!("{} zxid=0x{:x} {payload:?}", p.type_name(), p.zxid))
