@@ -634,12 +634,10 @@ impl Core {
         auth: &[crate::proto::Id],
         cut_before: bool,
     ) {
-        let mut frame = Vec::new();
-        op.to_request().encode(xid, &mut frame);
-        let mut data = Vec::with_capacity(8 + frame.len());
+        // The session, then the request's frame (xid, type, record).
+        let mut data = Vec::with_capacity(128);
         data.extend_from_slice(&session_id.to_be_bytes());
-        // The request's frame is xid, type, record: what follows the session.
-        data.extend_from_slice(&frame);
+        op.to_request().encode(xid, &mut data);
         match op {
             CoreOp::Sync { path } => self
                 .learner
@@ -795,12 +793,12 @@ impl Core {
         }
         let z = crate::zkformat::txn::ZkTxn::decode(data)
             .map_err(|e| format!("committed txn {zxid:#x} does not decode: {e}"))?;
-        let (txn, time) = crate::zkformat::convert::from_zookeeper(&z)
-            .map_err(|e| format!("committed txn {zxid:#x}: {e}"))?;
         let origin = crate::tree::Origin {
             session_id: z.header.client_id,
             cxid: z.header.cxid,
         };
+        let (txn, time) = crate::zkformat::convert::from_zookeeper(z)
+            .map_err(|e| format!("committed txn {zxid:#x}: {e}"))?;
         self.scratch.clear();
         txn.encode_logged(time, origin, &mut self.scratch);
         let payload = std::mem::take(&mut self.scratch);

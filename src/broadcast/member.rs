@@ -377,16 +377,16 @@ impl Replica for StorageReplica {
                 return;
             }
         };
-        let (t, time) = match crate::zkformat::convert::from_zookeeper(&z) {
+        let origin = crate::tree::Origin {
+            session_id: z.header.client_id,
+            cxid: z.header.cxid,
+        };
+        let (t, time) = match crate::zkformat::convert::from_zookeeper(z) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!("proposal {:#x}: {e}: not logged", txn.zxid);
                 return;
             }
-        };
-        let origin = crate::tree::Origin {
-            session_id: z.header.client_id,
-            cxid: z.header.cxid,
         };
         // About the proposal's size: ZooKeeper's header and ours differ by a few bytes.
         let mut payload = Vec::with_capacity(txn.data.len() + 32);

@@ -453,7 +453,7 @@ impl DataTree {
             quotas: false,
         };
         for i in base.specials() {
-            t.index_kind(&Arc::from(base.path(i)), base.stat(i).ephemeral_owner);
+            t.index_kind(base.path(i), base.stat(i).ephemeral_owner);
         }
         t.base = Some(Arc::new(base));
         t.quotas = t.quota_dir_has_children();
@@ -851,7 +851,7 @@ impl DataTree {
             } => {
                 let parent_path = path::parent(path);
                 let name = Name::new(path::name(path));
-                let key: Arc<str> = Arc::from(path.as_str());
+                let key = Name::new(path);
                 let base = self.base.as_deref();
                 let p = node_mut(&mut self.nodes, base, parent_path)
                     .expect("create txn applied without its parent");
@@ -899,8 +899,7 @@ impl DataTree {
                 self.index_kind(&key, *ephemeral_owner);
                 self.node_count += 1;
                 self.data_size += (path.len() + data.as_ref().map_or(0, |d| d.len())) as u64;
-                self.nodes
-                    .insert(Name::from(key.clone()), Some(Arc::new(node)));
+                self.nodes.insert(key.clone(), Some(Arc::new(node)));
                 if parent_path == QUOTA_PATH {
                     self.quotas = true;
                 }
@@ -989,19 +988,19 @@ impl DataTree {
 
     /// Records a new node in the index its kind needs: its owner's ephemerals, the
     /// containers or the TTL nodes.
-    fn index_kind(&mut self, path: &Arc<str>, ephemeral_owner: i64) {
+    fn index_kind(&mut self, path: &str, ephemeral_owner: i64) {
         match node_kind(ephemeral_owner) {
             NodeKind::Ephemeral => {
                 self.ephemerals
                     .entry(ephemeral_owner)
                     .or_default()
-                    .insert(path.clone());
+                    .insert(Arc::from(path));
             }
             NodeKind::Container => {
-                self.containers.insert(path.clone());
+                self.containers.insert(Arc::from(path));
             }
             NodeKind::Ttl(_) => {
-                self.ttls.insert(path.clone());
+                self.ttls.insert(Arc::from(path));
             }
             NodeKind::Persistent => {}
         }

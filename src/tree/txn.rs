@@ -63,7 +63,8 @@ pub enum Applied {
 /// NodeChildrenChanged), as ZooKeeper does since CVE-2024-23944.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
-    pub path: Arc<str>,
+    /// Inline when short, as the overlay's keys: most writes allocate nothing for it.
+    pub path: super::Name,
     pub event: EventType,
     pub acl: Arc<Vec<Acl>>,
 }
@@ -71,7 +72,7 @@ pub struct Trigger {
 impl Trigger {
     pub fn new(path: &str, event: EventType, acl: Arc<Vec<Acl>>) -> Trigger {
         Trigger {
-            path: Arc::from(path),
+            path: super::Name::new(path),
             event,
             acl,
         }

@@ -66,12 +66,13 @@ fn owner_of_create(session_id: i64, ephemeral: bool) -> i64 {
     }
 }
 
-fn bytes(v: &Option<Vec<u8>>) -> Option<Bytes> {
-    v.as_ref().map(|d| Bytes::copy_from_slice(d))
+/// Data as the tree holds it, taken over without a copy.
+fn bytes(v: Option<Vec<u8>>) -> Option<Bytes> {
+    v.map(Bytes::from)
 }
 
 /// A ZooKeeper record as ringkeeper's txn (`session_id` is the header's clientId).
-fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, ConvertError> {
+fn from_record(t: i32, record: TxnRecord, session_id: i64) -> Result<Txn, ConvertError> {
     use txn_type::*;
     let mismatch = |record| ConvertError::Mismatch {
         txn_type: t,
@@ -85,10 +86,10 @@ fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, Conve
             ephemeral,
             parent_cversion,
         } => Txn::Create {
-            path: path.clone(),
+            path,
             data: bytes(data),
-            acl: acl.clone().unwrap_or_default(),
-            ephemeral_owner: owner_of_create(session_id, *ephemeral),
+            acl: acl.unwrap_or_default(),
+            ephemeral_owner: owner_of_create(session_id, ephemeral),
             // CreateTxnV0 (before 3.3) had none: the parent's cversion was bumped.
             parent_cversion: parent_cversion.unwrap_or(-1),
         },
@@ -98,11 +99,11 @@ fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, Conve
             acl,
             parent_cversion,
         } => Txn::Create {
-            path: path.clone(),
+            path,
             data: bytes(data),
-            acl: acl.clone().unwrap_or_default(),
+            acl: acl.unwrap_or_default(),
             ephemeral_owner: CONTAINER_EPHEMERAL_OWNER,
-            parent_cversion: *parent_cversion,
+            parent_cversion,
         },
         TxnRecord::CreateTtl {
             path,
@@ -111,36 +112,36 @@ fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, Conve
             parent_cversion,
             ttl,
         } => Txn::Create {
-            path: path.clone(),
+            path,
             data: bytes(data),
-            acl: acl.clone().unwrap_or_default(),
+            acl: acl.unwrap_or_default(),
             ephemeral_owner: EXTENDED_OWNER_MASK | (ttl & TTL_MAX_MS),
-            parent_cversion: *parent_cversion,
+            parent_cversion,
         },
-        TxnRecord::Delete { path } => Txn::Delete { path: path.clone() },
+        TxnRecord::Delete { path } => Txn::Delete { path },
         TxnRecord::SetData {
             path,
             data,
             version,
         } if t == SET_DATA => Txn::SetData {
-            path: path.clone(),
+            path,
             data: bytes(data),
-            version: *version,
+            version,
         },
         TxnRecord::SetData { .. } => return Err(mismatch("reconfig (SetData)")),
-        TxnRecord::CheckVersion { path, .. } => Txn::Check { path: path.clone() },
+        TxnRecord::CheckVersion { path, .. } => Txn::Check { path },
         TxnRecord::SetAcl { path, acl, version } => Txn::SetAcl {
-            path: path.clone(),
-            acl: acl.clone().unwrap_or_default(),
-            aversion: *version,
+            path,
+            acl: acl.unwrap_or_default(),
+            aversion: version,
         },
         TxnRecord::CreateSession { timeout_ms } => Txn::CreateSession {
             session_id,
-            timeout_ms: *timeout_ms,
+            timeout_ms,
             passwd: zookeeper_password(session_id),
         },
         TxnRecord::CloseSession { .. } => Txn::CloseSession { session_id },
-        TxnRecord::Error { err } => Txn::Error(*err),
+        TxnRecord::Error { err } => Txn::Error(err),
         TxnRecord::Multi(entries) => {
             // A failed multi is logged as a multi of errors, one per op.
             if entries.iter().all(|e| e.txn_type == ERROR) && !entries.is_empty() {
@@ -155,8 +156,8 @@ fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, Conve
             }
             Txn::Multi(
                 entries
-                    .iter()
-                    .map(|e| from_record(e.txn_type, &e.record, session_id))
+                    .into_iter()
+                    .map(|e| from_record(e.txn_type, e.record, session_id))
                     .collect::<Result<_, _>>()?,
             )
         }
@@ -164,9 +165,9 @@ fn from_record(t: i32, record: &TxnRecord, session_id: i64) -> Result<Txn, Conve
 }
 
 /// A ZooKeeper txn as ringkeeper's, with its wall-clock time.
-pub fn from_zookeeper(z: &ZkTxn) -> Result<(Txn, i64), ConvertError> {
+pub fn from_zookeeper(z: ZkTxn) -> Result<(Txn, i64), ConvertError> {
     let h = z.header;
-    let txn = match &z.record {
+    let txn = match z.record {
         Some(r) => from_record(h.txn_type, r, h.client_id)?,
         // closeSession before 3.6 had an empty body.
         None if h.txn_type == txn_type::CLOSE_SESSION => Txn::CloseSession {
@@ -524,7 +525,7 @@ mod tests {
             let back = ZkTxn::decode(&bytes).unwrap();
             assert_eq!(back, z);
             assert_eq!(
-                from_zookeeper(&back).unwrap(),
+                from_zookeeper(back).unwrap(),
                 (txn.clone(), ctx(s).time_ms),
                 "{txn:?}"
             );
@@ -569,7 +570,7 @@ mod tests {
             digest: None,
         };
         assert_eq!(
-            from_zookeeper(&old).unwrap().0,
+            from_zookeeper(old).unwrap().0,
             Txn::CloseSession { session_id: 9 }
         );
     }

@@ -185,7 +185,16 @@ def test_histories_under_leader_kill_hang_and_partitions_are_linearizable(linked
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         (Path(keep) / "history.jsonl").write_text(history.read_text())
-    assert r.returncode == 0, r.stdout + r.stderr
+    if r.returncode != 0:
+        # pytest keeps only its last few temp dirs: a failing history (and the members'
+        # logs) go where a later run leaves them, to be read and replayed with
+        # ringkeeper-lincheck.
+        failed = servers.REPO / "target" / "lincheck-failures" / time.strftime("%Y%m%d-%H%M%S")
+        failed.mkdir(parents=True, exist_ok=True)
+        (failed / "history.jsonl").write_text(history.read_text())
+        for m in linked:
+            (failed / f"member-{m.port}.log").write_text(m.log_text)
+        pytest.fail(f"{r.stdout}{r.stderr}\nhistory and member logs kept in {failed}")
     assert r.stdout.count(": linearizable") == 3, r.stdout
 
 

@@ -224,7 +224,7 @@ fn tree_of(applied: &[Txn]) -> crate::tree::DataTree {
     let mut tree = crate::tree::DataTree::new();
     for t in applied {
         let z = crate::zkformat::txn::ZkTxn::decode(&t.data).unwrap();
-        let (txn, time) = crate::zkformat::convert::from_zookeeper(&z).unwrap();
+        let (txn, time) = crate::zkformat::convert::from_zookeeper(z.clone()).unwrap();
         tree.apply(&txn, t.zxid, time, &mut Vec::new());
     }
     tree

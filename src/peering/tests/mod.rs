@@ -122,7 +122,8 @@ impl Replica for MemReplica {
     fn apply(&mut self, txn: &Txn) {
         if let Some(tree) = self.tree.as_mut() {
             let z = crate::zkformat::txn::ZkTxn::decode(&txn.data).expect("a ZooKeeper txn");
-            let (t, time) = crate::zkformat::convert::from_zookeeper(&z).expect("convertible");
+            let (t, time) =
+                crate::zkformat::convert::from_zookeeper(z.clone()).expect("convertible");
             tree.apply(&t, txn.zxid, time, &mut Vec::new());
         }
         self.shared.lock().unwrap().applied.push(txn.clone());
