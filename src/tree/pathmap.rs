@@ -30,6 +30,13 @@ struct Leaf<V> {
     entries: SmallVec<[(Name, V); LEAF_CAP]>,
 }
 
+impl<V> Leaf<V> {
+    /// Where `key` is (Ok), or would go (Err).
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+}
+
 /// Children in key order, each with a lower bound of its keys: child i holds the keys
 /// k with `bound[i] <= k < bound[i + 1]`. The first bound is never compared (every key
 /// below the second goes to the first child), so it may be stale.
@@ -65,9 +72,7 @@ impl<V: Clone> Page<V> {
     fn insert(&mut self, key: Name, value: V) -> (Option<V>, Option<(Name, Page<V>)>) {
         match self {
             Page::Leaf(leaf) => {
-                let at = leaf
-                    .entries
-                    .binary_search_by(|(k, _)| k.as_str().cmp(key.as_str()));
+                let at = leaf.find(&key);
                 let leaf = Arc::make_mut(leaf);
                 match at {
                     Ok(i) => (Some(std::mem::replace(&mut leaf.entries[i].1, value)), None),
@@ -125,10 +130,7 @@ impl<V: Clone> Page<V> {
     fn remove(&mut self, key: &str) -> Option<V> {
         match self {
             Page::Leaf(leaf) => {
-                let i = leaf
-                    .entries
-                    .binary_search_by(|(k, _)| k.as_str().cmp(key))
-                    .ok()?;
+                let i = leaf.find(key).ok()?;
                 Some(Arc::make_mut(leaf).entries.remove(i).1)
             }
             Page::Inner(inner) => {
@@ -148,10 +150,7 @@ impl<V: Clone> Page<V> {
         loop {
             match page {
                 Page::Leaf(leaf) => {
-                    let i = leaf
-                        .entries
-                        .binary_search_by(|(k, _)| k.as_str().cmp(key))
-                        .ok()?;
+                    let i = leaf.find(key).ok()?;
                     return Some(&leaf.entries[i].1);
                 }
                 Page::Inner(inner) => page = &inner.children[child_for(&inner.children, key)].1,
@@ -262,10 +261,7 @@ impl<V: Clone> PathMap<V> {
             match page {
                 Page::Leaf(leaf) => {
                     let leaf = Arc::make_mut(leaf);
-                    let i = leaf
-                        .entries
-                        .binary_search_by(|(k, _)| k.as_str().cmp(key))
-                        .ok()?;
+                    let i = leaf.find(key).ok()?;
                     return Some(&mut leaf.entries[i].1);
                 }
                 Page::Inner(inner) => {
