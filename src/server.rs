@@ -479,39 +479,6 @@ pub enum StartError {
     Recovery(#[from] crate::recovery::RecoveryError),
 }
 
-/// How long the executors poll before parking: `spinBeforeParkUs` if set, else
-/// `DEFAULT_SPIN_BEFORE_PARK_US`, or nothing when another member of our ensemble
-/// runs on this machine. Spinning pays when an executor has a CPU to itself; members
-/// sharing the CPUs need them for their own work (3 members on 2 cores, 64 x 16
-/// setData, 4 alternated rounds each: 49.5k/s spinning 50 µs, 52.6k/s not, every
-/// round ahead).
-fn spin_before_park(cfg: &Config, member: Option<&crate::peering::MemberConfig>) -> u64 {
-    if let Some(us) = cfg.spin_before_park_us {
-        return us;
-    }
-    let Some(m) = member else {
-        return crate::config::DEFAULT_SPIN_BEFORE_PARK_US;
-    };
-    let neighbour = m
-        .quorum
-        .iter()
-        .find(|(id, addr)| **id != m.peer.my_id && is_local_address(addr.ip()));
-    match neighbour {
-        Some((id, addr)) => {
-            tracing::info!(
-                "member {id} ({addr}) runs on this machine too: executors park without spinning (set spinBeforeParkUs to change)"
-            );
-            0
-        }
-        None => crate::config::DEFAULT_SPIN_BEFORE_PARK_US,
-    }
-}
-
-/// Whether `ip` is one of this machine's addresses (loopback, or one it can bind).
-fn is_local_address(ip: std::net::IpAddr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
-}
-
 /// The CPUs this process may run on (its affinity mask), in order.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: sched_getaffinity fills a zeroed local cpu_set_t for this thread.
@@ -756,7 +723,7 @@ pub fn run_as(
 
     let core_cfg = cfg.clone();
     let core_shared = shared.clone();
-    let spin = std::time::Duration::from_micros(spin_before_park(&cfg, member.as_ref()));
+    let spin = std::time::Duration::from_micros(cfg.spin_before_park_us);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut shards = Vec::new();
@@ -892,49 +859,4 @@ pub fn run_as(
             .map_err(|_| StartError::Died("rk-broadcast".into()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(cfg_text: &str) -> (Config, crate::peering::MemberConfig) {
-        let mut cfg = Config::default();
-        cfg.apply_text(cfg_text, "zoo.cfg").unwrap();
-        let m = crate::peering::MemberConfig::from_config(&cfg, 1).unwrap();
-        (cfg, m)
-    }
-
-    #[test]
-    fn executors_spin_unless_another_member_shares_the_machine() {
-        let standalone = Config::default();
-        assert_eq!(
-            spin_before_park(&standalone, None),
-            crate::config::DEFAULT_SPIN_BEFORE_PARK_US
-        );
-        // Three members on loopback addresses: all on this machine.
-        let (cfg, m) = member(
-            "server.1=127.0.0.1:2888:3888\nserver.2=127.0.0.2:2888:3888\nserver.3=127.0.0.3:2888:3888\n",
-        );
-        assert_eq!(spin_before_park(&cfg, Some(&m)), 0);
-        // Documentation addresses (TEST-NET-3), none of this machine's (TEST-NET-1 is
-        // eth0's on some of these VMs).
-        for ip in ["203.0.113.2", "203.0.113.3"] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert!(!is_local_address(ip), "{ip} is an address of this machine");
-        }
-        let (cfg, m) = member(
-            "server.1=127.0.0.1:2888:3888\nserver.2=203.0.113.2:2888:3888\nserver.3=203.0.113.3:2888:3888\n",
-        );
-        assert_eq!(
-            spin_before_park(&cfg, Some(&m)),
-            crate::config::DEFAULT_SPIN_BEFORE_PARK_US
-        );
-        // An explicit setting wins either way.
-        let (mut cfg, m) = member(
-            "server.1=127.0.0.1:2888:3888\nserver.2=127.0.0.2:2888:3888\nserver.3=127.0.0.3:2888:3888\n",
-        );
-        cfg.spin_before_park_us = Some(20);
-        assert_eq!(spin_before_park(&cfg, Some(&m)), 20);
-    }
 }

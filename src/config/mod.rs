@@ -36,9 +36,6 @@ pub enum ConfigError {
 /// A member's id in an ensemble (myid, the N of `server.N`).
 pub type ServerId = i64;
 
-/// How long an executor polls before parking when nothing says otherwise (µs).
-pub const DEFAULT_SPIN_BEFORE_PARK_US: u64 = 50;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub tick_time_ms: u32,
@@ -125,10 +122,8 @@ pub struct Config {
     /// How long an executor polls for work before parking in the kernel. Every write
     /// crosses from a shard to the broadcast core and back; spinning briefly saves the
     /// two wake-ups (measured: one session's setData p50 143 -> 100 us) for at most
-    /// this much CPU after each burst of work. 0 parks at once. None: the default,
-    /// `DEFAULT_SPIN_BEFORE_PARK_US`, or no spinning when another member of the
-    /// ensemble runs on this machine (see `server::spin_before_park`).
-    pub spin_before_park_us: Option<u64>,
+    /// this much CPU after each burst of work. 0 parks at once.
+    pub spin_before_park_us: u64,
     /// Run the broadcast core on shard 0's executor instead of its own: no cross-core
     /// hand-off for shard 0's writes, and no executor competing with the shards for a
     /// core on a small machine. Default: on when the machine has at most 2 cores.
@@ -225,7 +220,7 @@ impl Default for Config {
             // Up to 2 cores: a shard per core, the core on shard 0's executor; above,
             // the broadcast core gets a core of its own.
             shards: if cores <= 2 { cores.max(1) } else { cores - 1 },
-            spin_before_park_us: None,
+            spin_before_park_us: 50,
             core_on_shard: cores <= 2,
             source: "embedded default".into(),
             unknown_keys: Vec::new(),
@@ -526,7 +521,7 @@ impl Config {
                 if n > 10_000 {
                     return Err(bad("must be at most 10000 (10 ms)".into()));
                 }
-                self.spin_before_park_us = Some(n);
+                self.spin_before_park_us = n;
             }
             "coreOnShard" | "ringkeeper.coreOnShard" => {
                 self.core_on_shard = parse_bool(value).map_err(bad)?
