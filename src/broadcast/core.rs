@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::proto::{ErrorCode, MultiResult, Response};
 use crate::session::table::{Session, SessionTable, PASSWD_BYTES};
 use crate::tree::{Applied, DataTree, Requester, Trigger, Txn};
+use crate::zab::messages::Reader;
 use ringkeeper_storage::record::encode_record;
 use ringkeeper_storage::snapshot::SnapSession;
 
@@ -68,9 +69,12 @@ pub struct Core {
     proposals: Vec<(i64, Bytes)>,
     /// As a learner: what to send the leader, and what its answers are for.
     learner: LearnerState,
-    /// As a leader: the learners whose syncs are due once what was proposed before
-    /// them is committed.
-    syncs_due: Vec<i64>,
+    /// Our clients' syncs waiting for Zab's answer, oldest first: (session,
+    /// connection, xid, path). A learner's wait for the leader's SYNC; a leader's for
+    /// its read round (see [`Reader`]).
+    syncs: VecDeque<(i64, u64, i32, String)>,
+    /// As a leader: the syncs (learners' and our clients') to hand to Zab.
+    syncs_due: Vec<Reader>,
 }
 
 /// Where a core's writes are ordered.
@@ -107,8 +111,6 @@ struct LearnerState {
     replies: HashMap<(i64, i32), Forwarded>,
     /// New sessions asked for: session -> (shard, connection).
     connects: HashMap<i64, (usize, u64)>,
-    /// Forwarded syncs, oldest first: (session, connection, xid, path).
-    syncs: VecDeque<(i64, u64, i32, String)>,
 }
 
 /// Bytes of the header a learner puts before a forwarded request record: session
@@ -156,6 +158,7 @@ impl Core {
             ctx: (0, 0),
             proposals: Vec::new(),
             learner: LearnerState::default(),
+            syncs: VecDeque::new(),
             syncs_due: Vec::new(),
         }
     }
@@ -203,6 +206,7 @@ impl Core {
     pub fn learn(&mut self) {
         self.ordering = Ordering::Learner;
         self.learner = LearnerState::default();
+        self.syncs.clear();
         self.syncs_due.clear();
         self.proposals.clear();
     }
@@ -235,8 +239,9 @@ impl Core {
         std::mem::take(&mut self.proposals)
     }
 
-    /// As a leader: learners whose forwarded syncs were ordered since the last call.
-    pub fn take_syncs_due(&mut self) -> Vec<i64> {
+    /// As a leader: the syncs (learners' and our clients') ordered since the last
+    /// call, for Zab to answer.
+    pub fn take_syncs_due(&mut self) -> Vec<Reader> {
         std::mem::take(&mut self.syncs_due)
     }
 
@@ -639,10 +644,7 @@ impl Core {
         data.extend_from_slice(&session_id.to_be_bytes());
         op.to_request().encode(xid, &mut data);
         match op {
-            CoreOp::Sync { path } => self
-                .learner
-                .syncs
-                .push_back((session_id, conn_id, xid, path)),
+            CoreOp::Sync { path } => self.syncs.push_back((session_id, conn_id, xid, path)),
             op => {
                 self.learner.replies.insert(
                     (session_id, xid),
@@ -659,10 +661,12 @@ impl Core {
             .push((Bytes::from(data), auth.to_vec()));
     }
 
-    /// As a learner: the leader's SYNC answers our oldest forwarded sync; every
-    /// commit the leader ordered before it has been applied here.
+    /// Answers our oldest waiting sync. As a learner, the leader's SYNC came: every
+    /// commit the leader ordered before it has been applied here. As a leader, its
+    /// read round is done: what our own clients' writes before it produced is queued
+    /// ahead of this reply.
     pub fn synced(&mut self, out: &mut Vec<Entry>) {
-        if let Some((session_id, conn_id, xid, path)) = self.learner.syncs.pop_front() {
+        if let Some((session_id, conn_id, xid, path)) = self.syncs.pop_front() {
             let zxid = self.tree.last_zxid();
             let e = self.reply((session_id, conn_id), xid, zxid, 0, Response::Path(path));
             out.push(self.entry(Vec::new(), e));
@@ -761,7 +765,7 @@ impl Core {
             return;
         };
         if let CoreOp::Sync { .. } = op {
-            self.syncs_due.push(from);
+            self.syncs_due.push(Reader::Learner(from));
             return;
         }
         let auth = Arc::new(auth);
@@ -965,6 +969,13 @@ impl Core {
         let time = self.now.wall_ms;
         let mut triggers = Vec::new();
         let (err, body) = match op {
+            CoreOp::Sync { path } if self.ordering == Ordering::Leader => {
+                // Answered once Zab's read round shows that we still lead (`synced`).
+                self.syncs.push_back((session_id, conn_id, xid, path));
+                let epoch = crate::zab::history::epoch_of(self.zxid_floor);
+                self.syncs_due.push(Reader::Local { epoch });
+                return;
+            }
             CoreOp::Sync { path } => {
                 let e = self.reply(
                     (session_id, conn_id),
@@ -1410,6 +1421,41 @@ mod tests {
         assert!(
             matches!(out[0].effect, Effect::Reply { err, .. } if err == ErrorCode::SessionExpired.code())
         );
+    }
+
+    #[test]
+    fn a_leaders_syncs_wait_for_zabs_read_round() {
+        let cfg = Arc::new(Config::default());
+        let mut core = Core::member(cfg, 3, DataTree::new(), &[], Now::default());
+        core.lead(2);
+        let s = connect(&mut core);
+        let _ = core.take_proposals();
+        // Our client's sync: nothing is answered until Zab says the round is done.
+        assert!(request(&mut core, s, 1, CoreOp::Sync { path: "/a".into() }).is_empty());
+        // A learner's forwarded sync goes to Zab too, in order.
+        let mut frame = 0x0100_0000_0000_0007_i64.to_be_bytes().to_vec();
+        CoreOp::Sync { path: "/".into() }
+            .to_request()
+            .encode(9, &mut frame);
+        let mut out = Vec::new();
+        core.forwarded(1, &frame, vec![], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            core.take_syncs_due(),
+            vec![Reader::Local { epoch: 2 }, Reader::Learner(1)]
+        );
+        core.synced(&mut out);
+        assert!(
+            matches!(&out[0].effect, Effect::Reply { err: 0, session_id, xid: 1, .. } if *session_id == s),
+            "{:?}",
+            out[0].effect
+        );
+        // Losing the lead forgets the waiting syncs (their clients are dropped).
+        let _ = request(&mut core, s, 2, CoreOp::Sync { path: "/".into() });
+        core.learn();
+        let mut out = Vec::new();
+        core.synced(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::config::ServerId;
 use crate::util::Notify;
 use crate::zab::election::Ballot;
 use crate::zab::history::{Txn, Zxid};
-use crate::zab::messages::{Effect, Msg, Role};
+use crate::zab::messages::{Effect, Msg, Reader, Role};
 use crate::zab::packets::{from_packet, to_packet, Outgoing, PacketError};
 use crate::zab::peer::{Peer, PeerConfig, Recovered};
 use crate::zab::wire::{Direction, LEADER_PROTOCOL_VERSION};
@@ -128,7 +128,8 @@ pub trait Replica {
     fn touched(&mut self, sessions: Vec<(i64, i32)>) {
         let _ = sessions;
     }
-    /// The leader's SYNC arrived: the oldest sync this member forwarded is answered.
+    /// The oldest sync of our clients is answered (the leader's SYNC for the one we
+    /// forwarded arrived, or as leader, our read round confirmed it).
     fn synced(&mut self) {}
     /// As leader: a learner's client reconnects with `session_id`; whether the
     /// session is alive (it is then touched, as a reconnect is activity). A replica
@@ -237,8 +238,8 @@ pub type MakeTxn = Box<dyn FnOnce(Zxid) -> Bytes>;
 /// What the embedding side asks of its member, run in the order asked.
 enum Ask {
     Propose(MakeTxn),
-    /// Answer a sync that learner `to` forwarded (as the leader).
-    Sync(ServerId),
+    /// Answer a sync, from a learner or one of our clients (as the leader).
+    Sync(Reader),
     /// Our clients' sessions (id, timeout) showed activity (as a learner).
     Touch(Vec<(i64, i32)>),
     /// A client's request for our leader (as a learner).
@@ -269,10 +270,11 @@ impl MemberHandle {
         self.ask(Ask::Propose(make));
     }
 
-    /// Answers a sync that learner `to` forwarded, after every proposal asked for
-    /// before it has been committed.
-    pub fn sync(&self, to: ServerId) {
-        self.ask(Ask::Sync(to));
+    /// Answers a sync (as the leader), from a learner or one of our clients, once
+    /// every proposal asked for before it has been committed and a quorum has shown
+    /// that we still lead.
+    pub fn sync(&self, reader: Reader) {
+        self.ask(Ask::Sync(reader));
     }
 
     /// Forwards a client's request (REQUEST's data) to our leader; dropped with a log
@@ -604,9 +606,9 @@ pub async fn run_member<R: Replica + 'static>(
                         tracing::warn!("member {me}: a write was not proposed: {e}");
                     }
                 }
-                Ask::Sync(to) => {
-                    if let Err(e) = peer.sync(to, &mut out) {
-                        tracing::debug!("member {me}: a sync for {to} was not answered: {e}");
+                Ask::Sync(reader) => {
+                    if let Err(e) = peer.sync(reader, &mut out) {
+                        tracing::debug!("member {me}: a sync ({reader:?}) was not answered: {e}");
                     }
                 }
                 Ask::Touch(sessions) => peer.touch(sessions),

@@ -4,7 +4,9 @@
 //! One seed draws the scenario: 3 or 5 voters (sometimes an observer), vote loss,
 //! duplication and delay; quorum connections that break (TCP: a connection delivers in
 //! order or dies); one-way and two-way partitions; crashes that lose what the log had
-//! not yet synced, and restarts from what it had. After the fault phase everything
+//! not yet synced, and restarts from what it had; pauses (SIGSTOP: a member handles
+//! nothing, not even its timers, and then finds everything that came meanwhile
+//! waiting, its clients' requests included). After the fault phase everything
 //! heals and the ensemble must settle: one leader, everyone synced with it, every
 //! committed write on every member.
 //!
@@ -13,7 +15,10 @@
 //! - every member applies the same sequence of txns (committed prefixes agree);
 //! - a member applies a txn only once a quorum of voters has it on disk at the same
 //!   position (nothing uncommitted is applied, so no acknowledged write can be lost);
-//! - after healing, every member holds every acknowledged write.
+//! - after healing, every member holds every acknowledged write;
+//! - a read after sync sees every write acknowledged before the sync was asked for,
+//!   at a leader (its read round) and at a learner (it forwards the sync, the
+//!   leader's SYNC answers it), deposed leaders and their followers included.
 //!
 //! Not modelled yet: sessions (expiry as a txn) and forwarded writes (REQUEST).
 
@@ -23,7 +28,7 @@ use bytes::Bytes;
 
 use super::election::{Ballot, ServerId};
 use super::history::{epoch_of, History, Txn, Zxid};
-use super::messages::{Effect, Msg, Role};
+use super::messages::{Effect, Msg, Reader, Role};
 use super::peer::{Peer, PeerConfig, Recovered};
 use super::sim::{Lossy, SimRng, Violation, VoteLinks};
 
@@ -43,6 +48,9 @@ pub struct Scenario {
     pub write_every_ms: u64,
     pub flush_ms_max: u64,
     pub retain: usize,
+    /// How often a client at a random member asks for a sync and then reads.
+    pub read_every_ms: u64,
+    pub pause_per_s: f64,
 }
 
 impl Scenario {
@@ -63,6 +71,8 @@ impl Scenario {
             write_every_ms: r.range(5, 80),
             flush_ms_max: r.range(1, 30),
             retain: r.range(0, 40) as usize,
+            read_every_ms: r.range(3, 60),
+            pause_per_s: r.range(0, 60) as f64 / 100.0,
         }
     }
 }
@@ -96,6 +106,13 @@ struct Node {
     conn: Option<u64>,
     /// Txns this member proposed as leader, for the "acknowledged" set.
     proposed: BTreeSet<Zxid>,
+    /// Its clients' syncs waiting for an answer, oldest first: how much of the
+    /// committed sequence had been acknowledged when each was asked for.
+    syncs: std::collections::VecDeque<usize>,
+    /// Stopped (SIGSTOP) until then: what comes for it waits in `held`, in the
+    /// order it came.
+    paused_until: Option<u64>,
+    held: Vec<Event>,
 }
 
 struct Conn {
@@ -125,6 +142,19 @@ enum Event {
         to: ServerId,
         peer: ServerId,
     },
+    /// A client's sync reaches member `to`; `needed` as in `Node::syncs`.
+    ClientSync { to: ServerId, needed: usize },
+}
+
+impl Event {
+    fn to(&self) -> ServerId {
+        match self {
+            Event::Vote { to, .. }
+            | Event::Packet { to, .. }
+            | Event::Closed { to, .. }
+            | Event::ClientSync { to, .. } => *to,
+        }
+    }
 }
 
 struct Timed {
@@ -155,7 +185,13 @@ impl Ord for Timed {
 pub enum Plant {
     /// Followers ACK a proposal as soon as it arrives, before it is on their disk.
     AckBeforeDisk,
+    /// A leader answers its own clients' syncs at once, without a read round.
+    SyncAtOnce,
 }
+
+/// The request a learner forwards for a client's sync (the driver's would be a
+/// client frame; here only syncs are forwarded).
+const SYNC_REQUEST: &[u8] = b"sync";
 
 pub struct EnsembleSim {
     pub scenario: Scenario,
@@ -173,6 +209,9 @@ pub struct EnsembleSim {
     committed: Vec<Txn>,
     /// Writes their leader applied (answered to the client).
     acknowledged: BTreeSet<Zxid>,
+    /// The committed sequence up to the last acknowledged write in it: a sync asked
+    /// for now must be answered with at least this much applied.
+    acked_upto: usize,
     /// Who established or proposed in each epoch.
     leader_of_epoch: BTreeMap<i64, ServerId>,
     writes: u64,
@@ -220,6 +259,9 @@ impl EnsembleSim {
                         flush_at: None,
                         conn: None,
                         proposed: BTreeSet::new(),
+                        syncs: Default::default(),
+                        paused_until: None,
+                        held: Vec::new(),
                     },
                 )
             })
@@ -238,6 +280,7 @@ impl EnsembleSim {
             faults: true,
             committed: Vec::new(),
             acknowledged: BTreeSet::new(),
+            acked_upto: 0,
             leader_of_epoch: BTreeMap::new(),
             writes: 0,
             stats: BTreeMap::new(),
@@ -327,6 +370,14 @@ impl EnsembleSim {
         node.disk.pending.clear();
         node.flush_at = None;
         node.conn = None;
+        node.syncs.clear();
+        node.paused_until = None;
+        for ev in std::mem::take(&mut node.held) {
+            // Lost with the process (a vote still counts in flight until delivered).
+            if let Event::Vote { from, to, .. } = ev {
+                self.votes.delivered(from, to);
+            }
+        }
         let mine: Vec<u64> = self
             .conns
             .iter()
@@ -443,13 +494,29 @@ impl EnsembleSim {
                 if self.trace {
                     eprintln!("{now} {id} is {role:?}");
                 }
-                if let Role::Leading { epoch } = role {
-                    self.claim_epoch(id, epoch)?;
+                match role {
+                    Role::Leading { epoch } => self.claim_epoch(id, epoch)?,
+                    // Its driver drops the clients whose syncs waited (as the core
+                    // forgets them).
+                    Role::Looking => self.nodes.get_mut(&id).expect("node").syncs.clear(),
+                    _ => {}
                 }
             }
-            Effect::Forwarded { .. } | Effect::Synced | Effect::Revalidate { .. } => {
+            Effect::Forwarded { from, data, .. } if data == SYNC_REQUEST => {
+                *self.stats.entry("sync forwarded").or_default() += 1;
+                self.with_peer(id, |p, out| {
+                    let _ = p.sync(Reader::Learner(from), out);
+                })?;
+            }
+            Effect::Synced => {
+                let Some(needed) = self.nodes.get_mut(&id).expect("node").syncs.pop_front() else {
+                    return Err(self.fail(format!("member {id} answered a sync no one asked for")));
+                };
+                self.check_read(id, needed)?;
+            }
+            Effect::Forwarded { .. } | Effect::Revalidate { .. } => {
                 return Err(self.fail(format!(
-                    "member {id} got a REQUEST, SYNC or REVALIDATE, which no one sends here"
+                    "member {id} got a REQUEST or REVALIDATE, which no one sends here"
                 )))
             }
             // Sessions are not modelled: learners report no touches.
@@ -610,14 +677,73 @@ impl EnsembleSim {
         let node = self.nodes.get_mut(&id).expect("node");
         if node.proposed.remove(&txn.zxid) {
             self.acknowledged.insert(txn.zxid);
+            self.acked_upto = self.acked_upto.max(pos + 1);
         }
         node.tree.push(txn);
         Ok(())
     }
 
+    /// A read after sync at `id`: its tree must hold every write acknowledged before
+    /// the sync was asked for (the first `needed` of the committed sequence).
+    fn check_read(&mut self, id: ServerId, needed: usize) -> Result<(), Violation> {
+        *self.stats.entry("sync answered").or_default() += 1;
+        let has = self.nodes[&id].tree.len();
+        if has < needed {
+            return Err(self.fail(format!(
+                "member {id} read after sync with {has} txns applied; {needed} were acknowledged before the sync (a stale read)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A client at a random member asks for a sync, to read after it.
+    fn client_sync(&mut self, ids: &[ServerId]) -> Result<(), Violation> {
+        let to = ids[self.rng.range(0, ids.len() as u64) as usize];
+        let needed = self.acked_upto;
+        let at = self.now_ms + 1;
+        self.push(at, Event::ClientSync { to, needed });
+        Ok(())
+    }
+
+    fn client_sync_at(&mut self, id: ServerId, needed: usize) -> Result<(), Violation> {
+        let Some(role) = self.nodes[&id].peer.as_ref().map(|p| p.role()) else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        let p = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.peer.as_mut())
+            .expect("up");
+        let asked = match role {
+            Role::Leading { .. } if self.plant == Some(Plant::SyncAtOnce) => {
+                return self.check_read(id, needed);
+            }
+            Role::Leading { epoch } => p.sync(Reader::Local { epoch }, &mut out).is_ok(),
+            Role::Following { .. } | Role::Observing { .. } => p
+                .forward(Bytes::from_static(SYNC_REQUEST), Vec::new(), &mut out)
+                .is_ok(),
+            Role::Looking => false,
+        };
+        if asked {
+            self.nodes
+                .get_mut(&id)
+                .expect("node")
+                .syncs
+                .push_back(needed);
+        }
+        self.handle(id, out)
+    }
+
     fn deliver(&mut self, ev: Event) -> Result<(), Violation> {
         let now = self.now_ms;
+        let node = self.nodes.get_mut(&ev.to()).expect("node");
+        if node.paused_until.is_some() {
+            node.held.push(ev);
+            return Ok(());
+        }
         match ev {
+            Event::ClientSync { to, needed } => self.client_sync_at(to, needed),
             Event::Vote { from, to, ballot } => {
                 self.votes.delivered(from, to);
                 if self.cut_one_way(from, to) {
@@ -707,9 +833,10 @@ impl EnsembleSim {
             .nodes
             .iter()
             .filter(|(_, n)| {
-                n.peer
-                    .as_ref()
-                    .is_some_and(|p| matches!(p.role(), Role::Leading { .. }))
+                n.paused_until.is_none()
+                    && n.peer
+                        .as_ref()
+                        .is_some_and(|p| matches!(p.role(), Role::Leading { .. }))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -736,6 +863,18 @@ impl EnsembleSim {
                 self.boot(id)?;
             }
         }
+        if self.rng.chance(self.scenario.pause_per_s / 1000.0) {
+            let id = ids[self.rng.range(0, ids.len() as u64) as usize];
+            let ms = self.rng.range(100, 3 * SYNC_LIMIT * TICK_MS);
+            let node = self.nodes.get_mut(&id).expect("node");
+            if node.peer.is_some() && node.paused_until.is_none() {
+                *self.stats.entry("pause").or_default() += 1;
+                node.paused_until = Some(self.now_ms + ms);
+                if self.trace {
+                    eprintln!("{} {id} pauses for {ms} ms", self.now_ms);
+                }
+            }
+        }
         if self.rng.chance(self.scenario.partition_per_s / 1000.0) {
             self.blocked.clear();
             for _ in 0..self.rng.range(0, ids.len() as u64 + 1) {
@@ -753,11 +892,24 @@ impl EnsembleSim {
     fn step(&mut self, ids: &[ServerId]) -> Result<(), Violation> {
         self.now_ms += 1;
         let now = self.now_ms;
+        for &id in ids {
+            let node = self.nodes.get_mut(&id).expect("node");
+            if node.paused_until.is_some_and(|until| until <= now) {
+                // SIGCONT: first what waited, in order, then its timers (below).
+                node.paused_until = None;
+                for ev in std::mem::take(&mut node.held) {
+                    self.deliver(ev)?;
+                }
+            }
+        }
         while self.events.peek().is_some_and(|t| t.at_ms <= now) {
             let t = self.events.pop().expect("peeked");
             self.deliver(t.event)?;
         }
         for &id in ids {
+            if self.nodes[&id].paused_until.is_some() {
+                continue;
+            }
             if self.nodes[&id].flush_at.is_some_and(|at| at <= now) {
                 self.flush(id)?;
             }
@@ -772,6 +924,9 @@ impl EnsembleSim {
         }
         if now.is_multiple_of(self.scenario.write_every_ms) {
             self.client_write()?;
+        }
+        if now.is_multiple_of(self.scenario.read_every_ms) {
+            self.client_sync(ids)?;
         }
         if self.faults {
             self.inject_faults(ids)?;
@@ -895,7 +1050,15 @@ mod tests {
             "{acked} acknowledged writes; worst settle time after healing: {worst} ms; {stats:?}"
         );
         // The faults reach every way of syncing a learner.
-        for k in ["DIFF", "TRUNC", "SNAP", "crash"] {
+        for k in [
+            "DIFF",
+            "TRUNC",
+            "SNAP",
+            "crash",
+            "pause",
+            "sync forwarded",
+            "sync answered",
+        ] {
             assert!(
                 stats.get(k).is_some_and(|n| *n > 0),
                 "no {k} in {} seeds",
@@ -939,6 +1102,18 @@ mod tests {
             assert_eq!(ra, rb);
             assert_eq!(a.committed, b.committed);
         }
+    }
+
+    #[test]
+    fn the_checker_catches_a_leader_that_answers_syncs_at_once() {
+        // A deposed leader (cut off, not yet past syncLimit) still takes itself for
+        // the leader: answering a sync at once reads its stale tree.
+        let caught = (0..200).any(|seed| {
+            let mut sim = EnsembleSim::new(seed);
+            sim.plant = Some(Plant::SyncAtOnce);
+            sim.run().is_err_and(|v| v.what.contains("stale read"))
+        });
+        assert!(caught, "a stale read after sync went unnoticed");
     }
 
     #[test]

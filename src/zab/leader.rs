@@ -4,13 +4,13 @@
 //! the epoch and commits our history; UPTODATE), then broadcast (PROPOSAL, a quorum's
 //! ACK, COMMIT in zxid order; INFORM to observers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
 use super::election::ServerId;
 use super::history::{make_zxid, SyncPlan, Txn, Zxid};
-use super::messages::{Effect, Msg, Role};
+use super::messages::{Effect, Msg, Reader, Role};
 use super::peer::{Local, Quit};
 
 /// The last counter a zxid can carry; then a new epoch must start.
@@ -57,6 +57,12 @@ struct Link {
     observer: bool,
     stage: Stage,
     heard_ms: u64,
+    /// The ping rounds sent on this connection and not yet answered, oldest first.
+    /// A learner answers each PING with one PING, in order, so its next PING answers
+    /// the front one.
+    pings: VecDeque<u64>,
+    /// The latest ping round it answered.
+    answered: u64,
 }
 
 impl Link {
@@ -84,9 +90,30 @@ pub(crate) struct Leader {
     outstanding: BTreeMap<Zxid, BTreeSet<ServerId>>,
     next_counter: i64,
     ping_at_ms: u64,
-    /// Syncs learners forwarded, each answered once the proposal it came after
-    /// (its zxid) is committed.
-    pending_syncs: Vec<(Zxid, ServerId)>,
+    /// The last ping round sent to every learner (ticks send one; so do syncs).
+    round: u64,
+    /// A round sent for syncs that a quorum has not answered yet: syncs arriving
+    /// meanwhile wait for the next one, sent once this one is answered.
+    sync_round: Option<u64>,
+    /// Syncs waiting, oldest first (see [`Leader::take_sync`]).
+    syncs: VecDeque<PendingSync>,
+}
+
+/// A sync, answered once everything proposed before it is committed (`after`) and a
+/// quorum of voters has answered a ping round sent after it came (`round`).
+#[derive(Debug)]
+struct PendingSync {
+    after: Zxid,
+    round: u64,
+    from: SyncFrom,
+}
+
+#[derive(Debug)]
+enum SyncFrom {
+    /// A learner's, answered on the connection it came on.
+    Learner { id: ServerId, conn: u64 },
+    /// One of our clients'.
+    Local,
 }
 
 impl Leader {
@@ -105,7 +132,9 @@ impl Leader {
             outstanding: BTreeMap::new(),
             next_counter: 1,
             ping_at_ms: now_ms,
-            pending_syncs: Vec::new(),
+            round: 0,
+            sync_round: None,
+            syncs: VecDeque::new(),
         };
         l.maybe_fix_epoch(local, out);
         l
@@ -127,7 +156,11 @@ impl Leader {
             learners: self.links.len() as u32,
             synced_followers: synced(false),
             synced_observers: synced(true),
-            pending_syncs: self.pending_syncs.len() as u32,
+            pending_syncs: self
+                .syncs
+                .iter()
+                .filter(|s| matches!(s.from, SyncFrom::Learner { .. }))
+                .count() as u32,
         }
     }
 
@@ -285,6 +318,8 @@ impl Leader {
                     observer,
                     stage: Stage::Info,
                     heard_ms: now_ms,
+                    pings: VecDeque::new(),
+                    answered: 0,
                 },
             );
             if self.phase == Phase::Discovery {
@@ -315,9 +350,13 @@ impl Leader {
         let voter = !link.observer;
         match msg {
             Msg::Ping { touches } => {
+                if let Some(round) = link.pings.pop_front() {
+                    link.answered = round;
+                }
                 if !touches.is_empty() {
                     out.push(Effect::Touched(touches));
                 }
+                self.answer_syncs(local, out);
             }
             Msg::AckEpoch {
                 current_epoch,
@@ -400,6 +439,11 @@ impl Leader {
 
     /// Commits, in zxid order, every proposal a quorum has on disk.
     fn commit_ready(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
+        self.commit_quorum_acked(local, out);
+        self.answer_syncs(local, out);
+    }
+
+    fn commit_quorum_acked(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
         while let Some((&zxid, acks)) = self.outstanding.first_key_value() {
             let ours = (local.persisted >= zxid).then_some(&self.me);
             if !local.cfg.is_quorum(acks.iter().chain(ours)) {
@@ -422,33 +466,111 @@ impl Leader {
                     };
                     Self::send(to, msg, out);
                 }
-                let zxid = txn.zxid;
                 out.push(Effect::Apply(txn));
-                self.answer_syncs(zxid, out);
             }
         }
     }
 
-    /// A sync learner `to` forwarded: SYNC follows the commit of everything proposed
-    /// so far (at once if nothing is outstanding), so once the learner has it, it has
-    /// applied every write the leader ordered before the sync.
-    pub fn sync_forwarded(&mut self, to: ServerId, out: &mut Vec<Effect>) {
-        match self.outstanding.last_key_value() {
-            Some((&zxid, _)) => self.pending_syncs.push((zxid, to)),
-            None => Self::send(to, Msg::Sync, out),
+    /// A sync, from a learner (for one of its clients) or from one of ours. It is
+    /// answered once everything proposed before it is committed, and once a quorum of
+    /// voters has answered a PING sent after it came: they still follow us then, so
+    /// no other leader can have committed anything we have not (a leader cut off or
+    /// hung past syncLimit may not know yet that it was replaced, and would otherwise
+    /// answer a read after sync from a stale tree). False if it cannot be answered
+    /// here (a learner we do not hold, or a sync of our clients from another epoch).
+    pub fn take_sync(&mut self, local: &Local, reader: Reader, out: &mut Vec<Effect>) -> bool {
+        let from = match reader {
+            Reader::Learner(id) => match self.links.get(&id) {
+                Some(link) => SyncFrom::Learner {
+                    id,
+                    conn: link.conn,
+                },
+                None => return false,
+            },
+            Reader::Local { epoch } if epoch == self.epoch => SyncFrom::Local,
+            Reader::Local { .. } => return false,
+        };
+        if self.phase != Phase::Broadcast {
+            return false;
+        }
+        self.syncs.push_back(PendingSync {
+            after: local.history.last_logged(),
+            round: self.round + 1,
+            from,
+        });
+        if self.sync_round.is_none() {
+            self.ping_round(out);
+            self.sync_round = Some(self.round);
+        }
+        // An ensemble of one has its quorum here.
+        self.answer_syncs(local, out);
+        true
+    }
+
+    /// Sends every learner in broadcast (UPTODATE sent) a PING of a new round.
+    /// Learners that are still syncing get none: ZooKeeper's ignore a PING until
+    /// UPTODATE, so counting one sent before it would pair their answers with the
+    /// wrong rounds.
+    fn ping_round(&mut self, out: &mut Vec<Effect>) {
+        self.round += 1;
+        for (&to, link) in self.links.iter_mut() {
+            if link.stage != Stage::UpToDate {
+                continue;
+            }
+            link.pings.push_back(self.round);
+            Self::send(
+                to,
+                Msg::Ping {
+                    touches: Vec::new(),
+                },
+                out,
+            );
         }
     }
 
-    fn answer_syncs(&mut self, committed: Zxid, out: &mut Vec<Effect>) {
-        let due = self
-            .pending_syncs
+    /// The latest ping round a quorum of voters (us included) has answered.
+    fn confirmed_round(&self, local: &Local) -> u64 {
+        let mut rounds: Vec<u64> = self
+            .links
             .iter()
-            .take_while(|(z, _)| *z <= committed)
-            .count();
-        for (_, to) in self.pending_syncs.drain(..due) {
-            if self.links.contains_key(&to) {
-                Self::send(to, Msg::Sync, out);
+            .filter(|(id, l)| !l.observer && l.stage == Stage::UpToDate && local.cfg.is_voter(**id))
+            .map(|(_, l)| l.answered)
+            .collect();
+        rounds.push(u64::MAX);
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let need = local.cfg.voters.len() / 2 + 1;
+        rounds.get(need - 1).copied().unwrap_or(0)
+    }
+
+    /// Answers the syncs that are due, oldest first, and sends the next sync round
+    /// when syncs wait for one.
+    fn answer_syncs(&mut self, local: &Local, out: &mut Vec<Effect>) {
+        if self.syncs.is_empty() && self.sync_round.is_none() {
+            return;
+        }
+        let confirmed = self.confirmed_round(local);
+        let applied = local.history.applied();
+        while let Some(s) = self.syncs.front() {
+            if s.after > applied || s.round > confirmed {
+                break;
             }
+            match self.syncs.pop_front().map(|s| s.from) {
+                Some(SyncFrom::Learner { id, conn })
+                    if self.links.get(&id).is_some_and(|l| l.conn == conn) =>
+                {
+                    Self::send(id, Msg::Sync, out)
+                }
+                Some(SyncFrom::Local) => out.push(Effect::Synced),
+                // Its learner's connection closed: the learner forgot it.
+                _ => {}
+            }
+        }
+        if self.sync_round.is_some_and(|r| r <= confirmed) {
+            self.sync_round = None;
+        }
+        if self.sync_round.is_none() && self.syncs.back().is_some_and(|s| s.round > self.round) {
+            self.ping_round(out);
+            self.sync_round = Some(self.round);
         }
     }
 
@@ -511,14 +633,14 @@ impl Leader {
         local: &mut Local,
         out: &mut Vec<Effect>,
     ) -> Result<(), Quit> {
-        // Learners unheard for syncLimit (initLimit while they sync) are let go; they
-        // will look again and come back.
+        // Learners unheard for syncLimit (initLimit until UPTODATE: they get no PING
+        // before it) are let go; they will look again and come back.
         let (sync_ms, init_ms) = (local.cfg.sync_ms(), local.cfg.init_ms());
         let silent: Vec<ServerId> = self
             .links
             .iter()
             .filter(|(_, l)| {
-                let allowed = if l.stage >= Stage::Synced {
+                let allowed = if l.stage == Stage::UpToDate {
                     sync_ms
                 } else {
                     init_ms
@@ -552,15 +674,7 @@ impl Leader {
             }
         }
         if now_ms >= self.ping_at_ms {
-            for &to in self.links.keys() {
-                Self::send(
-                    to,
-                    Msg::Ping {
-                        touches: Vec::new(),
-                    },
-                    out,
-                );
-            }
+            self.ping_round(out);
             self.ping_at_ms = now_ms + local.cfg.tick_ms / 2;
         }
         Ok(())

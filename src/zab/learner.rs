@@ -15,7 +15,8 @@ enum Stage {
     /// ACKEPOCH sent; taking the leader's log.
     Syncing,
     /// NEWLEADER received; its ACK waits for the log to be on disk up to `logged`.
-    /// UPTODATE then commits the leader's history of earlier epochs, up to `commit`.
+    /// UPTODATE then commits, up to `commit`, the leader's history of earlier epochs
+    /// and what the sync's DIFF, TRUNC or SNAP named as committed.
     NewLeader {
         logged: Zxid,
         commit: Zxid,
@@ -38,6 +39,12 @@ pub(crate) struct Learner {
     heard_ms: u64,
     /// Proposals of this epoch logged but not yet acked, in order.
     unacked: Vec<Zxid>,
+    /// The zxid the sync's DIFF, TRUNC or SNAP carried: the leader had committed
+    /// its log up to there, and our log up to there is the same once it is applied.
+    /// Txns of this epoch we logged before a reconnect and already hold get no
+    /// COMMIT in the sync (ZooKeeper's learners replay their whole log into the
+    /// tree when they rejoin); without this they would wait for the next commit.
+    sync_committed: Zxid,
 }
 
 impl Learner {
@@ -64,6 +71,7 @@ impl Learner {
             started_ms: now_ms,
             heard_ms: now_ms,
             unacked: Vec::new(),
+            sync_committed: 0,
         }
     }
 
@@ -180,8 +188,9 @@ impl Learner {
                     out,
                 );
             }
-            (Stage::Syncing, Msg::Diff { .. }) => {}
+            (Stage::Syncing, Msg::Diff { zxid }) => self.sync_committed = zxid,
             (Stage::Syncing, Msg::Trunc { zxid }) => {
+                self.sync_committed = zxid;
                 if let Err(e) = local.history.truncate(zxid) {
                     return bad(format!("TRUNC from leader {}: {e}", self.leader));
                 }
@@ -189,6 +198,7 @@ impl Learner {
                 out.push(Effect::Truncate { to: zxid });
             }
             (Stage::Syncing, Msg::Snap { zxid }) => {
+                self.sync_committed = zxid;
                 local.history.install_snapshot(zxid);
                 local.persisted = zxid;
                 out.push(Effect::InstallSnapshot {
@@ -247,9 +257,11 @@ impl Learner {
                 // Proposals of this epoch before NEWLEADER (a ZooKeeper leader sends
                 // those in flight there; ringkeeper's send them after) are committed
                 // by their own COMMITs, not by UPTODATE.
+                let logged = local.history.last_logged();
+                let earlier = local.history.last_before(make_zxid(self.epoch, 0));
                 self.stage = Stage::NewLeader {
-                    logged: local.history.last_logged(),
-                    commit: local.history.last_before(make_zxid(self.epoch, 0)),
+                    logged,
+                    commit: earlier.max(self.sync_committed.min(logged)),
                 };
             }
             (Stage::Synced { commit }, Msg::UpToDate) => {

@@ -82,6 +82,16 @@ pub enum Msg {
     },
 }
 
+/// Whose sync the leader answers once it is safe to read after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// A learner forwarded it (for one of its clients): it gets SYNC.
+    Learner(ServerId),
+    /// One of the leader's own clients, asked while it led `epoch`: the leader's
+    /// driver gets [`Effect::Synced`] (if it still leads that epoch).
+    Local { epoch: i64 },
+}
+
 /// What this member does in the ensemble, as `srvr` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -140,7 +150,9 @@ pub enum Effect {
         session_id: i64,
         timeout_ms: i32,
     },
-    /// The leader's SYNC arrived: answer the oldest sync this member forwarded.
+    /// Answer the oldest sync of this member's clients: as a learner, the leader's
+    /// SYNC for the one it forwarded arrived; as leader, a sync of our own clients
+    /// passed its read round (see [`Reader`]).
     Synced,
     /// The member's role changed.
     Role(Role),

@@ -14,7 +14,7 @@ use super::election::{Ballot, Election, ElectionConfig, PeerState, ServerId};
 use super::history::{History, Zxid};
 use super::leader::Leader;
 use super::learner::Learner;
-use super::messages::{Effect, Msg, Role};
+use super::messages::{Effect, Msg, Reader, Role};
 
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -374,14 +374,20 @@ impl Peer {
         }
     }
 
-    /// Answers a sync that learner `to` forwarded (as the established leader): SYNC
-    /// goes to it once everything proposed before has been committed.
-    pub fn sync(&mut self, to: ServerId, out: &mut Vec<Effect>) -> Result<(), ProposeError> {
-        let Doing::Leading(l) = &mut self.doing else {
-            return Err(ProposeError::NotLeading);
+    /// Takes a sync (as the established leader), from a learner or one of our
+    /// clients: it is answered (SYNC to the learner, [`Effect::Synced`] for ours) once
+    /// everything proposed before it is committed and a quorum has shown, after it
+    /// came, that it still follows us.
+    pub fn sync(&mut self, reader: Reader, out: &mut Vec<Effect>) -> Result<(), ProposeError> {
+        let taken = match &mut self.doing {
+            Doing::Leading(l) => l.take_sync(&self.local, reader, out),
+            _ => false,
         };
-        l.sync_forwarded(to, out);
-        Ok(())
+        if taken {
+            Ok(())
+        } else {
+            Err(ProposeError::NotLeading)
+        }
     }
 
     /// Proposes a write (as the established leader): `make` builds the txn for the
