@@ -18,9 +18,16 @@
 //! - after healing, every member holds every acknowledged write;
 //! - a read after sync sees every write acknowledged before the sync was asked for,
 //!   at a leader (its read round) and at a learner (it forwards the sync, the
-//!   leader's SYNC answers it), deposed leaders and their followers included.
+//!   leader's SYNC answers it), deposed leaders and their followers included;
+//! - an expired session writes nothing after its expiry, and no write comes from a
+//!   session never created.
 //!
-//! Not modelled yet: sessions (expiry as a txn) and forwarded writes (REQUEST).
+//! Sessions: clients at a home member create a session, write through it and keep it
+//! alive; a learner forwards their requests (REQUEST) and reports their activity in
+//! its PINGs (Zab's touches), and the leader expires a session it has not heard of
+//! within the timeout (a txn). What the leader checks before ordering (the session is
+//! open in its view: what it applied, and what it ordered itself since) stands in
+//! for the core's session table, which this simulator does not run.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -113,6 +120,22 @@ struct Node {
     /// order it came.
     paused_until: Option<u64>,
     held: Vec<Event>,
+    /// As leader: sessions in its view (true: open, false: expired), and when each
+    /// open one was last heard of, with its timeout.
+    sessions: BTreeMap<u64, bool>,
+    heard: BTreeMap<u64, (u64, u64)>,
+    /// Sessions whose expiry its tree holds (what its clients hear).
+    gone: BTreeSet<u64>,
+}
+
+/// The sessions whose expiry `tree` holds.
+fn expired_in(tree: &[Txn]) -> BTreeSet<u64> {
+    tree.iter()
+        .filter_map(|t| match SessionOp::parse(&t.data) {
+            SessionOp::Expire(s) => Some(s),
+            _ => None,
+        })
+        .collect()
 }
 
 struct Conn {
@@ -187,11 +210,50 @@ pub enum Plant {
     AckBeforeDisk,
     /// A leader answers its own clients' syncs at once, without a read round.
     SyncAtOnce,
+    /// A leader orders writes without checking that their session is open.
+    UncheckedSessions,
 }
 
 /// The request a learner forwards for a client's sync (the driver's would be a
-/// client frame; here only syncs are forwarded).
+/// client frame).
 const SYNC_REQUEST: &[u8] = b"sync";
+
+/// How long a session lives unheard: ZooKeeper's least (2 ticks) to 20 ticks.
+const SESSION_MS: std::ops::Range<u64> = 2 * TICK_MS..20 * TICK_MS;
+/// How often a client shows its session alive to its home member.
+const TOUCH_EVERY_MS: u64 = 100;
+const CLIENTS: usize = 4;
+
+/// What a txn (or a forwarded request) of the simulated clients does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOp {
+    Create(u64),
+    Expire(u64),
+    Write(u64),
+    /// A write with no session (the leaders' own load), or a sync.
+    Other,
+}
+
+impl SessionOp {
+    fn parse(data: &[u8]) -> SessionOp {
+        let text = std::str::from_utf8(data).unwrap_or("");
+        let id = |rest: &str| rest.split(':').next().and_then(|n| n.parse().ok());
+        match text.split_once(':') {
+            Some(("c", rest)) => id(rest).map_or(SessionOp::Other, SessionOp::Create),
+            Some(("x", rest)) => id(rest).map_or(SessionOp::Other, SessionOp::Expire),
+            Some(("s", rest)) => id(rest).map_or(SessionOp::Other, SessionOp::Write),
+            _ => SessionOp::Other,
+        }
+    }
+}
+
+/// A client with (at most) one session, at its home member.
+#[derive(Debug, Clone)]
+struct Client {
+    home: ServerId,
+    session: Option<u64>,
+    timeout_ms: u64,
+}
 
 pub struct EnsembleSim {
     pub scenario: Scenario,
@@ -214,6 +276,13 @@ pub struct EnsembleSim {
     acked_upto: usize,
     /// Who established or proposed in each epoch.
     leader_of_epoch: BTreeMap<i64, ServerId>,
+    clients: Vec<Client>,
+    next_session: u64,
+    /// Each session's timeout (what its create carries).
+    timeouts: BTreeMap<u64, u64>,
+    /// Sessions created and expired in the committed sequence.
+    created: BTreeSet<u64>,
+    expired: BTreeSet<u64>,
     writes: u64,
     /// What happened, by kind, for the test's report (that faults reached each path).
     pub stats: BTreeMap<&'static str, u64>,
@@ -262,6 +331,9 @@ impl EnsembleSim {
                         syncs: Default::default(),
                         paused_until: None,
                         held: Vec::new(),
+                        sessions: BTreeMap::new(),
+                        heard: BTreeMap::new(),
+                        gone: BTreeSet::new(),
                     },
                 )
             })
@@ -282,6 +354,11 @@ impl EnsembleSim {
             acknowledged: BTreeSet::new(),
             acked_upto: 0,
             leader_of_epoch: BTreeMap::new(),
+            clients: Vec::new(),
+            next_session: 1,
+            timeouts: BTreeMap::new(),
+            created: BTreeSet::new(),
+            expired: BTreeSet::new(),
             writes: 0,
             stats: BTreeMap::new(),
             plant: None,
@@ -341,6 +418,7 @@ impl EnsembleSim {
         let d = &node.disk;
         let applied = d.applied_mark.min(d.log.len());
         node.tree = d.log[..applied].to_vec();
+        node.gone = expired_in(&node.tree);
         let applied_zxid = node.tree.last().map_or(0, |t| t.zxid);
         let history = History::recovered(0, d.log.clone(), applied_zxid, cfg.retain);
         let mut peer = Peer::new(
@@ -495,7 +573,31 @@ impl EnsembleSim {
                     eprintln!("{now} {id} is {role:?}");
                 }
                 match role {
-                    Role::Leading { epoch } => self.claim_epoch(id, epoch)?,
+                    Role::Leading { epoch } => {
+                        self.claim_epoch(id, epoch)?;
+                        // The view of what it applied; every open session gets a full
+                        // timeout from now (the core's `lead` does the same).
+                        let node = self.nodes.get_mut(&id).expect("node");
+                        node.sessions.clear();
+                        for t in &node.tree {
+                            match SessionOp::parse(&t.data) {
+                                SessionOp::Create(s) => {
+                                    node.sessions.entry(s).or_insert(true);
+                                }
+                                SessionOp::Expire(s) => {
+                                    node.sessions.insert(s, false);
+                                }
+                                _ => {}
+                            }
+                        }
+                        let timeouts = &self.timeouts;
+                        node.heard = node
+                            .sessions
+                            .iter()
+                            .filter(|(_, open)| **open)
+                            .map(|(s, _)| (*s, (now, timeouts[s])))
+                            .collect();
+                    }
                     // Its driver drops the clients whose syncs waited (as the core
                     // forgets them).
                     Role::Looking => self.nodes.get_mut(&id).expect("node").syncs.clear(),
@@ -514,13 +616,24 @@ impl EnsembleSim {
                 };
                 self.check_read(id, needed)?;
             }
-            Effect::Forwarded { .. } | Effect::Revalidate { .. } => {
+            Effect::Forwarded { data, .. } => {
+                *self.stats.entry("request forwarded").or_default() += 1;
+                self.order(id, SessionOp::parse(&data))?;
+            }
+            Effect::Revalidate { .. } => {
                 return Err(self.fail(format!(
-                    "member {id} got a REQUEST or REVALIDATE, which no one sends here"
+                    "member {id} got a REVALIDATE, which no one sends here"
                 )))
             }
-            // Sessions are not modelled: learners report no touches.
-            Effect::Touched(_) => {}
+            Effect::Touched(sessions) => {
+                let node = self.nodes.get_mut(&id).expect("node");
+                for (s, timeout) in sessions {
+                    let s = s as u64;
+                    if node.sessions.get(&s) == Some(&true) {
+                        node.heard.insert(s, (now, timeout as u64));
+                    }
+                }
+            }
             Effect::Warn(w) => {
                 if self.trace {
                     eprintln!("{now} {id}: {w}");
@@ -672,14 +785,196 @@ impl EnsembleSim {
                 )))
             }
             Some(_) => {}
-            None => self.committed.push(txn.clone()),
+            None => {
+                self.check_session_order(&txn)?;
+                self.committed.push(txn.clone());
+            }
         }
         let node = self.nodes.get_mut(&id).expect("node");
         if node.proposed.remove(&txn.zxid) {
             self.acknowledged.insert(txn.zxid);
             self.acked_upto = self.acked_upto.max(pos + 1);
         }
+        if let SessionOp::Expire(s) = SessionOp::parse(&txn.data) {
+            node.gone.insert(s);
+        }
         node.tree.push(txn);
+        Ok(())
+    }
+
+    /// The committed sequence's next txn: a write only from a session created before
+    /// it and not expired.
+    fn check_session_order(&mut self, txn: &Txn) -> Result<(), Violation> {
+        match SessionOp::parse(&txn.data) {
+            SessionOp::Create(s) => {
+                self.created.insert(s);
+            }
+            SessionOp::Expire(s) => {
+                *self.stats.entry("session expired").or_default() += 1;
+                self.expired.insert(s);
+            }
+            SessionOp::Write(s) if self.expired.contains(&s) => {
+                return Err(self.fail(format!(
+                    "session {s} wrote after its expiry ({:#x})",
+                    txn.zxid
+                )))
+            }
+            SessionOp::Write(s) if !self.created.contains(&s) => {
+                return Err(self.fail(format!(
+                    "a write from session {s}, never created ({:#x})",
+                    txn.zxid
+                )))
+            }
+            SessionOp::Write(_) => *self.stats.entry("session write").or_default() += 1,
+            SessionOp::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Leader `id` orders a client's request, as its core would: a session is
+    /// created once, and written through only while open in its view.
+    fn order(&mut self, id: ServerId, op: SessionOp) -> Result<(), Violation> {
+        let plant = self.plant;
+        let now = self.now_ms;
+        let node = self.nodes.get_mut(&id).expect("node");
+        let data = match op {
+            SessionOp::Create(s) if !node.sessions.contains_key(&s) => {
+                node.sessions.insert(s, true);
+                node.heard.insert(s, (now, self.timeouts[&s]));
+                format!("c:{s}")
+            }
+            SessionOp::Write(s)
+                if node.sessions.get(&s) == Some(&true)
+                    || plant == Some(Plant::UncheckedSessions) =>
+            {
+                self.writes += 1;
+                format!("s:{s}:{}", self.writes)
+            }
+            SessionOp::Expire(s) => {
+                node.sessions.insert(s, false);
+                node.heard.remove(&s);
+                format!("x:{s}")
+            }
+            // A sync, a second create, or a write of a session not open here: the
+            // client gets an error (a sync is the other path).
+            _ => return Ok(()),
+        };
+        let mut out = Vec::new();
+        let p = node.peer.as_mut().expect("up");
+        if let Ok(z) = p.propose(now, |_| Bytes::from(data), &mut out) {
+            node.proposed.insert(z);
+        }
+        self.handle(id, out)
+    }
+
+    /// Leaders expire the sessions they have not heard of within the timeout.
+    fn expire_sessions(&mut self, id: ServerId) -> Result<(), Violation> {
+        let now = self.now_ms;
+        let node = &self.nodes[&id];
+        if !node
+            .peer
+            .as_ref()
+            .is_some_and(|p| matches!(p.role(), Role::Leading { .. }))
+        {
+            return Ok(());
+        }
+        let due: Vec<u64> = node
+            .heard
+            .iter()
+            .filter(|(_, (at, timeout))| now >= at + timeout)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in due {
+            self.order(id, SessionOp::Expire(s))?;
+        }
+        Ok(())
+    }
+
+    /// The clients: each shows its session alive to its home member, and now and
+    /// then creates a session (when it has none) or writes through it.
+    fn clients_step(&mut self, ids: &[ServerId]) -> Result<(), Violation> {
+        if self.clients.is_empty() {
+            self.clients = (0..CLIENTS)
+                .map(|_| Client {
+                    home: ids[self.rng.range(0, ids.len() as u64) as usize],
+                    session: None,
+                    timeout_ms: self.rng.range(SESSION_MS.start, SESSION_MS.end),
+                })
+                .collect();
+        }
+        let now = self.now_ms;
+        for k in 0..self.clients.len() {
+            let Client {
+                home,
+                session,
+                timeout_ms,
+            } = self.clients[k].clone();
+            let node = &self.nodes[&home];
+            // A client hears of its session's expiry from its member (SESSIONEXPIRED)
+            // once that member's tree holds it, and starts over.
+            if session.is_some_and(|s| node.gone.contains(&s)) {
+                self.clients[k].session = None;
+                continue;
+            }
+            let role = node.peer.as_ref().map(|p| p.role());
+            let serving =
+                node.paused_until.is_none() && role.is_some_and(|r| !matches!(r, Role::Looking));
+            if !serving {
+                // Its member is down, hung or electing: now and then the client moves
+                // to another with its session (a member whose tree lags may not know
+                // yet that it expired).
+                if self.rng.chance(0.002) {
+                    self.clients[k].home = ids[self.rng.range(0, ids.len() as u64) as usize];
+                }
+                continue;
+            }
+            let Some(role) = role else { continue };
+            if let (Some(s), true) = (session, now.is_multiple_of(TOUCH_EVERY_MS)) {
+                match role {
+                    Role::Leading { .. } => {
+                        let node = self.nodes.get_mut(&home).expect("node");
+                        if let Some(h) = node.heard.get_mut(&s) {
+                            h.0 = now;
+                        }
+                    }
+                    Role::Following { .. } | Role::Observing { .. } => {
+                        let p = self.nodes.get_mut(&home).and_then(|n| n.peer.as_mut());
+                        p.expect("up").touch([(s as i64, timeout_ms as i32)]);
+                    }
+                    Role::Looking => {}
+                }
+            }
+            if !self.rng.chance(0.02) {
+                continue;
+            }
+            let op = match session {
+                Some(s) => SessionOp::Write(s),
+                None => {
+                    let s = self.next_session;
+                    self.next_session += 1;
+                    self.clients[k].session = Some(s);
+                    self.timeouts.insert(s, timeout_ms);
+                    SessionOp::Create(s)
+                }
+            };
+            match role {
+                Role::Leading { .. } => self.order(home, op)?,
+                Role::Following { .. } | Role::Observing { .. } => {
+                    let data = match op {
+                        SessionOp::Create(s) => format!("c:{s}"),
+                        SessionOp::Write(s) => format!("s:{s}"),
+                        _ => unreachable!("clients create and write"),
+                    };
+                    let mut out = Vec::new();
+                    let p = self.nodes.get_mut(&home).and_then(|n| n.peer.as_mut());
+                    let _ = p
+                        .expect("up")
+                        .forward(Bytes::from(data), Vec::new(), &mut out);
+                    self.handle(home, out)?;
+                }
+                Role::Looking => {}
+            }
+        }
         Ok(())
     }
 
@@ -775,6 +1070,7 @@ impl EnsembleSim {
                     self.check_tree_prefix(to, &image)?;
                     let node = self.nodes.get_mut(&to).expect("node");
                     node.tree = image.clone();
+                    node.gone = expired_in(&node.tree);
                     node.disk.log = image;
                     node.disk.pending.clear();
                     node.disk.applied_mark = node.disk.log.len();
@@ -928,6 +1224,12 @@ impl EnsembleSim {
         if now.is_multiple_of(self.scenario.read_every_ms) {
             self.client_sync(ids)?;
         }
+        self.clients_step(ids)?;
+        for &id in ids {
+            if self.nodes[&id].paused_until.is_none() {
+                self.expire_sessions(id)?;
+            }
+        }
         if self.faults {
             self.inject_faults(ids)?;
         }
@@ -1058,6 +1360,9 @@ mod tests {
             "pause",
             "sync forwarded",
             "sync answered",
+            "request forwarded",
+            "session write",
+            "session expired",
         ] {
             assert!(
                 stats.get(k).is_some_and(|n| *n > 0),
@@ -1114,6 +1419,17 @@ mod tests {
             sim.run().is_err_and(|v| v.what.contains("stale read"))
         });
         assert!(caught, "a stale read after sync went unnoticed");
+    }
+
+    #[test]
+    fn the_checker_catches_writes_of_expired_sessions() {
+        let caught = (0..200).any(|seed| {
+            let mut sim = EnsembleSim::new(seed);
+            sim.plant = Some(Plant::UncheckedSessions);
+            sim.run()
+                .is_err_and(|v| v.what.contains("after its expiry"))
+        });
+        assert!(caught, "a write after its session's expiry went unnoticed");
     }
 
     #[test]
