@@ -658,3 +658,52 @@ fn the_quota_flag_follows_the_quota_directory_through_creates_deletes_and_snapsh
     let (back, _) = through_snapshot(&t, &[]);
     assert!(!back.quotas);
 }
+
+/// A logged create replayed on a tree it does not fit is refused with the reason,
+/// whether the node it collides with is in the overlay or in the mapped base.
+#[test]
+fn replayed_creates_that_do_not_fit_are_refused() {
+    let create = |path: &str, owner: i64| Txn::Create {
+        path: path.into(),
+        data: Some(Bytes::from_static(b"x")),
+        acl: vec![Acl {
+            perms: perms::ALL,
+            id: Id::new("world", "anyone"),
+        }],
+        ephemeral_owner: owner,
+        parent_cversion: -1,
+    };
+    let logged = |t: &Txn| {
+        let mut out = Vec::new();
+        t.encode_logged(1, Origin::default(), &mut out);
+        out
+    };
+    let mut t = DataTree::new();
+    let mut trig = Vec::new();
+    for (i, p) in ["/a", "/a/b", "/e"].iter().enumerate() {
+        let owner = if *p == "/e" { 7 } else { 0 };
+        t.apply_logged(i as i64 + 1, &logged(&create(p, owner)), &mut trig)
+            .unwrap();
+    }
+    let (based, _) = through_snapshot(&t, &[]);
+    for tree in [t, based] {
+        for (path, owner, why) in [
+            ("/a/b", 0, "/a/b created again"),
+            ("/a", 0, "/a created again"),
+            ("/x/y", 0, "/x is missing"),
+            ("/e/c", 0, "/e/c created under an ephemeral node"),
+            ("/", 0, "/ created again"),
+            ("/a//c", 0, "path \"/a//c\""),
+        ] {
+            let mut tree = tree.clone();
+            let e = tree
+                .apply_logged(10, &logged(&create(path, owner)), &mut trig)
+                .unwrap_err();
+            assert!(e.contains(why), "{path}: {e}");
+        }
+        let mut tree = tree.clone();
+        tree.apply_logged(10, &logged(&create("/a/c", 0)), &mut trig)
+            .unwrap();
+        assert!(tree.node("/a/c").is_some());
+    }
+}
