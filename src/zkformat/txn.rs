@@ -84,6 +84,15 @@ fn decode_acls(r: &mut Reader) -> Result<Option<Vec<Acl>>, DecodeError> {
     }
 }
 
+/// The bytes `encode_acls` writes.
+fn acls_len(acls: &Option<Vec<Acl>>) -> usize {
+    4 + acls.as_ref().map_or(0, |v| {
+        v.iter()
+            .map(|a| 12 + a.id.scheme.len() + a.id.id.len())
+            .sum::<usize>()
+    })
+}
+
 fn encode_acls(b: &mut impl BufMut, acls: &Option<Vec<Acl>>) {
     match acls {
         None => b.put_i32(-1),
@@ -254,6 +263,45 @@ impl TxnRecord {
         })
     }
 
+    /// The bytes `encode` writes.
+    fn encoded_len(&self) -> usize {
+        let bytes = |d: &Option<Vec<u8>>| 4 + d.as_ref().map_or(0, Vec::len);
+        match self {
+            TxnRecord::Create {
+                path,
+                data,
+                acl,
+                parent_cversion,
+                ..
+            } => {
+                let cversion = parent_cversion.map_or(0, |_| 4);
+                4 + path.len() + bytes(data) + acls_len(acl) + 1 + cversion
+            }
+            TxnRecord::CreateContainer {
+                path, data, acl, ..
+            } => 4 + path.len() + bytes(data) + acls_len(acl) + 4,
+            TxnRecord::CreateTtl {
+                path, data, acl, ..
+            } => 4 + path.len() + bytes(data) + acls_len(acl) + 4 + 8,
+            TxnRecord::Delete { path } => 4 + path.len(),
+            TxnRecord::SetData { path, data, .. } => 4 + path.len() + bytes(data) + 4,
+            TxnRecord::CheckVersion { path, .. } => 4 + path.len() + 4,
+            TxnRecord::SetAcl { path, acl, .. } => 4 + path.len() + acls_len(acl) + 4,
+            TxnRecord::CreateSession { .. } | TxnRecord::Error { .. } => 4,
+            TxnRecord::CloseSession { paths_to_delete } => {
+                4 + paths_to_delete
+                    .as_ref()
+                    .map_or(0, |p| p.iter().map(|s| 4 + s.len()).sum())
+            }
+            TxnRecord::Multi(entries) => {
+                4 + entries
+                    .iter()
+                    .map(|e| 8 + e.record.encoded_len() + e.unread.len())
+                    .sum::<usize>()
+            }
+        }
+    }
+
     pub fn encode(&self, b: &mut Vec<u8>) {
         match self {
             TxnRecord::Create {
@@ -392,8 +440,16 @@ impl ZkTxn {
         }
     }
 
+    /// The bytes `encode` writes.
+    pub fn encoded_len(&self) -> usize {
+        TxnHeader::BYTES
+            + self.record.as_ref().map_or(0, TxnRecord::encoded_len)
+            + self.digest.map_or(0, |_| TxnDigest::BYTES)
+    }
+
+    /// The entry's bytes, in one allocation of the exact size.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::new();
+        let mut b = Vec::with_capacity(self.encoded_len());
         self.encode(&mut b);
         b
     }
@@ -541,6 +597,7 @@ mod tests {
         for t in samples() {
             let bytes = t.to_bytes();
             assert_eq!(ZkTxn::decode(&bytes).unwrap(), t, "{t:?}");
+            assert_eq!(bytes.len(), t.encoded_len(), "{t:?}");
         }
     }
 
@@ -567,7 +624,9 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(t) = ZkTxn::decode(&bytes) {
                 // Whatever decodes re-encodes to bytes that decode the same.
-                prop_assert_eq!(ZkTxn::decode(&t.to_bytes()).unwrap(), t);
+                let again = t.to_bytes();
+                prop_assert_eq!(again.len(), t.encoded_len());
+                prop_assert_eq!(ZkTxn::decode(&again).unwrap(), t);
             }
         }
     }
