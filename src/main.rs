@@ -111,7 +111,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse_args() {
+    let mut cfg = match parse_args() {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("ringkeeper: {msg}");
@@ -123,6 +123,7 @@ fn main() -> ExitCode {
         tracing::warn!("unknown configuration key {k:?} ignored");
     }
     let mut member = None;
+    let mut sharing = 1;
     if cfg.is_ensemble() {
         // Read as ZooKeeper does, so a wrong myid is named before anything else.
         let myid = match ringkeeper::config::quorum::read_myid(&cfg.data_dir) {
@@ -141,7 +142,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         member = match ringkeeper::peering::MemberConfig::from_config(&cfg, myid) {
-            Ok(m) => Some(m),
+            Ok(m) => {
+                let cores = ringkeeper::server::allowed_cpus().len().max(1);
+                let local = m.members_on_this_machine();
+                cfg.share_cpus(local, cores);
+                sharing = local;
+                Some(m)
+            }
             Err(e) => {
                 eprintln!("ringkeeper: {}: {e}", cfg.source);
                 return ExitCode::from(2);
@@ -153,7 +160,7 @@ fn main() -> ExitCode {
     tracing::debug!("RLIMIT_MEMLOCK is {memlock} bytes");
     let nofile = ringkeeper::server::raise_open_files_limit();
     tracing::debug!("RLIMIT_NOFILE is {nofile}");
-    let layout = if cfg.core_on_shard {
+    let mut layout = if cfg.core_on_shard {
         format!(
             "{} shard(s), the broadcast core on shard 0's executor",
             cfg.shards
@@ -161,6 +168,9 @@ fn main() -> ExitCode {
     } else {
         format!("{} shard(s) + 1 broadcast core", cfg.shards)
     };
+    if sharing > 1 {
+        layout += &format!(", unpinned: {sharing} members share this machine's CPUs");
+    }
     let source = cfg.source.clone();
     let dirs = format!(
         "snapshots in {}, txn log in {}",

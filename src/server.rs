@@ -695,11 +695,12 @@ pub fn run_as(
     // blocking pool) inherit an executor's CPU: with every CPU pinned they compete
     // with a spinning executor, and writes slow down (seen on 2 cores: the discovery
     // bench test's registrars fell to a quarter of their rate). Pinning those helpers
-    // elsewhere is still to do.
+    // elsewhere is still to do. A member sharing the machine with other members pins
+    // nothing (`Config::share_cpus`): each would pin its executors to the same CPUs.
     let cpus = allowed_cpus();
     let cores = cpus.len().max(1);
     let executors = cfg.shards + usize::from(!cfg.core_on_shard);
-    let pin = executors < cores && !cpus.is_empty();
+    let pin = cfg.pin_executors && executors < cores && !cpus.is_empty();
     let placement = |i: usize| {
         if pin {
             Placement::Fixed(cpus[i % cpus.len()])

@@ -157,6 +157,16 @@ pub struct MemberConfig {
 }
 
 impl MemberConfig {
+    /// How many of the ensemble's members (this one included) are on this machine:
+    /// those whose quorum address is a loopback address or one of this machine's own
+    /// (one a socket can be bound to; nothing is sent).
+    pub fn members_on_this_machine(&self) -> usize {
+        self.quorum
+            .values()
+            .filter(|a| a.ip().is_loopback() || std::net::UdpSocket::bind((a.ip(), 0)).is_ok())
+            .count()
+    }
+
     /// Member `my_id` of the ensemble `cfg`'s server lines describe (each member's
     /// first address; host names are resolved now, as ZooKeeper does at start).
     pub fn from_config(

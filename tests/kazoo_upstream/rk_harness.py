@@ -31,7 +31,9 @@ class OneServer:
             self.server = servers.start_zookeeper(extra)
         elif BACKEND == "ringkeeper-follower":
             # A fresh ensemble each time; the tests reach it through a follower's port.
-            self.ensemble = servers.start_ringkeeper_ensemble(3, extra=SUPER)
+            # Two shards per member, as on a machine of their own, so the follower's
+            # sessions and its writes' replies cross shards.
+            self.ensemble = servers.start_ringkeeper_ensemble(3, extra=dict(SUPER, shards="2"))
             self.server = next(m for m in self.ensemble if servers.member_mode(m) == "follower")
             self.port = self.server.port
         else:

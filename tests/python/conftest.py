@@ -20,9 +20,11 @@ RK_EXTRA = {
 def rk():
     """One ringkeeper for the session, with TTL nodes and a fast container sweep. With
     RK_TEST_TARGET=follower, a follower of a 3-member ringkeeper ensemble instead: the
-    real-client suites then run through a member that forwards every write."""
+    real-client suites then run through a member that forwards every write. Its members
+    have two shards each, as on a machine of their own (three members sharing these
+    cores would take one each), so a follower's reads and writes cross shards."""
     if os.environ.get("RK_TEST_TARGET") == "follower":
-        members = servers.start_ringkeeper_ensemble(3, extra=RK_EXTRA)
+        members = servers.start_ringkeeper_ensemble(3, extra=dict(RK_EXTRA, shards="2"))
         yield next(m for m in members if servers.member_mode(m) == "follower")
         members.stop()
         return

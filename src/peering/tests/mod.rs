@@ -461,3 +461,16 @@ fn an_observer_gets_every_commit_and_counts_for_nothing() {
 }
 
 mod mixed;
+
+#[test]
+fn members_on_this_machine_are_those_with_a_local_address() {
+    let mut cfg = config(&[1, 2, 3], 1, &[3888, 3889, 3890], &[2888, 2889, 2890]);
+    assert_eq!(cfg.members_on_this_machine(), 3);
+    // 192.0.2.0/24 is for documentation (RFC 5737): never this machine's address,
+    // so binding to it fails and nothing is sent.
+    cfg.quorum
+        .insert(3, SocketAddr::from(([192, 0, 2, 7], 2888)));
+    cfg.quorum
+        .insert(2, SocketAddr::from(([127, 0, 0, 2], 2888)));
+    assert_eq!(cfg.members_on_this_machine(), 2);
+}
