@@ -85,9 +85,14 @@ pub(crate) struct Leader {
     newleader_acks: BTreeSet<ServerId>,
     /// Our history when the epoch's sync began: NEWLEADER's quorum commits it.
     history_end: Zxid,
-    /// Proposals not yet committed, with the voters that acked them (not us: our
-    /// own ack is our log on disk).
-    outstanding: BTreeMap<Zxid, BTreeSet<ServerId>>,
+    /// The highest proposal of this epoch each voter has acked (not us: our own ack
+    /// is our log on disk). A learner's log is a prefix of ours once synced, and it
+    /// reaches its disk in order, so an ACK of a zxid stands for every proposal up to
+    /// it (ZooKeeper's learners ACK each proposal, in order; ringkeeper's may ACK only
+    /// the last of what one write made durable).
+    acked: BTreeMap<ServerId, Zxid>,
+    /// The counter of this epoch's next proposal: the ones before it, down to the
+    /// last committed, are outstanding.
     next_counter: i64,
     ping_at_ms: u64,
     /// The last ping round sent to every learner (ticks send one; so do syncs).
@@ -129,7 +134,7 @@ impl Leader {
             epoch_acks: BTreeSet::new(),
             newleader_acks: BTreeSet::new(),
             history_end: local.history.last_logged(),
-            outstanding: BTreeMap::new(),
+            acked: BTreeMap::new(),
             next_counter: 1,
             ping_at_ms: now_ms,
             round: 0,
@@ -245,8 +250,8 @@ impl Leader {
         // What the learner cuts from its log is no longer on its disk: its ACKs of
         // those proposals no longer count (it ACKs them again once it has them back).
         if let Some(cut) = cut {
-            for (_, acks) in self.outstanding.range_mut(cut + 1..) {
-                acks.remove(&id);
+            if let Some(acked) = self.acked.get_mut(&id) {
+                *acked = (*acked).min(cut);
             }
             if cut < self.history_end {
                 self.newleader_acks.remove(&id);
@@ -399,9 +404,14 @@ impl Leader {
                 }
             }
             Msg::Ack { zxid } => {
-                if voter && link.forwarding() {
-                    if let Some(acks) = self.outstanding.get_mut(&zxid) {
-                        acks.insert(from);
+                // Only ACKs of this epoch's proposals count (none from before, none of
+                // a zxid not proposed yet).
+                let last_proposed = make_zxid(self.epoch, self.next_counter - 1);
+                let proposed = zxid > make_zxid(self.epoch, 0) && zxid <= last_proposed;
+                if voter && link.forwarding() && proposed {
+                    let acked = self.acked.entry(from).or_insert(0);
+                    if zxid > *acked {
+                        *acked = zxid;
                         self.commit_ready(local, out);
                     }
                 }
@@ -443,31 +453,69 @@ impl Leader {
         self.answer_syncs(local, out);
     }
 
+    /// The last proposal of this epoch (its zxid with counter 0 if none yet).
+    fn last_proposed(&self) -> Zxid {
+        make_zxid(self.epoch, self.next_counter - 1)
+    }
+
+    /// The highest outstanding proposal a quorum has on disk, if any: every one up to
+    /// it commits.
+    fn quorum_acked(&self, local: &Local) -> Option<Zxid> {
+        let committed = local.history.applied();
+        let last = self.last_proposed();
+        if self.phase != Phase::Broadcast || last <= committed {
+            return None;
+        }
+        let on_disk = |id: &ServerId| -> Zxid {
+            if *id == self.me {
+                local.persisted
+            } else {
+                self.acked.get(id).copied().unwrap_or(0)
+            }
+        };
+        // The largest zxid that a quorum's disks all reach: try each member's, the
+        // highest first.
+        let mut reach: Vec<Zxid> = self
+            .acked
+            .values()
+            .copied()
+            .chain([local.persisted])
+            .filter(|z| *z > committed)
+            .collect();
+        reach.sort_unstable_by(|a, b| b.cmp(a));
+        reach.dedup();
+        let ids: Vec<ServerId> = self.acked.keys().copied().chain([self.me]).collect();
+        reach
+            .into_iter()
+            .find(|&z| {
+                local
+                    .cfg
+                    .is_quorum(ids.iter().filter(|id| on_disk(id) >= z))
+            })
+            .map(|z| z.min(last))
+    }
+
     fn commit_quorum_acked(&mut self, local: &mut Local, out: &mut Vec<Effect>) {
-        while let Some((&zxid, acks)) = self.outstanding.first_key_value() {
-            let ours = (local.persisted >= zxid).then_some(&self.me);
-            if !local.cfg.is_quorum(acks.iter().chain(ours)) {
-                return;
-            }
-            self.outstanding.remove(&zxid);
-            let txns = match local.history.commit(zxid) {
-                Ok(t) => t,
-                Err(e) => unreachable!("an outstanding proposal is logged: {e}"),
-            };
-            for txn in txns {
-                for (&to, link) in &self.links {
-                    if !link.forwarding() {
-                        continue;
-                    }
-                    let msg = if link.observer {
-                        Msg::Inform(txn.clone())
-                    } else {
-                        Msg::Commit { zxid: txn.zxid }
-                    };
-                    Self::send(to, msg, out);
+        let Some(upto) = self.quorum_acked(local) else {
+            return;
+        };
+        let txns = match local.history.commit(upto) {
+            Ok(t) => t,
+            Err(e) => unreachable!("an outstanding proposal is logged: {e}"),
+        };
+        for txn in txns {
+            for (&to, link) in &self.links {
+                if !link.forwarding() {
+                    continue;
                 }
-                out.push(Effect::Apply(txn));
+                let msg = if link.observer {
+                    Msg::Inform(txn.clone())
+                } else {
+                    Msg::Commit { zxid: txn.zxid }
+                };
+                Self::send(to, msg, out);
             }
+            out.push(Effect::Apply(txn));
         }
     }
 
@@ -617,7 +665,6 @@ impl Leader {
             unreachable!("our own proposal follows our log: {e}");
         }
         out.push(Effect::Append(txn.clone()));
-        self.outstanding.insert(zxid, BTreeSet::new());
         for (&to, link) in &self.links {
             if link.forwarding() && !link.observer {
                 Self::send(to, Msg::Proposal(txn.clone()), out);
