@@ -366,17 +366,22 @@ impl Replica for StorageReplica {
     }
 
     fn append(&mut self, txn: &ZabTxn) {
+        if txn.zxid <= self.0.own_upto.get() {
+            return; // framed by our core as it ordered it
+        }
+        match crate::zkformat::txn::ZkTxn::decode(&txn.data) {
+            Ok(z) => self.append_decoded(txn, z),
+            Err(e) => {
+                tracing::error!("proposal {:#x} does not decode ({e}): not logged", txn.zxid)
+            }
+        }
+    }
+
+    fn append_decoded(&mut self, txn: &ZabTxn, z: crate::zkformat::txn::ZkTxn) {
         let s = &self.0;
         if txn.zxid <= s.own_upto.get() {
             return; // framed by our core as it ordered it
         }
-        let z = match crate::zkformat::txn::ZkTxn::decode(&txn.data) {
-            Ok(z) => z,
-            Err(e) => {
-                tracing::error!("proposal {:#x} does not decode ({e}): not logged", txn.zxid);
-                return;
-            }
-        };
         let origin = crate::tree::Origin {
             session_id: z.header.client_id,
             cxid: z.header.cxid,

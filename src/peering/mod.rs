@@ -31,9 +31,10 @@ use crate::util::Notify;
 use crate::zab::election::Ballot;
 use crate::zab::history::{Txn, Zxid};
 use crate::zab::messages::{Effect, Msg, Reader, Role};
-use crate::zab::packets::{from_packet, to_packet, Outgoing, PacketError};
+use crate::zab::packets::{from_packet_keeping_txn, to_packet, Outgoing, PacketError};
 use crate::zab::peer::{Peer, PeerConfig, Recovered};
 use crate::zab::wire::{Direction, LEADER_PROTOCOL_VERSION};
+use crate::zkformat::txn::ZkTxn;
 use election_net::ElectionNet;
 use quorum_net::{QuorumNet, Received};
 use snap_image::{SnapFiles, SnapImage, RINGKEEPER_PROTOCOL_VERSION};
@@ -88,6 +89,12 @@ pub trait Replica {
     async fn settle(&mut self) {}
     /// Appends to the log; durable later (see `persisted`).
     fn append(&mut self, txn: &Txn);
+    /// As `append`, with `txn.data` already decoded (the driver decodes a leader's
+    /// PROPOSAL to check it).
+    fn append_decoded(&mut self, txn: &Txn, decoded: ZkTxn) {
+        let _ = decoded;
+        self.append(txn)
+    }
     /// How far the log is on disk.
     fn persisted(&self) -> Zxid;
     /// Durable before returning. The driver waits for it (and does nothing else
@@ -213,6 +220,7 @@ impl MemberConfig {
                 init_limit: u64::from(cfg.init_limit),
                 sync_limit: u64::from(cfg.sync_limit),
                 retain: 500,
+                cumulative: true,
             },
             election,
             quorum,
@@ -325,6 +333,10 @@ fn sync_kind(msg: &Msg) -> Option<&'static str> {
     }
 }
 
+/// Decoded proposals the driver keeps for their append at most (far more than one
+/// read of the leader's connection brings).
+const DECODED_KEPT_MAX: usize = 65_536;
+
 struct Driver<R: Replica> {
     me: ServerId,
     replica: Rc<RefCell<R>>,
@@ -336,6 +348,9 @@ struct Driver<R: Replica> {
     leader_conn: Option<u64>,
     /// What followed the leader's SNAP, until the install it is for.
     pending_image: Option<SnapImage>,
+    /// PROPOSALs and INFORMs as decoded on arrival, oldest first, until their append:
+    /// (zxid, the address of the data they were decoded from, the txn).
+    decoded: VecDeque<(Zxid, usize, ZkTxn)>,
     last_proposed: Zxid,
 }
 
@@ -360,7 +375,10 @@ impl<R: Replica> Driver<R> {
                     .persist_epochs(accepted, current)?,
                 Effect::Append(txn) => {
                     self.replica.borrow_mut().settle().await;
-                    self.replica.borrow_mut().append(&txn)
+                    match self.take_decoded(&txn) {
+                        Some(z) => self.replica.borrow_mut().append_decoded(&txn, z),
+                        None => self.replica.borrow_mut().append(&txn),
+                    }
                 }
                 Effect::Truncate { to } => {
                     self.replica.borrow_mut().settle().await;
@@ -402,6 +420,18 @@ impl<R: Replica> Driver<R> {
             }
         }
         Ok(())
+    }
+
+    /// The txn decoded from the very bytes `txn` carries, if it was.
+    fn take_decoded(&mut self, txn: &Txn) -> Option<ZkTxn> {
+        while self.decoded.front().is_some_and(|d| d.0 < txn.zxid) {
+            self.decoded.pop_front();
+        }
+        let same = |d: &(Zxid, usize, ZkTxn)| d.0 == txn.zxid && d.1 == txn.data.as_ptr() as usize;
+        if self.decoded.front().is_some_and(same) {
+            return self.decoded.pop_front().map(|d| d.2);
+        }
+        None
     }
 
     fn send(&mut self, to: ServerId, msg: &Msg) {
@@ -489,8 +519,16 @@ impl<R: Replica> Driver<R> {
                 } else {
                     Direction::ToLeader
                 };
-                match from_packet(&received.packet, direction) {
-                    Ok(msg) => {
+                match from_packet_keeping_txn(&received.packet, direction) {
+                    Ok((msg, decoded)) => {
+                        if let (Some(z), Msg::Proposal(t) | Msg::Inform(t)) = (decoded, &msg) {
+                            // Bounded: what the peer did not append is let go.
+                            if self.decoded.len() >= DECODED_KEPT_MAX {
+                                self.decoded.pop_front();
+                            }
+                            self.decoded
+                                .push_back((t.zxid, t.data.as_ptr() as usize, z));
+                        }
                         tracing::trace!("member {}: from {from} on {conn}: {msg:?}", self.me);
                         if let Some(how) = sync_kind(&msg) {
                             tracing::info!(
@@ -578,6 +616,7 @@ pub async fn run_member<R: Replica + 'static>(
         config_text: cfg.config_text(),
         leader_conn: None,
         pending_image: None,
+        decoded: VecDeque::new(),
         last_proposed: 0,
     };
     let started = Instant::now();

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::link::{incomplete, read_first, spawn_accept_loop, Link};
-use super::snap_image::{SnapDecoder, SnapImage, RINGKEEPER_PROTOCOL_VERSION};
+use super::snap_image::{SnapDecoder, SnapImage};
 use super::{Event, Inbox};
 use crate::config::ServerId;
 use crate::proto::jute::Reader;
 use crate::zab::packets::learner_info;
+use crate::zab::wire::ringkeeper_version;
 use crate::zab::wire::{packet_type, QuorumPacket, WireError};
 
 /// How long a learner may take to send FOLLOWERINFO.
@@ -49,7 +50,10 @@ fn cut(from_leader: bool) -> impl FnMut(&[u8]) -> Result<Option<(Received, usize
         let mut image = None;
         if from_leader && packet.packet_type == packet_type::LEADERINFO {
             let version = packet.data.as_deref().and_then(|d| d.get(..4));
-            ringkeeper_leader = version == Some(&RINGKEEPER_PROTOCOL_VERSION.to_be_bytes());
+            ringkeeper_leader = version
+                .and_then(|v| v.try_into().ok())
+                .and_then(|v| ringkeeper_version(i32::from_be_bytes(v)))
+                .is_some();
         }
         if from_leader && packet.packet_type == packet_type::SNAP {
             let decoder = snap.get_or_insert_with(|| SnapDecoder::new(ringkeeper_leader));
@@ -119,7 +123,7 @@ impl QuorumNet {
         let peer = match learner_info(&first.packet) {
             Ok(info) if self.addrs.contains_key(&info.server_id) && info.server_id != self.me => {
                 let mut rk = self.ringkeeper_learners.borrow_mut();
-                if info.protocol_version == Some(RINGKEEPER_PROTOCOL_VERSION) {
+                if info.protocol_version.and_then(ringkeeper_version).is_some() {
                     rk.insert(info.server_id);
                 } else {
                     rk.remove(&info.server_id);

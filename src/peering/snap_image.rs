@@ -18,10 +18,7 @@ use crate::proto::jute::{DecodeError, Reader};
 use crate::zab::wire::WireError;
 use crate::zkformat::snapshot::{ZkTree, ZkTreeDecoder, SNAP_SIGNATURE};
 
-/// The learner protocol version ringkeeper members send in LearnerInfo, and a
-/// ringkeeper leader in LEADERINFO to a learner that sent it: ZooKeeper's 0x10000
-/// (ZooKeeper only checks that a version is at least that) plus "RK".
-pub const RINGKEEPER_PROTOCOL_VERSION: i32 = 0x0001_524B;
+pub use crate::zab::wire::RINGKEEPER_PROTOCOL_VERSION;
 
 const ENVELOPE_MAGIC: &[u8; 8] = b"RKSNAP01";
 const KIND_TREE: u8 = 0;

@@ -58,13 +58,16 @@ pub struct Scenario {
     /// How often a client at a random member asks for a sync and then reads.
     pub read_every_ms: u64,
     pub pause_per_s: f64,
+    /// Members that ACK and COMMIT cumulatively with each other (ringkeeper's
+    /// protocol version 2); the others do as ZooKeeper's members.
+    pub cumulative: Vec<ServerId>,
 }
 
 impl Scenario {
     pub fn from_seed(seed: u64) -> Scenario {
         let mut r = SimRng::new(seed ^ 0xE45E_4B1E);
         let n = if r.chance(0.5) { 3 } else { 5 };
-        Scenario {
+        let mut s = Scenario {
             seed,
             voters: (1..=n).collect(),
             observers: if r.chance(0.3) { vec![n + 1] } else { vec![] },
@@ -80,7 +83,11 @@ impl Scenario {
             retain: r.range(0, 40) as usize,
             read_every_ms: r.range(3, 60),
             pause_per_s: r.range(0, 60) as f64 / 100.0,
-        }
+            cumulative: Vec::new(),
+        };
+        let members: Vec<ServerId> = s.voters.iter().chain(&s.observers).copied().collect();
+        s.cumulative = members.into_iter().filter(|_| r.chance(0.6)).collect();
+        s
     }
 }
 
@@ -384,6 +391,7 @@ impl EnsembleSim {
             init_limit: INIT_LIMIT,
             sync_limit: SYNC_LIMIT,
             retain: self.scenario.retain,
+            cumulative: self.scenario.cumulative.contains(&id),
         }
     }
 

@@ -63,6 +63,9 @@ struct Link {
     pings: VecDeque<u64>,
     /// The latest ping round it answered.
     answered: u64,
+    /// It and we ACK and COMMIT cumulatively: it gets one COMMIT for all that one
+    /// quorum commits, not one per txn.
+    cumulative: bool,
 }
 
 impl Link {
@@ -195,6 +198,7 @@ impl Leader {
                     to,
                     Msg::LeaderInfo {
                         new_epoch: self.epoch,
+                        cumulative: link.cumulative,
                     },
                     out,
                 );
@@ -313,9 +317,11 @@ impl Leader {
         if let Msg::LearnerInfo {
             accepted_epoch,
             observer,
+            cumulative,
         } = msg
         {
             let observer = observer || !local.cfg.is_voter(from);
+            let cumulative = cumulative && local.cfg.cumulative;
             self.links.insert(
                 from,
                 Link {
@@ -325,6 +331,7 @@ impl Leader {
                     heard_ms: now_ms,
                     pings: VecDeque::new(),
                     answered: 0,
+                    cumulative,
                 },
             );
             if self.phase == Phase::Discovery {
@@ -342,6 +349,7 @@ impl Leader {
                     from,
                     Msg::LeaderInfo {
                         new_epoch: self.epoch,
+                        cumulative,
                     },
                     out,
                 );
@@ -503,9 +511,14 @@ impl Leader {
             Ok(t) => t,
             Err(e) => unreachable!("an outstanding proposal is logged: {e}"),
         };
+        for (&to, link) in &self.links {
+            if link.forwarding() && link.cumulative && !link.observer {
+                Self::send(to, Msg::Commit { zxid: upto }, out);
+            }
+        }
         for txn in txns {
             for (&to, link) in &self.links {
-                if !link.forwarding() {
+                if !link.forwarding() || link.cumulative && !link.observer {
                     continue;
                 }
                 let msg = if link.observer {

@@ -45,6 +45,9 @@ pub(crate) struct Learner {
     /// COMMIT in the sync (ZooKeeper's learners replay their whole log into the
     /// tree when they rejoin); without this they would wait for the next commit.
     sync_committed: Zxid,
+    /// The leader and we ACK cumulatively (LEADERINFO said so): one ACK for
+    /// everything a write of our log made durable.
+    cumulative: bool,
 }
 
 impl Learner {
@@ -61,6 +64,7 @@ impl Learner {
             msg: Msg::LearnerInfo {
                 accepted_epoch: local.accepted_epoch,
                 observer,
+                cumulative: local.cfg.cumulative,
             },
         });
         Learner {
@@ -72,6 +76,7 @@ impl Learner {
             heard_ms: now_ms,
             unacked: Vec::new(),
             sync_committed: 0,
+            cumulative: false,
         }
     }
 
@@ -160,7 +165,14 @@ impl Learner {
             // We check reconnecting sessions against our own replicated table and
             // send no REVALIDATE; an answer is harmless.
             (_, Msg::Revalidated { .. }) => {}
-            (Stage::Discovery, Msg::LeaderInfo { new_epoch }) => {
+            (
+                Stage::Discovery,
+                Msg::LeaderInfo {
+                    new_epoch,
+                    cumulative,
+                },
+            ) => {
+                self.cumulative = cumulative && local.cfg.cumulative;
                 // An epoch above ours is accepted (and persisted) and our currentEpoch
                 // goes with the ACKEPOCH; an equal one, accepted before from any
                 // leader, is answered with -1, as ZooKeeper does: the leader lets us
@@ -313,6 +325,16 @@ impl Learner {
         }
         if matches!(self.stage, Stage::Synced { .. } | Stage::Broadcast) {
             let n = self.unacked.partition_point(|z| *z <= local.persisted);
+            if self.cumulative && n > 0 {
+                // One ACK for all of them: the leader takes it for each.
+                let zxid = self.unacked[n - 1];
+                self.unacked.drain(..n);
+                out.push(Effect::Send {
+                    to: self.leader,
+                    msg: Msg::Ack { zxid },
+                });
+                return Ok(());
+            }
             for zxid in self.unacked.drain(..n) {
                 out.push(Effect::Send {
                     to: self.leader,

@@ -13,10 +13,13 @@ use super::history::{Txn, Zxid};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     // Learner to leader.
-    /// FOLLOWERINFO / OBSERVERINFO: the learner's acceptedEpoch.
+    /// FOLLOWERINFO / OBSERVERINFO: the learner's acceptedEpoch, and whether it takes
+    /// a COMMIT for every proposal up to it and would ACK that way too (ringkeeper's
+    /// protocol version 2; ZooKeeper's learners do neither).
     LearnerInfo {
         accepted_epoch: i64,
         observer: bool,
+        cumulative: bool,
     },
     /// ACKEPOCH: the learner's currentEpoch (-1 if it had already accepted the epoch)
     /// and last logged zxid.
@@ -47,9 +50,11 @@ pub enum Msg {
         session_id: i64,
         valid: bool,
     },
-    /// LEADERINFO: the epoch the leader proposes.
+    /// LEADERINFO: the epoch the leader proposes, and whether this learner and it
+    /// ACK and COMMIT cumulatively (both said they could).
     LeaderInfo {
         new_epoch: i64,
+        cumulative: bool,
     },
     Diff {
         zxid: Zxid,

@@ -10,8 +10,12 @@ use bytes::Bytes;
 
 use super::history::{make_zxid, Txn};
 use super::messages::Msg;
-use super::wire::{packet_type as t, Direction, LearnerInfo, Payload, QuorumPacket, WireError};
+use super::wire::{
+    packet_type as t, ringkeeper_version, Direction, LearnerInfo, Payload, QuorumPacket, WireError,
+    RINGKEEPER_PROTOCOL_V2,
+};
 use crate::config::ServerId;
+use crate::zkformat::txn::ZkTxn;
 
 /// What the sending member adds to its packets.
 #[derive(Debug, Clone)]
@@ -48,10 +52,16 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
         Msg::LearnerInfo {
             accepted_epoch,
             observer,
+            cumulative,
         } => {
+            let version = if *cumulative {
+                RINGKEEPER_PROTOCOL_V2
+            } else {
+                out.protocol_version
+            };
             let mut data = Vec::with_capacity(20);
             data.extend_from_slice(&out.my_id.to_be_bytes());
-            data.extend_from_slice(&out.protocol_version.to_be_bytes());
+            data.extend_from_slice(&version.to_be_bytes());
             // The configuration version: ours is the static zoo.cfg's, 0.
             data.extend_from_slice(&0i64.to_be_bytes());
             let kind = if *observer {
@@ -61,11 +71,21 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
             };
             p(kind, make_zxid(*accepted_epoch, 0), Some(data))
         }
-        Msg::LeaderInfo { new_epoch } => p(
-            t::LEADERINFO,
-            make_zxid(*new_epoch, 0),
-            Some(out.protocol_version.to_be_bytes().to_vec()),
-        ),
+        Msg::LeaderInfo {
+            new_epoch,
+            cumulative,
+        } => {
+            let version = if *cumulative {
+                RINGKEEPER_PROTOCOL_V2
+            } else {
+                out.protocol_version
+            };
+            p(
+                t::LEADERINFO,
+                make_zxid(*new_epoch, 0),
+                Some(version.to_be_bytes().to_vec()),
+            )
+        }
         Msg::AckEpoch {
             current_epoch,
             last_zxid,
@@ -123,6 +143,12 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
     }
 }
 
+/// Whether a learner protocol version says its sender ACKs and COMMITs cumulatively
+/// (ringkeeper's version 2 or later).
+fn cumulative_version(v: i32) -> bool {
+    ringkeeper_version(v).is_some_and(|n| n >= 2)
+}
+
 /// The learner's id and versions from a FOLLOWERINFO or OBSERVERINFO.
 pub fn learner_info(p: &QuorumPacket) -> Result<LearnerInfo, PacketError> {
     match p.payload(Direction::ToLeader)? {
@@ -135,6 +161,25 @@ pub fn learner_info(p: &QuorumPacket) -> Result<LearnerInfo, PacketError> {
 
 /// The [`Msg`] a packet sent in `direction` means.
 pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, PacketError> {
+    from_packet_keeping_txn(p, direction).map(|(msg, _)| msg)
+}
+
+/// As [`from_packet`], with the txn a PROPOSAL or INFORM carries as it was decoded
+/// to check it (the replica that logs it need not decode it again).
+pub fn from_packet_keeping_txn(
+    p: &QuorumPacket,
+    direction: Direction,
+) -> Result<(Msg, Option<ZkTxn>), PacketError> {
+    let mut decoded = None;
+    let msg = message(p, direction, &mut decoded)?;
+    Ok((msg, decoded))
+}
+
+fn message(
+    p: &QuorumPacket,
+    direction: Direction,
+    decoded: &mut Option<ZkTxn>,
+) -> Result<Msg, PacketError> {
     let name = p.type_name();
     let txn = |p: &QuorumPacket| match &p.data {
         Some(d) => Ok(Txn {
@@ -146,10 +191,11 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
     let epoch = p.zxid >> 32;
     Ok(match (p.packet_type, direction) {
         (t::FOLLOWERINFO | t::OBSERVERINFO, Direction::ToLeader) => {
-            learner_info(p)?;
+            let info = learner_info(p)?;
             Msg::LearnerInfo {
                 accepted_epoch: epoch,
                 observer: p.packet_type == t::OBSERVERINFO,
+                cumulative: info.protocol_version.is_some_and(cumulative_version),
             }
         }
         (t::ACKEPOCH, Direction::ToLeader) => match p.payload(direction)? {
@@ -175,20 +221,28 @@ pub fn from_packet(p: &QuorumPacket, direction: Direction) -> Result<Msg, Packet
             Payload::Revalidated { session_id, valid } => Msg::Revalidated { session_id, valid },
             _ => return Err(PacketError::Missing { packet: name }),
         },
-        (t::LEADERINFO, Direction::FromLeader) => {
-            p.payload(direction)?;
-            Msg::LeaderInfo { new_epoch: epoch }
-        }
+        (t::LEADERINFO, Direction::FromLeader) => match p.payload(direction)? {
+            Payload::LeaderInfo { protocol_version } => Msg::LeaderInfo {
+                new_epoch: epoch,
+                cumulative: cumulative_version(protocol_version),
+            },
+            _ => return Err(PacketError::Missing { packet: name }),
+        },
         (t::DIFF, Direction::FromLeader) => Msg::Diff { zxid: p.zxid },
         (t::TRUNC, Direction::FromLeader) => Msg::Trunc { zxid: p.zxid },
         (t::SNAP, Direction::FromLeader) => Msg::Snap { zxid: p.zxid },
         (t::PROPOSAL, Direction::FromLeader) => {
-            p.payload(direction)?; // a txn ZooKeeper can read
+            // A txn ZooKeeper can read.
+            if let Payload::Txn(z) = p.payload(direction)? {
+                *decoded = Some(z);
+            }
             Msg::Proposal(txn(p)?)
         }
         (t::COMMIT, Direction::FromLeader) => Msg::Commit { zxid: p.zxid },
         (t::INFORM, Direction::FromLeader) => {
-            p.payload(direction)?;
+            if let Payload::Txn(z) = p.payload(direction)? {
+                *decoded = Some(z);
+            }
             Msg::Inform(txn(p)?)
         }
         (t::NEWLEADER, Direction::FromLeader) => Msg::NewLeader { zxid: p.zxid },
@@ -246,10 +300,17 @@ mod tests {
             Msg::LearnerInfo {
                 accepted_epoch: 4,
                 observer: false,
+                cumulative: false,
             },
             Msg::LearnerInfo {
                 accepted_epoch: 0,
                 observer: true,
+                cumulative: false,
+            },
+            Msg::LearnerInfo {
+                accepted_epoch: 4,
+                observer: false,
+                cumulative: true,
             },
             Msg::AckEpoch {
                 current_epoch: -1,
@@ -279,7 +340,14 @@ mod tests {
             },
         ];
         let from_leader = [
-            Msg::LeaderInfo { new_epoch: 5 },
+            Msg::LeaderInfo {
+                new_epoch: 5,
+                cumulative: false,
+            },
+            Msg::LeaderInfo {
+                new_epoch: 5,
+                cumulative: true,
+            },
             Msg::Diff { zxid: z },
             Msg::Trunc { zxid: z },
             Msg::Snap { zxid: z },
@@ -328,6 +396,15 @@ mod tests {
             (info.server_id, info.protocol_version, info.config_version),
             (2, Some(LEADER_PROTOCOL_VERSION), Some(0))
         );
+        // Version 1 (a ringkeeper member that ACKs one by one) is not cumulative.
+        let v1 = Outgoing {
+            protocol_version: super::super::wire::RINGKEEPER_PROTOCOL_VERSION,
+            ..out.clone()
+        };
+        let back = from_packet(&to_packet(&to_leader[0], &v1), Direction::ToLeader).unwrap();
+        assert_eq!(back, to_leader[0]);
+        let info = learner_info(&to_packet(&to_leader[2], &out)).unwrap();
+        assert_eq!(info.protocol_version, Some(RINGKEEPER_PROTOCOL_V2));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct PeerConfig {
     pub sync_limit: u64,
     /// Committed txns kept for DIFFs (ZooKeeper keeps 500 in memory).
     pub retain: usize,
+    /// ACK and COMMIT cumulatively with a leader or learner that offers it too (see
+    /// [`Msg::LearnerInfo`]); ZooKeeper's members never do.
+    pub cumulative: bool,
 }
 
 impl PeerConfig {

@@ -54,6 +54,7 @@ pub fn replay_learner(
             Msg::LearnerInfo {
                 accepted_epoch: a,
                 observer: o,
+                ..
             } => {
                 r.learner_id = learner_info(p).map_err(|e| e.to_string())?.server_id;
                 accepted_epoch = Some(a);
@@ -80,6 +81,7 @@ pub fn replay_learner(
             init_limit: 10,
             sync_limit: 5,
             retain: 500,
+            cumulative: false,
         },
         accepted_epoch,
         current_epoch,

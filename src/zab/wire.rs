@@ -34,6 +34,21 @@ pub const ELECTION_MESSAGE_BYTES_MAX: usize = 512 * 1024;
 pub const NOTIFICATION_VERSION: i32 = 2;
 /// The learner protocol version a 3.4+ leader announces in LEADERINFO.
 pub const LEADER_PROTOCOL_VERSION: i32 = 0x10000;
+/// The learner protocol version ringkeeper members send in LearnerInfo, and a
+/// ringkeeper leader in LEADERINFO to a learner that sent it: ZooKeeper's 0x10000
+/// (ZooKeeper only checks that a version is at least that) plus "RK". With it a SNAP
+/// comes in ringkeeper's envelope (`peering::snap_image`).
+pub const RINGKEEPER_PROTOCOL_VERSION: i32 = 0x0001_524B;
+/// Ringkeeper's second version: the first, and between a leader and a learner that
+/// both send it, an ACK or a COMMIT may stand for every proposal up to its zxid (a
+/// learner ACKs the last of what one write made durable; a leader COMMITs the last
+/// of what one quorum made committed).
+pub const RINGKEEPER_PROTOCOL_V2: i32 = 0x0002_524B;
+
+/// Whether a learner protocol version is one of ringkeeper's (and which one: 1, 2).
+pub fn ringkeeper_version(v: i32) -> Option<u16> {
+    (v & 0xFFFF == 0x524B && v >> 16 >= 1).then_some((v >> 16) as u16)
+}
 
 /// QuorumPacket types (Leader.java).
 pub mod packet_type {

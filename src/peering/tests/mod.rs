@@ -187,6 +187,7 @@ fn config_with_observers(
             init_limit: 10,
             sync_limit: 5,
             retain: 1_000_000,
+            cumulative: true,
         },
         election: ids.iter().zip(e).map(|(i, p)| (*i, addr(*p))).collect(),
         quorum: ids.iter().zip(q).map(|(i, p)| (*i, addr(*p))).collect(),
