@@ -319,6 +319,44 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A clone of the tree (a version the shards read) keeps what it held while the
+    /// tree it was cloned from takes more writes: each write copies what it changes,
+    /// a setData's node included.
+    #[test]
+    fn versions_keep_what_they_held(
+        ops in prop::collection::vec((0..4u8, 0..6u8, 0..4u8), 1..80),
+        cuts in prop::collection::vec(0..80usize, 1..6),
+    ) {
+        let mut t = DataTree::new();
+        let mut log = Vec::new();
+        let mut versions = Vec::new();
+        for (i, (kind, a, b)) in ops.into_iter().enumerate() {
+            if cuts.contains(&i) {
+                versions.push((t.clone(), log.len()));
+            }
+            let p = if b == 0 { format!("/n{a}") } else { format!("/n{a}/c{b}") };
+            let op = match kind {
+                0 => create(&p, 0),
+                1 => WriteOp::Delete { path: p, version: -1 },
+                2 => WriteOp::SetData { path: p, data: Some(Bytes::from(vec![a ^ b; (i % 7) + 1])), version: -1 },
+                _ => WriteOp::SetData { path: p, data: None, version: -1 },
+            };
+            let zxid = t.last_zxid() + 1;
+            let txn = t.prepare(&op, &who(&[])).unwrap_or_else(|e| Txn::Error(e.code()));
+            t.apply(&txn, zxid, zxid * 10, &mut Vec::new());
+            log.push((zxid, txn));
+        }
+        for (version, len) in &versions {
+            let mut r = DataTree::new();
+            for (zxid, txn) in &log[..*len] {
+                r.apply(txn, *zxid, zxid * 10, &mut Vec::new());
+            }
+            assert_same_tree(version, &r);
+        }
+    }
+}
+
 /// One random op (nested nodes, ephemerals, sequentials, containers, null and binary
 /// data, a non-default ACL), prepared and applied at the next zxid; failures log an
 /// error txn as the core does.
