@@ -54,11 +54,7 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
             observer,
             cumulative,
         } => {
-            let version = if *cumulative {
-                RINGKEEPER_PROTOCOL_V2
-            } else {
-                out.protocol_version
-            };
+            let version = announced_version(*cumulative, out);
             let mut data = Vec::with_capacity(20);
             data.extend_from_slice(&out.my_id.to_be_bytes());
             data.extend_from_slice(&version.to_be_bytes());
@@ -75,11 +71,7 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
             new_epoch,
             cumulative,
         } => {
-            let version = if *cumulative {
-                RINGKEEPER_PROTOCOL_V2
-            } else {
-                out.protocol_version
-            };
+            let version = announced_version(*cumulative, out);
             p(
                 t::LEADERINFO,
                 make_zxid(*new_epoch, 0),
@@ -140,6 +132,16 @@ pub fn to_packet(msg: &Msg, out: &Outgoing<'_>) -> QuorumPacket {
             });
             p(t::PING, out.last_proposed, data)
         }
+    }
+}
+
+/// The learner protocol version LearnerInfo or LEADERINFO announces: ringkeeper's
+/// version 2 when the sender ACKs and COMMITs cumulatively with the other side.
+fn announced_version(cumulative: bool, out: &Outgoing<'_>) -> i32 {
+    if cumulative {
+        RINGKEEPER_PROTOCOL_V2
+    } else {
+        out.protocol_version
     }
 }
 
