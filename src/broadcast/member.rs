@@ -66,6 +66,14 @@ enum Work {
     Role(Role),
 }
 
+/// A proposal this member cannot log. Zab counts it appended, so once later records
+/// reach the disk it would be ACKed unlogged (and its commit could not be applied
+/// either): the member stops rather than ACK what it does not hold.
+fn unloggable(zxid: Zxid, why: &str) -> ! {
+    tracing::error!("proposal {zxid:#x} cannot be logged: {why}; this member stops");
+    std::process::exit(1);
+}
+
 /// A proposal as this member logged it: ringkeeper's txn, its time and origin, and
 /// the payload of its log record.
 pub(crate) struct DecodedTxn {
@@ -371,9 +379,7 @@ impl Replica for StorageReplica {
         }
         match crate::zkformat::txn::ZkTxn::decode(&txn.data) {
             Ok(z) => self.append_decoded(txn, z),
-            Err(e) => {
-                tracing::error!("proposal {:#x} does not decode ({e}): not logged", txn.zxid)
-            }
+            Err(e) => unloggable(txn.zxid, &format!("it does not decode ({e})")),
         }
     }
 
@@ -388,10 +394,7 @@ impl Replica for StorageReplica {
         };
         let (t, time) = match crate::zkformat::convert::from_zookeeper(z) {
             Ok(t) => t,
-            Err(e) => {
-                tracing::error!("proposal {:#x}: {e}: not logged", txn.zxid);
-                return;
-            }
+            Err(e) => unloggable(txn.zxid, &e.to_string()),
         };
         // About the proposal's size: ZooKeeper's header and ours differ by a few bytes.
         let mut payload = Vec::with_capacity(txn.data.len() + 32);
