@@ -356,6 +356,7 @@ impl Leader {
             }
             return Ok(());
         }
+        let last_proposed = self.last_proposed();
         let Some(link) = self.links.get_mut(&from).filter(|l| l.conn == conn) else {
             return Ok(()); // a connection we no longer hold
         };
@@ -414,7 +415,6 @@ impl Leader {
             Msg::Ack { zxid } => {
                 // Only ACKs of this epoch's proposals count (none from before, none of
                 // a zxid not proposed yet).
-                let last_proposed = make_zxid(self.epoch, self.next_counter - 1);
                 let proposed = zxid > make_zxid(self.epoch, 0) && zxid <= last_proposed;
                 if voter && link.forwarding() && proposed {
                     let acked = self.acked.entry(from).or_insert(0);

@@ -325,17 +325,13 @@ impl Learner {
         }
         if matches!(self.stage, Stage::Synced { .. } | Stage::Broadcast) {
             let n = self.unacked.partition_point(|z| *z <= local.persisted);
-            if self.cumulative && n > 0 {
-                // One ACK for all of them: the leader takes it for each.
-                let zxid = self.unacked[n - 1];
-                self.unacked.drain(..n);
-                out.push(Effect::Send {
-                    to: self.leader,
-                    msg: Msg::Ack { zxid },
-                });
-                return Ok(());
-            }
-            for zxid in self.unacked.drain(..n) {
+            // Cumulatively, one ACK stands for all of them: the last one's.
+            let skip = if self.cumulative {
+                n.saturating_sub(1)
+            } else {
+                0
+            };
+            for zxid in self.unacked.drain(..n).skip(skip) {
                 out.push(Effect::Send {
                     to: self.leader,
                     msg: Msg::Ack { zxid },
