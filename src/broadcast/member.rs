@@ -135,6 +135,8 @@ struct State {
     snapshotter: RefCell<Snapshotter>,
     /// Txns the tree took since the last snapshot started.
     since_snapshot: Cell<u64>,
+    /// The core was given the time in this driver round (see `core_for_apply`).
+    clock_set_this_round: Cell<bool>,
     /// Counts role changes: a read-only start scheduled under one is void under the
     /// next.
     role_changes: Cell<u64>,
@@ -150,6 +152,17 @@ impl State {
         let mut core = self.core.borrow_mut();
         core.set_now(self.clock.now());
         core
+    }
+
+    /// The core for applying a commit: the time is read once per driver round (the
+    /// round's commits go to the shards together in `applied`, which starts the
+    /// next), not once per txn; a commit takes its times from its txn, the core's
+    /// clock only for a new session's deadline.
+    fn core_for_apply(&self) -> std::cell::RefMut<'_, Core> {
+        if !self.clock_set_this_round.replace(true) {
+            return self.core_now();
+        }
+        self.core.borrow_mut()
     }
 
     fn send_to_shards(&self, entries: Vec<Entry>) {
@@ -555,7 +568,7 @@ impl Replica for StorageReplica {
     fn apply(&mut self, txn: &ZabTxn) {
         let s = &self.0;
         s.committed.set(txn.zxid);
-        let mut core = s.core_now();
+        let mut core = s.core_for_apply();
         let before = core.tree().last_zxid();
         let decoded = {
             let mut q = s.decoded.borrow_mut();
@@ -593,6 +606,7 @@ impl Replica for StorageReplica {
 
     fn applied(&mut self) {
         let s = &self.0;
+        s.clock_set_this_round.set(false);
         let records = s.core.borrow_mut().take_applied_records();
         if !records.is_empty() {
             s.snapshotter.borrow().rebase.record(&records);
@@ -803,6 +817,7 @@ pub async fn run(
             shared.snapshot_stats.clone(),
         )),
         since_snapshot: Cell::new(recovered.log_end.replayed),
+        clock_set_this_round: Cell::new(false),
         role_changes: Cell::new(0),
     });
     if let Err(e) = state.start_log(&recovered).await {
