@@ -263,7 +263,10 @@ def test_discovery_readers_see_churn(big):
     # A reader may pick an instance deregistered before its getData: NONODE, nothing else.
     assert set(r["errors"]) <= {"-101"}
     assert r["by_op"]["children"]["ops"] > 100 and r["by_op"]["get"]["ops"] > 100
-    assert r["by_op"]["deregister"]["ops"] >= 40
+    # The registrars churned. How often is the machine's speed, not the tool's
+    # behaviour: the nominal 40/s gave 38 in 2 s in a CI run on a loaded 2-core VM,
+    # where this asked for 40 (a rate asserted in a functional test).
+    assert r["by_op"]["deregister"]["ops"] >= 2
     assert r["notifications"] > 0
 
 
